@@ -1,0 +1,324 @@
+"""The GPT: causality, every switch really changes the computation, shapes, counts, backends, cache, errors."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.attention import attend
+from model.config import ConfigError, ModelConfig, OptimConfig, TrainConfig, parse_set_args, split_overrides
+from model.fused_loss import linear_softcap_cross_entropy
+from model.gpt import GPT
+from model.kv_cache import KVCache
+
+TINY = dict(vocab_size=256, sequence_len=32, head_dim=16, aspect_ratio=32)
+
+
+def tiny_config(depth=3, **overrides) -> ModelConfig:
+    return ModelConfig.from_depth(depth, **{**TINY, **overrides})
+
+
+def build(config, seed=0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(config)
+
+
+def randomize(model: GPT, seed=1) -> GPT:
+    """Give every parameter random values that depend only on its name and shape, so two models that share a
+    parameter get the same values for it. (At init several tweaks are exact no-ops by design: smear_lambda = 0,
+    zero output projections; random weights expose what the switch computes.)"""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            g = torch.Generator().manual_seed(seed + sum(ord(ch) * (i + 1) for i, ch in enumerate(name)))
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.ndim < 2 else p.shape[-1] ** -0.5))
+    return model
+
+
+def tokens(B=2, T=32, seed=0, vocab=256):
+    return torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+# --- the depth dial ----------------------------------------------------------------------------------------
+
+def test_depth_dial_follows_nanochat_rules():
+    c = ModelConfig.from_depth(12)
+    assert (c.model_dim, c.n_head, c.n_kv_head, c.head_dim) == (768, 6, 6, 128)
+    c = ModelConfig.from_depth(20, head_dim=128)
+    assert c.model_dim == 1280 and c.n_head == 10
+    c = ModelConfig.from_depth(3, head_dim=64)  # 3 * 64 = 192 -> 192, 3 heads
+    assert (c.model_dim, c.n_head) == (192, 3)
+    c = ModelConfig.from_depth(5, head_dim=128)  # 320 rounds up to 384
+    assert (c.model_dim, c.n_head) == (384, 3)
+
+
+def test_window_sizes_tile_the_pattern_and_last_layer_is_full():
+    c = tiny_config(depth=5, window_pattern="SL", short_window_frac=0.25)
+    assert c.window_sizes() == [8, None, 8, None, None]
+    assert tiny_config(depth=4, window_pattern="SSSL").window_sizes() == [8, 8, 8, None]
+    assert tiny_config(depth=4, window_pattern="S").window_sizes()[-1] is None
+
+
+def test_value_embeds_on_alternating_layers_including_last():
+    for depth in (1, 2, 3, 4, 5):
+        c = tiny_config(depth=depth)
+        layers = [i for i in range(depth) if c.has_value_embed(i)]
+        assert depth - 1 in layers and all(b - a == 2 for a, b in zip(layers, layers[1:]))
+    assert not any(tiny_config(depth=4, value_embeds=False).has_value_embed(i) for i in range(4))
+
+
+# --- the forward pass ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides", [{}, {"window_pattern": "SSL", "n_kv_head": 1}, {"smear": False, "backout": False}])
+def test_causality(overrides):
+    model = randomize(build(tiny_config(**overrides)))
+    x = tokens(B=1)
+    logits = model(x)
+    for t in (0, 10, 30):
+        x2 = x.clone()
+        x2[0, t + 1] = (x2[0, t + 1] + 1) % 256
+        logits2 = model(x2)
+        assert torch.allclose(logits[0, : t + 1], logits2[0, : t + 1], atol=1e-5), f"position <= {t} saw the future"
+        assert not torch.allclose(logits[0, t + 1], logits2[0, t + 1]), "the changed token itself must matter"
+
+
+def test_loss_matches_logits_and_ignores_minus_one():
+    model = randomize(build(tiny_config()))
+    x, y = tokens(seed=1), tokens(seed=2)
+    y[:, ::3] = -1
+    logits = model(x)
+    expected = F.cross_entropy(logits.view(-1, 256), y.view(-1), ignore_index=-1)
+    assert torch.allclose(model(x, y), expected, atol=1e-5)
+    per_token = model(x, y, loss_reduction="none")
+    assert per_token.shape == (2, 32) and torch.all(per_token[:, ::3] == 0)
+
+
+def test_init_loss_is_log_vocab():
+    model = build(tiny_config())
+    loss = model(tokens(), tokens(seed=3))
+    assert abs(loss.item() - math.log(256)) < 0.05  # tiny lm_head init: near-uniform predictions
+
+
+SWITCHES = [
+    ("smear", False), ("backout", False), ("value_embeds", False), ("layer_lambdas", False),
+    ("softcap", 0.0), ("softcap", 5.0), ("qk_scale", 1.0), ("rope_base", 10000.0),
+    ("window_pattern", "L"), ("short_window_frac", 0.5), ("n_kv_head", 1), ("ve_gate_range", 2.0),
+    ("mlp_ratio", 2),
+]
+
+
+@pytest.mark.parametrize("field,value", SWITCHES, ids=[f"{f}={v}" for f, v in SWITCHES])
+def test_each_switch_changes_the_computation(field, value):
+    base = tiny_config(window_pattern="SSL")
+    assert getattr(base, field) != value
+    x = tokens()
+    reference = randomize(build(base))(x)
+    assert torch.equal(reference, randomize(build(base))(x)), "same config must give identical outputs"
+    changed = randomize(build(tiny_config(**{"window_pattern": "SSL", field: value})))(x)
+    assert not torch.allclose(reference, changed, atol=1e-4), f"{field}={value} did not change the outputs"
+
+
+INIT_SWITCHES = [  # field, value, the parameter whose initial values it sets
+    ("embedding_init_std", 0.3, "wte.weight"), ("lm_head_init_std", 0.05, "lm_head.weight"),
+    ("fc_init_scale", 1.0, "blocks.0.mlp.c_fc.weight"), ("x0_lambda_init", 0.5, "x0_lambdas"),
+    ("resid_lambda_final", 0.9, "resid_lambdas"), ("backout_init", 0.5, "backout_lambda"),
+    ("zero_init_proj", False, "blocks.1.attn.c_proj.weight"),
+]
+
+
+@pytest.mark.parametrize("field,value,param", INIT_SWITCHES, ids=[f"{f}={v}" for f, v, _ in INIT_SWITCHES])
+def test_each_init_switch_changes_the_initial_weights(field, value, param):
+    base = tiny_config()
+    assert getattr(base, field) != value
+    before = dict(build(base).named_parameters())[param]
+    after = dict(build(tiny_config(**{field: value})).named_parameters())[param]
+    assert not torch.allclose(before, after)
+
+
+def test_zero_init_changes_the_initial_function():
+    x = tokens()
+    assert not torch.allclose(build(tiny_config())(x), build(tiny_config(zero_init_proj=False))(x), atol=1e-5)
+
+
+def test_zero_init_projections_make_blocks_start_as_identity():
+    model = build(tiny_config())
+    for block in model.blocks:
+        assert torch.all(block.attn.c_proj.weight == 0) and torch.all(block.mlp.c_proj.weight == 0)
+    assert all(torch.any(b.attn.c_proj.weight != 0) for b in build(tiny_config(zero_init_proj=False)).blocks)
+
+
+def test_gqa_and_mqa_shapes():
+    for n_kv in (4, 2, 1):
+        c = tiny_config(depth=2, aspect_ratio=64, n_kv_head=n_kv)  # dim 128, 8 heads of 16
+        assert c.n_head == 8
+        model = build(c)
+        attn = model.blocks[0].attn
+        assert attn.c_q.weight.shape == (8 * 16, 128)
+        assert attn.c_k.weight.shape == attn.c_v.weight.shape == (n_kv * 16, 128)
+        assert model.value_embeds["1"].weight.shape == (256, n_kv * 16)
+        assert model(tokens()).shape == (2, 32, 256)
+
+
+def test_parameter_and_flop_counts_match_a_hand_count():
+    # depth 2, dim 64 (4 heads of 16), 2 kv heads, vocab 256 (no padding), seq 32, windows S then L.
+    c = tiny_config(depth=2, aspect_ratio=32, n_kv_head=2, window_pattern="SL", short_window_frac=0.25)
+    model = build(c)
+    d, kv, V, L = 64, 2 * 16, 256, 2
+    per_block = d * d + 2 * d * kv + d * d + 2 * 4 * d * d  # q, k+v, proj, mlp
+    ve_gate = 12 * 2  # only the last layer (index 1) has a value embedding with its gate
+    counts = model.num_params()
+    assert counts["matrix"] == L * per_block + ve_gate
+    assert counts["embedding"] == V * d and counts["lm_head"] == V * d
+    assert counts["value_embeds"] == V * kv
+    assert counts["resid_lambdas"] == counts["x0_lambdas"] == L
+    assert counts["gates"] == 24 + 1 + 1
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    attention = 12 * 4 * 16 * 8 + 12 * 4 * 16 * 32  # layer 0 sees 8 keys (window), layer 1 all 32
+    assert model.num_flops_per_token() == 6 * (L * per_block + ve_gate + V * d) + attention
+
+
+def test_vocab_is_padded_but_logits_are_cropped():
+    model = build(tiny_config(vocab_size=250))
+    assert model.wte.weight.shape[0] == 256 and model(tokens(vocab=250)).shape[-1] == 250
+
+
+# --- attention backends and the KV cache ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("window,q_offset,n_kv", [(None, 0, 4), (5, 0, 4), (5, 0, 1), (None, 24, 2), (6, 24, 2), (3, 31, 4)])
+def test_attention_backends_agree(window, q_offset, n_kv):
+    g = torch.Generator().manual_seed(0)
+    S = 32
+    T = S - q_offset
+    q = torch.randn(2, T, 4, 16, generator=g)
+    k, v = torch.randn(2, S, n_kv, 16, generator=g), torch.randn(2, S, n_kv, 16, generator=g)
+    reference = attend(q, k, v, window, q_offset, "eager")
+    for backend in ("sdpa", "flex"):
+        assert torch.allclose(attend(q, k, v, window, q_offset, backend), reference, atol=1e-5), backend
+
+
+def test_sliding_window_limits_what_a_query_sees():
+    q = torch.randn(1, 16, 1, 8)
+    k, v = torch.randn(1, 16, 1, 8), torch.randn(1, 16, 1, 8)
+    y = attend(q, k, v, 3, 0, "sdpa")
+    k2, v2 = k.clone(), v.clone()
+    k2[:, 0], v2[:, 0] = 100.0, 100.0  # position 0 is outside the window of queries >= 4
+    y2 = attend(q, k2, v2, 3, 0, "sdpa")
+    assert torch.allclose(y[:, 4:], y2[:, 4:]) and not torch.allclose(y[:, :4], y2[:, :4])
+
+
+@pytest.mark.parametrize("overrides", [{}, {"window_pattern": "SSL", "n_kv_head": 1}, {"smear": False, "value_embeds": False},
+                                       {"backout": False, "layer_lambdas": False, "softcap": 0.0}])
+def test_cached_decoding_equals_full_recompute(overrides):
+    model = randomize(build(tiny_config(**overrides))).eval()
+    x = tokens(B=2)
+    with torch.no_grad():
+        full = model(x)
+        cache = KVCache.for_model(model, batch_size=2, max_len=32)
+        prefill = model(x[:, :20], kv_cache=cache)
+        steps = [model(x[:, t:t + 1], kv_cache=cache) for t in range(20, 32)]
+    assert torch.allclose(prefill, full[:, :20], atol=1e-4)
+    assert torch.allclose(torch.cat(steps, dim=1), full[:, 20:], atol=1e-4)
+
+
+def test_cache_expand_gives_independent_rows():
+    model = randomize(build(tiny_config())).eval()
+    x = tokens(B=1)
+    with torch.no_grad():
+        cache = KVCache.for_model(model, batch_size=1, max_len=32)
+        model(x[:, :16], kv_cache=cache)
+        many = cache.expand(3)
+        nxt = torch.tensor([[1], [2], [3]])
+        out = model(nxt, kv_cache=many)
+        for i in range(3):
+            single = model(torch.cat([x[:, :16], nxt[i:i + 1]], dim=1))[:, -1]
+            assert torch.allclose(out[i, -1], single[0], atol=1e-4)
+
+
+# --- fused loss, determinism, state dicts ---------------------------------------------------------------------
+
+def test_fused_loss_matches_plain_cross_entropy_and_gradients():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 16, generator=g, requires_grad=True)
+    w = torch.randn(64, 16, generator=g, requires_grad=True)
+    t = torch.randint(0, 60, (100,), generator=g)
+    t[::9] = -1
+    for cap in (15.0, 0.0):
+        fused = linear_softcap_cross_entropy(x, w, t, 60, cap, "mean", chunk_rows=32)
+        gx, gw = torch.autograd.grad(fused * 3, (x, w))
+        z = x @ w[:60].T
+        plain = F.cross_entropy(cap * torch.tanh(z / cap) if cap else z, t, ignore_index=-1)
+        px, pw = torch.autograd.grad(plain * 3, (x, w))
+        assert torch.allclose(fused, plain, atol=1e-5)
+        assert torch.allclose(gx, px, atol=1e-5) and torch.allclose(gw, pw, atol=1e-5)
+
+
+def train_steps(seed, steps=3):
+    from model.optim import build_optimizer
+    model = build(tiny_config(), seed=seed)
+    opt = build_optimizer(model, OptimConfig(), total_batch_size=64)
+    losses = []
+    for i in range(steps):
+        loss = model(tokens(seed=10 + i), tokens(seed=20 + i))
+        loss.backward()
+        opt.step()
+        model.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return model, opt, losses
+
+
+def test_training_is_deterministic_under_a_seed():
+    m1, _, l1 = train_steps(seed=7)
+    m2, _, l2 = train_steps(seed=7)
+    _, _, l3 = train_steps(seed=8)
+    assert l1 == l2 and l1 != l3
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
+def test_state_dict_round_trip_continues_identically(tmp_path):
+    from model.optim import build_optimizer
+    model, opt, _ = train_steps(seed=3, steps=2)
+    torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, tmp_path / "ck.pt")
+    restored = build(tiny_config(), seed=99)
+    ropt = build_optimizer(restored, OptimConfig(), total_batch_size=64)
+    saved = torch.load(tmp_path / "ck.pt")
+    restored.load_state_dict(saved["model"])
+    ropt.load_state_dict(saved["optim"])
+    for m, o in ((model, opt), (restored, ropt)):
+        loss = m(tokens(seed=50), tokens(seed=51))
+        loss.backward()
+        o.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), restored.state_dict().values()))
+
+
+# --- bad configuration ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"n_kv_head": 4}, "n_kv_head=4"),
+    ({"window_pattern": "SXL"}, "window_pattern='SXL'"),
+    ({"softcap": -1.0}, "softcap=-1.0"),
+    ({"attention_backend": "magic"}, "attention_backend='magic'"),
+    ({"smear": "yes"}, "smear='yes'"),
+    ({"head_dim": 15}, "head_dim=15"),
+    ({"dtype": "fp8"}, "dtype='fp8'"),
+    ({"nonsense": 1}, "'nonsense'"),
+])
+def test_bad_model_config_errors_name_the_field(overrides, needle):
+    with pytest.raises(ConfigError) as info:
+        tiny_config(**overrides)
+    message = str(info.value)
+    assert needle in message and "expected" in message and "\n" not in message
+
+
+def test_bad_optim_and_train_values_and_set_parsing():
+    with pytest.raises(ConfigError, match="orthogonalizer='svd'.*polar_express"):
+        OptimConfig(orthogonalizer="svd").validate()
+    with pytest.raises(ConfigError, match="warmdown_ratio=1.5"):
+        TrainConfig(warmdown_ratio=1.5).validate()
+    with pytest.raises(ConfigError, match="unknown config field 'matrx_lr'"):
+        split_overrides({"matrx_lr": "0.1"})
+    with pytest.raises(ConfigError, match="matrix_lr='fast': expected a number"):
+        split_overrides({"matrix_lr": "fast"})
+    with pytest.raises(ConfigError, match="--set 'smear'"):
+        parse_set_args(["smear"])
+    model, optim, train = split_overrides(parse_set_args(["smear=off", "matrix_lr=0.01", "eval_every=7"]))
+    assert model == {"smear": False} and optim == {"matrix_lr": 0.01} and train == {"eval_every": 7}
