@@ -1,0 +1,38 @@
+"""Shared test fixtures. Sections are owned by the modules they serve; append yours below."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data and tokenizer (model/data.py, model/tokenizer.py)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nanoresearch_home(tmp_path_factory) -> Path:
+    """Every test session gets its own NANORESEARCH_HOME, so tests never read or write ~/.cache."""
+    home = tmp_path_factory.mktemp("nanoresearch_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NANORESEARCH_HOME", str(home))
+        yield home
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared pretraining shards: $NANORESEARCH_DATA if it is a directory, else ../shared/data/pretrain."""
+    env = os.environ.get("NANORESEARCH_DATA")
+    path = Path(env) if env and Path(env).is_dir() else REPO_ROOT.parent / "shared" / "data" / "pretrain"
+    if not path.is_dir() or not any(path.glob("*.parquet")):
+        pytest.skip(f"shared pretraining data not found at {path} (set NANORESEARCH_DATA to a shard directory)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(shared_data, nanoresearch_home):
+    """One small tokenizer (vocab 1024, 2.5M training characters) shared by every test; trains in ~2 s."""
+    from model.tokenizer import get_tokenizer
+
+    return get_tokenizer(str(shared_data), vocab_size=1024, max_chars=2_500_000, progress=False)
