@@ -1,0 +1,73 @@
+"""`python -m leaderboard`: record run dirs (`ingest`) and measure the store (`bench`).
+
+    python -m leaderboard ingest runs/d2-smear runs/d2-base [--db URL]
+    python -m leaderboard bench [--db URL] [--runs 10000 --points 1000000]
+
+--db defaults to $NANORESEARCH_DB, else sqlite:///nanoresearch.db in the working directory.
+Exit code 2 with a one-line `error: ...` on stderr for anything the user can fix; `ingest` still
+records every good dir given alongside a bad one.
+"""
+
+import argparse
+import sys
+
+from leaderboard.bench import run_bench
+from leaderboard.errors import LeaderboardError
+from leaderboard.ingest import ingest_run_dir
+from leaderboard.progress import Progress
+from leaderboard.store import Store
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    failures = 0
+    with Store(args.db) as store:
+        progress = Progress(len(args.run_dirs), "ingest")
+        for i, path in enumerate(args.run_dirs):
+            try:
+                parsed, recorded = ingest_run_dir(store, path)
+            except LeaderboardError as e:
+                print(f"error: {e}", file=sys.stderr)
+                failures += 1
+            else:
+                run = parsed.run
+                print(f"{recorded.action} {path}: run {recorded.run_id} (experiment {run.experiment_id}, "
+                      f"rung {run.rung}, seed {run.seed}, {run.status})")
+            progress.update(i + 1)
+        progress.close()
+    return 2 if failures else 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    run_bench(args.db, args.runs, args.points, sys.stdout)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m leaderboard", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    db_help = "database URL (default: $NANORESEARCH_DB, else sqlite:///nanoresearch.db)"
+
+    ingest = commands.add_parser("ingest", help="record finished run dirs (idempotent)")
+    ingest.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    ingest.add_argument("--db", help=db_help)
+    ingest.set_defaults(handler=_ingest)
+
+    bench = commands.add_parser("bench", help="insert rate and query times at search scale")
+    bench.add_argument("--db", help="database URL; it must hold no runs (default: a throwaway SQLite file)")
+    bench.add_argument("--runs", type=int, default=10_000)
+    bench.add_argument("--points", type=int, default=1_000_000, help="metric points in all (spread over the runs)")
+    bench.set_defaults(handler=_bench)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except LeaderboardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Bringing a database to the current schema: create it when empty, upgrade it in place when older.
+
+The schema version lives in the database (`schema_info`, key "version"). Each migration upgrades from
+version N-1 to N and only does what `metadata.create_all` cannot: adding columns to existing tables and
+moving data. Tables and indexes that are missing are created from `leaderboard.schema` afterwards, so
+they are declared once, there.
+
+History:
+  v1  the run-dir store: experiments, runs, metric_points, tracks, entries.
+  v2  the search harness: searches, proposals, decisions, noise_floors; runs.search_id; experiments.extra.
+"""
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.schema import CreateColumn
+
+from leaderboard import schema
+from leaderboard.errors import SchemaError
+
+
+def add_column(conn: sa.Connection, column: sa.Column) -> None:
+    """ALTER TABLE ... ADD COLUMN for a column declared in `schema` (type and references as declared)."""
+    spec = CreateColumn(column).compile(dialect=conn.dialect)
+    references = "".join(f" REFERENCES {fk.column.table.name} ({fk.column.name})" for fk in column.foreign_keys)
+    conn.exec_driver_sql(f"ALTER TABLE {column.table.name} ADD COLUMN {spec}{references}")
+
+
+def _v2_search_harness(conn: sa.Connection) -> None:
+    schema.searches.create(conn, checkfirst=True)  # runs.search_id references it
+    add_column(conn, schema.experiments.c.extra)
+    add_column(conn, schema.runs.c.search_id)
+
+
+# version -> the migration that upgrades version-1 to it. Append only; never edit a released one.
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
+    2: _v2_search_harness,
+}
+assert sorted(MIGRATIONS) == list(range(2, schema.SCHEMA_VERSION + 1)), "a migration per version after v1"
+
+
+def read_version(conn: sa.Connection) -> int:
+    """The database's schema version; 0 for a database without our tables."""
+    tables = set(sa.inspect(conn).get_table_names())
+    if "schema_info" not in tables:
+        if "experiments" in tables or "runs" in tables:
+            raise SchemaError("database has 'experiments'/'runs' tables but no schema_info: "
+                              "expected an empty database or a nanoresearch leaderboard")
+        return 0
+    value = conn.execute(sa.select(schema.schema_info.c.value).where(schema.schema_info.c.key == "version")).scalar()
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise SchemaError(f"schema_info version {value!r}: expected an integer") from None
+
+
+def check_version(version: int) -> None:
+    if version > schema.SCHEMA_VERSION:
+        raise SchemaError(f"database schema version {version} is newer than this nanoresearch's "
+                          f"({schema.SCHEMA_VERSION}): upgrade nanoresearch to use this database")
+
+
+def bring_up_to_date(conn: sa.Connection) -> int:
+    """Create or upgrade the schema inside the caller's transaction (which must hold the database's
+    write lock, so concurrent openers cannot both migrate). Returns the version found."""
+    found = read_version(conn)
+    check_version(found)
+    if found == schema.SCHEMA_VERSION:
+        return found
+    for version in range(found + 1, schema.SCHEMA_VERSION + 1):
+        if found > 0:  # an empty database gets the current tables directly
+            MIGRATIONS[version](conn)
+    schema.metadata.create_all(conn, checkfirst=True)
+    for table in schema.metadata.sorted_tables:  # indexes of tables that existed before
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
+    if found == 0:
+        conn.execute(sa.insert(schema.schema_info).values(key="version", value=str(schema.SCHEMA_VERSION)))
+    else:
+        conn.execute(sa.update(schema.schema_info).where(schema.schema_info.c.key == "version")
+                     .values(value=str(schema.SCHEMA_VERSION)))
+    return found

@@ -1,0 +1,527 @@
+"""Store: the one door to the leaderboard database (SQLite by default, PostgreSQL by URL).
+
+    store = Store()                                # NANORESEARCH_DB, else sqlite:///nanoresearch.db
+    store = Store("postgresql://me@db:5432/lb")   # shared by many workers
+    store.record_run(Run(...), points, experiment=Experiment(...))
+    store.leaderboard("gpt2-speedrun")             # -> list of dicts
+
+Every write is one short transaction, retried with backoff when the database is busy (SQLite's single
+writer, PostgreSQL serialization failures and deadlocks), and written as an upsert so that recording
+the same thing twice, from one process or eight, is a no-op rather than a duplicate or an error.
+Queries return plain lists of dicts (column name -> value; JSON columns as Python objects, timestamps
+as timezone-aware UTC datetimes): `pandas.DataFrame(rows)` where a frame is wanted.
+Errors a user can fix raise `LeaderboardError` with a one-line message.
+"""
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+
+from leaderboard import schema
+from leaderboard.errors import LeaderboardError
+from leaderboard.migrations import bring_up_to_date, check_version, read_version
+from leaderboard.records import Decision, Entry, Experiment, Run, Track, as_row, check_point
+
+DEFAULT_URL = "sqlite:///nanoresearch.db"
+URL_HELP = "expected sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+RETRY_SECONDS = 120.0  # give up on a busy database after this long (a writer holding it that long is stuck)
+# Any fixed 64-bit key: serializes schema creation/upgrades among processes opening one PostgreSQL database.
+PG_SCHEMA_LOCK_KEY = 0x6E616E6F7265
+_WRITE = "nanoresearch_write"  # execution option: this transaction will write (SQLite: BEGIN IMMEDIATE)
+# Light columns of `runs`: listings skip the bulky config and log tail unless details are asked for.
+_RUN_SUMMARY_COLUMNS = [c for c in schema.runs.c if c.name not in ("config", "log_tail")]
+
+T = TypeVar("T")
+
+
+class Recorded(NamedTuple):
+    run_id: int
+    action: str  # "inserted" | "completed" (a running run got its results) | "unchanged"
+
+
+def resolve_url(url: str | None = None) -> URL:
+    """The database URL: `url`, else $NANORESEARCH_DB, else a SQLite file in the working directory."""
+    text = url or os.environ.get("NANORESEARCH_DB") or DEFAULT_URL
+    try:
+        parsed = make_url(text)
+    except (sa.exc.ArgumentError, ValueError):
+        raise LeaderboardError(f"database URL {text!r}: {URL_HELP}") from None
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the project ships psycopg2.
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg2")
+    elif backend != "sqlite":
+        raise LeaderboardError(f"database URL {parsed.render_as_string()!r}: unsupported backend {backend!r}; {URL_HELP}")
+    elif parsed.database and parsed.database.startswith("~"):  # sqlite3 would take "~" as a directory name
+        parsed = parsed.set(database=str(Path(parsed.database).expanduser()))
+    return parsed
+
+
+def _check_sqlite_path(url: URL) -> None:
+    """Fail early, naming the path, where sqlite3 would only say 'unable to open database file'."""
+    if url.database in (None, "", ":memory:") or url.database.startswith("file:"):
+        return
+    path = Path(url.database).absolute()
+    if path.is_dir():
+        raise LeaderboardError(f"SQLite database {path} is a directory: expected a file path")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise LeaderboardError(f"SQLite database {path}: {parent} is not a directory")
+    if not parent.is_dir():
+        raise LeaderboardError(f"SQLite database {path}: directory {parent} does not exist")
+    # WAL mode writes side files (-wal, -shm) beside the database, so the directory must be writable.
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise LeaderboardError(f"SQLite database {path}: directory {parent} is not writable")
+
+
+def _json_dumps(value: Any) -> str:
+    # NaN is not JSON (PostgreSQL's JSONB refuses it): store it as null, like the Real columns do.
+    def finite(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [finite(x) for x in v]
+        return v
+    return json.dumps(finite(value), allow_nan=False)
+
+
+def _sqlite_on_connect(dbapi_connection, connection_record) -> None:
+    # Let SQLAlchemy's "begin" hook below emit BEGIN (pysqlite's own transaction handling skips it for
+    # SELECTs and DDL); WAL lets the dashboard read while workers write; the busy timeout makes writers
+    # queue for the lock instead of failing at once; foreign keys are off by default in SQLite.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")  # safe with WAL: a crash never corrupts, only fsyncs less
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def _sqlite_on_begin(conn: sa.Connection) -> None:
+    # A write transaction takes the write lock up front: one that started as a reader and upgrades
+    # later fails with "database is locked" at once if another writer committed in between.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+
+
+def _retryable(error: sa.exc.DBAPIError) -> bool:
+    if error.connection_invalidated:
+        return True
+    if getattr(error.orig, "pgcode", None) in ("40001", "40P01"):  # serialization failure, deadlock
+        return True
+    message = str(error.orig).lower()
+    return "database is locked" in message or "database is busy" in message
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _rows(result: sa.Result) -> list[dict[str, Any]]:
+    return [dict(row._mapping) for row in result]
+
+
+class Store:
+    """A connection to the leaderboard database; creates or upgrades the schema on open."""
+
+    def __init__(self, url: str | None = None, *, connect_timeout: int = 10):
+        self.url = resolve_url(url)
+        self.url_text = self.url.render_as_string(hide_password=True)
+        self.dialect = self.url.get_backend_name()
+        try:
+            if self.dialect == "sqlite":
+                _check_sqlite_path(self.url)
+                self._engine = sa.create_engine(self.url, json_serializer=_json_dumps)
+                event.listen(self._engine, "connect", _sqlite_on_connect)
+                event.listen(self._engine, "begin", _sqlite_on_begin)
+                self._insert = sqlite.insert
+            else:
+                self.dialect = "postgresql"
+                connect_args = {} if "connect_timeout" in self.url.query else {"connect_timeout": connect_timeout}
+                self._engine = sa.create_engine(self.url, json_serializer=_json_dumps, connect_args=connect_args)
+                self._insert = postgresql.insert
+        except (ImportError, sa.exc.NoSuchModuleError) as e:
+            raise LeaderboardError(f"database URL {self.url_text!r}: its driver is not installed ({e}); {URL_HELP}") from None
+        try:
+            self.schema_version = self._open_schema()
+        except LeaderboardError:
+            self._engine.dispose()
+            raise
+
+    def _open_schema(self) -> int:
+        """Check the stored schema version; create or upgrade the schema when needed. Returns the current
+        version (the version found is checked first, so a newer database is never touched)."""
+        what = f"SQLite database {self.url.database}" if self.dialect == "sqlite" else f"database {self.url_text}"
+        found = self._transact(read_version, write=False, failure=f"cannot open {what}")
+        check_version(found)
+        if found < schema.SCHEMA_VERSION:
+            def create_or_upgrade(conn: sa.Connection) -> int:
+                if self.dialect == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_SCHEMA_LOCK_KEY})
+                return bring_up_to_date(conn)
+            self._transact(create_or_upgrade, write=True)
+        return schema.SCHEMA_VERSION
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url_text!r})"
+
+    def _transact(self, work: Callable[[sa.Connection], T], *, write: bool = True, failure: str = "") -> T:
+        """Run `work` in one transaction, retrying the whole transaction while the database is busy.
+        Errors become a LeaderboardError starting with `failure` (default: "database error on URL")."""
+        failure = failure or f"database error on {self.url_text}"
+        delay, deadline = 0.01, time.monotonic() + RETRY_SECONDS
+        while True:
+            try:
+                with self._engine.connect() as conn:
+                    if write:
+                        conn.execution_options(**{_WRITE: True})
+                    with conn.begin():
+                        return work(conn)
+            except sa.exc.DBAPIError as e:
+                if _retryable(e) and time.monotonic() < deadline:
+                    time.sleep(delay * (0.5 + random.random()))  # jitter: contending writers spread out
+                    delay = min(delay * 2, 1.0)
+                    continue
+                raise LeaderboardError(f"{failure}: {_first_line(e)}") from e
+            except sa.exc.StatementError as e:  # a value the driver or a column type refused
+                raise LeaderboardError(f"{failure}: {_first_line(e)}") from e
+
+    # ---------------------------------------------------------------- writes
+
+    def _insert_experiment(self, conn: sa.Connection, experiment: Experiment, search_id: int | None) -> None:
+        row = as_row(experiment)
+        row["created_at"] = row["created_at"] or schema.utcnow()
+        conn.execute(self._insert(schema.experiments).values(row).on_conflict_do_nothing(index_elements=["id"]))
+        if search_id is not None:
+            conn.execute(self._insert(schema.proposals)
+                         .values(search_id=search_id, experiment_id=experiment.id, created_at=schema.utcnow())
+                         .on_conflict_do_nothing(index_elements=["search_id", "experiment_id"]))
+
+    def record_experiment(self, experiment: Experiment, *, search_id: int | None = None) -> str:
+        """Record an experiment (a no-op when its id exists) and, with `search_id`, that the search
+        proposed it. Returns the experiment id."""
+        self._transact(lambda conn: self._insert_experiment(conn, experiment, search_id))
+        return experiment.id
+
+    def _insert_points(self, conn: sa.Connection, run_id: int, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            # RETURNING makes SQLAlchemy batch the rows into multi-VALUES statements ("insertmanyvalues");
+            # without it an ON CONFLICT insert goes row by row, one round trip each on PostgreSQL.
+            stmt = (self._insert(schema.metric_points).on_conflict_do_nothing(index_elements=["run_id", "step"])
+                    .returning(schema.metric_points.c.step))
+            conn.execute(stmt, [{**row, "run_id": run_id} for row in rows]).all()
+
+    def record_run(self, run: Run, points: Iterable[dict[str, Any]] = (), *,
+                   experiment: Experiment | None = None) -> Recorded:
+        """Record a run and its metric points in one transaction.
+
+        New (experiment, rung, seed): inserted. Already recorded as running and now finished: completed
+        (results and points together, or not at all). Anything else (a finished run recorded again, a
+        running run recorded running again): unchanged. `experiment`, when given, is recorded first in
+        the same transaction; otherwise the run's experiment must already exist.
+        """
+        rows = [check_point(p, f"run ({run.experiment_id}, {run.rung}, seed {run.seed}) metric point {i}")
+                for i, p in enumerate(points)]
+        row = as_row(run)
+        key = {"experiment_id": run.experiment_id, "rung": run.rung, "seed": run.seed}
+
+        def work(conn: sa.Connection) -> Recorded:
+            if experiment is not None:
+                self._insert_experiment(conn, experiment, run.search_id)
+            inserted = conn.execute(
+                self._insert(schema.runs).values(row)
+                .on_conflict_do_nothing(index_elements=list(key)).returning(schema.runs.c.id)).scalar()
+            if inserted is not None:
+                self._insert_points(conn, inserted, rows)
+                return Recorded(inserted, "inserted")
+            runs = schema.runs.c
+            run_id, status = conn.execute(sa.select(runs.id, runs.status).where(
+                runs.experiment_id == run.experiment_id, runs.rung == run.rung, runs.seed == run.seed)).one()
+            if status != "running" or not run.finished:
+                return Recorded(run_id, "unchanged")
+            # Completing: fields this record leaves empty (e.g. started_at) keep what the running row had.
+            # The status guard makes a second, concurrent completion update nothing.
+            values = {k: v for k, v in row.items() if v is not None and k not in key}
+            updated = conn.execute(sa.update(schema.runs).where(runs.id == run_id, runs.status == "running")
+                                   .values(values))
+            if updated.rowcount == 0:
+                return Recorded(run_id, "unchanged")
+            self._insert_points(conn, run_id, rows)
+            return Recorded(run_id, "completed")
+
+        return self._transact(work)
+
+    def add_metric_points(self, run_id: int, points: Iterable[dict[str, Any]]) -> None:
+        """Append points to a run as they come (live curves); steps already recorded are kept as they are."""
+        rows = [check_point(p, f"run {run_id} metric point {i}") for i, p in enumerate(points)]
+        self._transact(lambda conn: self._insert_points(conn, run_id, rows))
+
+    def start_search(self, name: str, *, tier: str | None = None, space: str | None = None,
+                     proposer: str | None = None, config: dict[str, Any] | None = None) -> int:
+        """Create the search `name`, or reopen it (status back to running) when it exists: a resumed search
+        keeps its id, runs and decisions. Returns its id."""
+        def work(conn: sa.Connection) -> int:
+            conn.execute(self._insert(schema.searches).values(
+                name=name, tier=tier, space=space, proposer=proposer, config=config, status="running",
+                started_at=schema.utcnow()).on_conflict_do_nothing(index_elements=["name"]))
+            return conn.execute(sa.update(schema.searches).where(schema.searches.c.name == name)
+                                .values(status="running", finished_at=None).returning(schema.searches.c.id)).scalar_one()
+        return self._transact(work)
+
+    def finish_search(self, search_id: int, status: str = "finished") -> None:
+        self._transact(lambda conn: conn.execute(sa.update(schema.searches).where(schema.searches.c.id == search_id)
+                                                 .values(status=status, finished_at=schema.utcnow())))
+
+    def record_decision(self, decision: Decision) -> int:
+        """Record a ladder decision with its statistics (every decision is kept: more_seeds, then promote)."""
+        row = as_row(decision)
+        row["created_at"] = row["created_at"] or schema.utcnow()
+        return self._transact(lambda conn: conn.execute(
+            sa.insert(schema.decisions).values(row).returning(schema.decisions.c.id)).scalar_one())
+
+    def record_noise_floor(self, scope: str, rung: str, std: float, n: int,
+                           baseline_experiment_id: str | None = None) -> None:
+        """Set the noise floor (std of baseline val_bpb over n seeds) of a rung in a scope (a search name
+        or a tier); a later measurement replaces the earlier one."""
+        values = {"std": std, "n": n, "baseline_experiment_id": baseline_experiment_id, "updated_at": schema.utcnow()}
+        stmt = self._insert(schema.noise_floors).values(scope=scope, rung=rung, **values)
+        self._transact(lambda conn: conn.execute(
+            stmt.on_conflict_do_update(index_elements=["scope", "rung"], set_=values)))
+
+    def record_track(self, track: Track) -> None:
+        """Create or update a leaderboard track (tracks are configuration: the latest definition wins)."""
+        row = as_row(track)
+        stmt = self._insert(schema.tracks).values(row)
+        update = {k: v for k, v in row.items() if k != "name"}
+        self._transact(lambda conn: conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=update)))
+
+    def record_entry(self, entry: Entry) -> int:
+        """Add a leaderboard entry to its (existing) track. Returns the entry id."""
+        row = as_row(entry)
+        row["created_at"] = row["created_at"] or schema.utcnow()
+        return self._transact(lambda conn: conn.execute(
+            sa.insert(schema.entries).values(row).returning(schema.entries.c.id)).scalar_one())
+
+    # ---------------------------------------------------------------- queries
+
+    def _read(self, work: Callable[[sa.Connection], T]) -> T:
+        return self._transact(work, write=False)
+
+    def _select(self, stmt: sa.Executable) -> list[dict[str, Any]]:
+        return self._read(lambda conn: _rows(conn.execute(stmt)))
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table (schema_info aside)."""
+        tables = [t for t in schema.metadata.sorted_tables if t.name != "schema_info"]
+        return self._read(lambda conn: {t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+                                        for t in tables})
+
+    def tracks(self) -> list[dict[str, Any]]:
+        return self._select(sa.select(schema.tracks).order_by(schema.tracks.c.name))
+
+    def leaderboard(self, track: str) -> list[dict[str, Any]]:
+        """The entries of `track`, fastest time-to-target first (entries without one last), each with a
+        1-based `rank` (None when it has no time-to-target)."""
+        e = schema.entries.c
+        rows = self._select(sa.select(schema.entries).where(e.track == track)
+                            .order_by(e.time_to_target_mean.asc().nulls_last(), e.created_at, e.id))
+        for rank, row in enumerate(rows, start=1):
+            row["rank"] = rank if row["time_to_target_mean"] is not None else None
+        return rows
+
+    def runs(self, *, experiment_id: str | None = None, search_id: int | None = None, rung: str | None = None,
+             status: str | Iterable[str] | None = None, details: bool = False) -> list[dict[str, Any]]:
+        """Runs matching every filter given, oldest first. `details` adds the bulky config and log_tail."""
+        r = schema.runs.c
+        stmt = sa.select(schema.runs) if details else sa.select(*_RUN_SUMMARY_COLUMNS)
+        if experiment_id is not None:
+            stmt = stmt.where(r.experiment_id == experiment_id)
+        if search_id is not None:
+            stmt = stmt.where(r.search_id == search_id)
+        if rung is not None:
+            stmt = stmt.where(r.rung == rung)
+        if status is not None:
+            stmt = stmt.where(r.status.in_([status] if isinstance(status, str) else list(status)))
+        return self._select(stmt.order_by(r.id))
+
+    def metric_points(self, run_ids: Iterable[int]) -> list[dict[str, Any]]:
+        """Metric points of the given runs, by run then step."""
+        ids = sorted(set(run_ids))
+        m = schema.metric_points.c
+
+        def work(conn: sa.Connection) -> list[dict[str, Any]]:
+            rows = []
+            for i in range(0, len(ids), 500):  # bounded IN lists (SQLite caps bound parameters)
+                rows += _rows(conn.execute(sa.select(schema.metric_points).where(m.run_id.in_(ids[i:i + 500]))
+                                           .order_by(m.run_id, m.step)))
+            return rows
+        return self._read(work)
+
+    def experiment(self, experiment_id: str) -> dict[str, Any] | None:
+        """An experiment with its `runs` (full rows) and `decisions`, or None when unknown."""
+        def work(conn: sa.Connection) -> dict[str, Any] | None:
+            found = _rows(conn.execute(sa.select(schema.experiments).where(schema.experiments.c.id == experiment_id)))
+            if not found:
+                return None
+            result = found[0]
+            result["runs"] = _rows(conn.execute(sa.select(schema.runs).where(schema.runs.c.experiment_id == experiment_id)
+                                                .order_by(schema.runs.c.id)))
+            result["decisions"] = _rows(conn.execute(
+                sa.select(schema.decisions).where(schema.decisions.c.experiment_id == experiment_id)
+                .order_by(schema.decisions.c.id)))
+            return result
+        return self._read(work)
+
+    def experiments(self, *, search_id: int | None = None) -> list[dict[str, Any]]:
+        """All experiments, or those a search proposed, oldest first."""
+        x = schema.experiments
+        stmt = sa.select(x)
+        if search_id is not None:
+            stmt = stmt.join(schema.proposals, schema.proposals.c.experiment_id == x.c.id).where(
+                schema.proposals.c.search_id == search_id)
+        return self._select(stmt.order_by(x.c.created_at, x.c.id))
+
+    def decisions(self, *, search_id: int | None = None, experiment_id: str | None = None) -> list[dict[str, Any]]:
+        """Ladder decisions, oldest first, optionally of one search and/or one experiment."""
+        d = schema.decisions.c
+        stmt = sa.select(schema.decisions)
+        if search_id is not None:
+            stmt = stmt.where(d.search_id == search_id)
+        if experiment_id is not None:
+            stmt = stmt.where(d.experiment_id == experiment_id)
+        return self._select(stmt.order_by(d.created_at, d.id))
+
+    def noise_floor(self, scope: str, rung: str) -> dict[str, Any] | None:
+        n = schema.noise_floors.c
+        rows = self._select(sa.select(schema.noise_floors).where(n.scope == scope, n.rung == rung))
+        return rows[0] if rows else None
+
+    def find_search(self, name: str) -> dict[str, Any] | None:
+        rows = self._select(sa.select(schema.searches).where(schema.searches.c.name == name))
+        return rows[0] if rows else None
+
+    def searches(self) -> list[dict[str, Any]]:
+        """Every search, newest first, with n_proposed, n_runs, n_finished and training_hours."""
+        s, r, p = schema.searches, schema.runs.c, schema.proposals.c
+        n_proposed = (sa.select(sa.func.count()).where(p.search_id == s.c.id).scalar_subquery())
+        stmt = (sa.select(s, n_proposed.label("n_proposed"),
+                          sa.func.count(r.id).label("n_runs"),
+                          sa.func.count(r.finished_at).label("n_finished"),
+                          (sa.func.coalesce(sa.func.sum(r.total_training_time), 0.0) / 3600.0).label("training_hours"))
+                .select_from(s.outerjoin(schema.runs, r.search_id == s.c.id))
+                .group_by(s.c.id).order_by(s.c.started_at.desc(), s.c.id.desc()))
+        return self._select(stmt)
+
+    def finished_keys(self, search_id: int | None = None) -> set[tuple[str, str, int]]:
+        """(experiment_id, rung, seed) of every finished run (of one search, when given): what a resumed
+        search must not run again."""
+        r = schema.runs.c
+        stmt = sa.select(r.experiment_id, r.rung, r.seed).where(r.status != "running")
+        if search_id is not None:
+            stmt = stmt.where(r.search_id == search_id)
+        return set(self._read(lambda conn: [tuple(row) for row in conn.execute(stmt)]))
+
+    def search_summary(self, search_id: int) -> dict[str, Any] | None:
+        """What the dashboard's search page shows, or None for an unknown search:
+
+        - `search`: the searches row; `n_proposed`; `runs_by_status`: {status: count};
+        - `training_hours` (sum of total_training_time) and `device_hours` (the same times world_size);
+        - `trials`: finished runs in finish order, each with `best_val_bpb`, the best ok val_bpb of its rung
+          so far (rungs are different model sizes, so their val_bpb do not compare);
+        - `best`: {rung: {experiment_id, mean_val_bpb, n}}: the lowest mean val_bpb over ok runs per rung;
+        - `funnel`: per rung in ladder order (search config "rungs", else first-run order):
+          proposed (first rung: proposals, else promotions into the rung), run (experiments with a finished
+          run there, baseline included), promoted and rejected (experiments with that verdict from it).
+        """
+        r, d = schema.runs.c, schema.decisions.c
+
+        def work(conn: sa.Connection) -> dict[str, Any] | None:
+            found = _rows(conn.execute(sa.select(schema.searches).where(schema.searches.c.id == search_id)))
+            if not found:
+                return None
+            runs = _rows(conn.execute(
+                sa.select(r.id, r.experiment_id, r.rung, r.seed, r.status, r.started_at, r.finished_at, r.val_bpb,
+                          r.total_training_time, r.world_size)
+                .where(r.search_id == search_id).order_by(r.finished_at.asc().nulls_last(), r.id)))
+            verdicts = conn.execute(sa.select(d.from_rung, d.to_rung, d.verdict, d.experiment_id)
+                                    .where(d.search_id == search_id).distinct()).all()
+            n_proposed = conn.execute(sa.select(sa.func.count()).select_from(schema.proposals)
+                                      .where(schema.proposals.c.search_id == search_id)).scalar_one()
+            return found[0], runs, verdicts, n_proposed
+
+        fetched = self._read(work)
+        if fetched is None:
+            return None
+        search, runs, verdicts, n_proposed = fetched
+
+        runs_by_status: dict[str, int] = {}
+        trials, best_so_far = [], {}
+        ok_values: dict[tuple[str, str], list[float]] = {}
+        ran_at: dict[str, set[str]] = {}
+        for run in runs:
+            runs_by_status[run["status"]] = runs_by_status.get(run["status"], 0) + 1
+            if run["finished_at"] is None:
+                continue
+            ran_at.setdefault(run["rung"], set()).add(run["experiment_id"])
+            if run["status"] == "ok" and run["val_bpb"] is not None:
+                ok_values.setdefault((run["rung"], run["experiment_id"]), []).append(run["val_bpb"])
+                best_so_far[run["rung"]] = min(best_so_far.get(run["rung"], math.inf), run["val_bpb"])
+            trials.append({"run_id": run["id"], "experiment_id": run["experiment_id"], "rung": run["rung"],
+                           "seed": run["seed"], "status": run["status"], "finished_at": run["finished_at"],
+                           "val_bpb": run["val_bpb"], "best_val_bpb": best_so_far.get(run["rung"])})
+
+        best: dict[str, dict[str, Any]] = {}
+        for (rung, experiment_id), values in ok_values.items():
+            mean = sum(values) / len(values)
+            if rung not in best or mean < best[rung]["mean_val_bpb"]:
+                best[rung] = {"experiment_id": experiment_id, "mean_val_bpb": mean, "n": len(values)}
+
+        config = search["config"] if isinstance(search["config"], dict) else {}
+        order = [str(rung) for rung in config.get("rungs") or []]
+        first_run_order = [run["rung"] for run in sorted(runs, key=lambda x: x["id"])]
+        for rung in first_run_order + [v.from_rung for v in verdicts]:
+            if rung not in order:
+                order.append(rung)
+        with_verdict: dict[tuple[str, str], set[str]] = {}
+        promoted_into: dict[str, set[str]] = {}
+        for v in verdicts:
+            with_verdict.setdefault((v.from_rung, v.verdict), set()).add(v.experiment_id)
+            if v.verdict == "promote" and v.to_rung is not None:
+                promoted_into.setdefault(v.to_rung, set()).add(v.experiment_id)
+        funnel = []
+        for i, rung in enumerate(order):
+            ran = len(ran_at.get(rung, ()))
+            proposed = max(n_proposed, ran) if i == 0 else len(promoted_into.get(rung, ()))
+            funnel.append({"rung": rung, "proposed": proposed, "run": ran,
+                           "promoted": len(with_verdict.get((rung, "promote"), ())),
+                           "rejected": len(with_verdict.get((rung, "reject"), ()))})
+
+        hours = sum(run["total_training_time"] or 0.0 for run in runs) / 3600.0
+        device_hours = sum((run["total_training_time"] or 0.0) * (run["world_size"] or 1) for run in runs) / 3600.0
+        return {"search": search, "n_proposed": n_proposed, "runs_by_status": runs_by_status,
+                "training_hours": hours, "device_hours": device_hours, "trials": trials, "best": best, "funnel": funnel}
