@@ -7,43 +7,21 @@ achieved FLOP/s and, on a GPU with a known peak, MFU. A benchmark, not a test: i
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 
 import torch
 
+from model.cli import ArgumentParser
 from model.config import TIERS, ConfigError, ModelConfig, OptimConfig, parse_set_args, split_overrides
 from model.gpt import GPT
+from model.hardware import peak_flops, synchronize
 from model.optim import build_optimizer
-
-# Dense bf16 peak FLOP/s (no sparsity), from the vendors' data sheets.
-PEAK_BF16_FLOPS = {
-    "A100": 312e12,
-    "H100 PCIe": 756e12,
-    "H100": 989e12,  # SXM / HBM3
-    "H200": 989e12,
-}
-
-
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):  # most specific first ("H100 PCIe" before "H100")
-        if all(part in name for part in key.split()):
-            return PEAK_BF16_FLOPS[key]
-    return None
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.bench", description=__doc__.strip().splitlines()[0])
+    parser = ArgumentParser(prog="python -m model.bench", description=__doc__.strip().splitlines()[0])
     parser.add_argument("--depth", type=int, required=True)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tier", choices=sorted(TIERS), default=None, help="defaults: cpu on CPU, gpu on CUDA")

@@ -193,6 +193,7 @@ class TrainConfig:
     core_max_per_task: int = 500     # examples per CORE task during training
     save_every: int = 0              # steps between checkpoints (0 = only at the end)
     compile: bool = False            # torch.compile the model
+    scale_wd_to_horizon: bool = True  # rescale weight decay from d12's horizon to this run's (T_epoch rule)
     log_every: int = 10              # steps between progress lines
 
     def validate(self) -> None:
@@ -218,7 +219,9 @@ class TrainConfig:
 TIERS: dict[str, dict[str, object]] = {
     # Measured on a 2-core CPU: at seq 256 and batch 8 x 256 tokens a depth-2 step takes a fraction of a second.
     "cpu": dict(vocab_size=8192, sequence_len=256, head_dim=64, device_batch_size=8, total_batch_size=8 * 256,
-                eval_every=50, eval_tokens=16 * 256 * 8, log_every=10, compile=False),
+                eval_every=50, eval_tokens=16 * 256 * 8, log_every=10, compile=False,
+                # d12's horizon says nothing about minutes-long CPU runs: weight decay is used as given.
+                scale_wd_to_horizon=False),
     # nanochat's single-node settings.
     "gpu": dict(vocab_size=32768, sequence_len=2048, head_dim=128, device_batch_size=32, total_batch_size=524288,
                 eval_every=250, eval_tokens=10485760, log_every=10, compile=True),

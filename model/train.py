@@ -1,0 +1,596 @@
+"""
+`python -m model.train`: train a GPT from the depth dial, on one process or under torchrun.
+
+    python -m model.train --depth 2 --data DIR --out runs/x --time-budget 60
+    torchrun --standalone --nproc_per_node=8 -m model.train --depth 24 --tier gpu --out runs/d24 --target core>=0.256525
+
+Contract (see DESIGN.md): arguments in; RUN_DIR/config.json, metrics.jsonl, result.json, tokenizer/ and
+checkpoints/ out. Exit code 0 only for status ok; 3 = diverged (NaN/inf loss); 1 = failed (crash, reason in
+result.json and on stderr); 2 = bad input (one line on stderr, nothing written); 143 = terminated by SIGTERM
+(checkpoint saved; run again with --resume).
+
+What the depth dial does not set comes from the tier (--tier cpu|gpu, default from the device): vocab,
+sequence length, head dim, batch. Any ModelConfig/OptimConfig/TrainConfig field can be overridden with
+--set key=value. The horizon is one of --num-iterations, --param-data-ratio (tokens = ratio x scaling params)
+or --time-budget SECONDS of training time; schedules run on the fraction of that horizon done.
+
+total_training_time follows the nanochat leaderboard rule: synchronized step time only, excluding evaluation,
+checkpointing, compilation warm-up and the first 10 steps. time_to_target is total_training_time at the first
+evaluation that meets --target (val_bpb<=X or core>=X).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from model.checkpoint import atomic_write_json, latest_checkpoint, load_checkpoint, save_checkpoint
+from model.cli import ArgumentParser
+from model.config import TIERS, ConfigError, ModelConfig, OptimConfig, TrainConfig, parse_set_args, split_overrides
+from model.gpt import GPT
+from model.hardware import describe, peak_flops, peak_memory_bytes, synchronize
+from model.optim import REFERENCE_BATCH_TOKENS, build_optimizer
+from model.provenance import code_version
+from model.schedule import apply_schedules
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_TERMINATED = 0, 1, 2, 3, 143
+UNTIMED_STEPS = 10  # the first steps (compilation, allocator warm-up) never count as training time
+REFERENCE_DEPTH = 12  # nanochat tuned its weight decay at d12's compute-optimal horizon
+
+
+class BadInput(ValueError):
+    """Invalid arguments: reported as one line, exit code 2, nothing written."""
+
+
+@dataclasses.dataclass
+class Target:
+    metric: str  # val_bpb | core
+    value: float
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        for metric, op in (("val_bpb", "<="), ("core", ">=")):
+            prefix = metric + op
+            if text.replace(" ", "").startswith(prefix):
+                try:
+                    return cls(metric, float(text.replace(" ", "")[len(prefix):]))
+                except ValueError:
+                    break
+        raise BadInput(f"--target {text!r}: expected val_bpb<=NUMBER or core>=NUMBER")
+
+    def met(self, value: float | None) -> bool:
+        if value is None:
+            return False
+        return value <= self.value if self.metric == "val_bpb" else value >= self.value
+
+    def __str__(self) -> str:
+        return f"{self.metric}{'<=' if self.metric == 'val_bpb' else '>='}{self.value}"
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m model.train", description="Train a nanochat-style GPT.")
+    p.add_argument("--depth", type=int, required=True, help="number of layers: the dial that sets width, heads, LRs")
+    p.add_argument("--out", required=True, help="run directory (config.json, metrics.jsonl, result.json, checkpoints)")
+    p.add_argument("--data", default=None, help="pretraining data: a local dir or a source name (env NANORESEARCH_DATA)")
+    p.add_argument("--tier", choices=sorted(TIERS), default=None, help="cpu or gpu defaults (default: from the device)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any ModelConfig/OptimConfig/TrainConfig field (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="model init and data order")
+    horizon = p.add_mutually_exclusive_group()
+    horizon.add_argument("--num-iterations", type=int, default=None, help="optimizer steps")
+    horizon.add_argument("--param-data-ratio", type=float, default=None, help="tokens = ratio x scaling params")
+    horizon.add_argument("--time-budget", type=float, default=None, help="seconds of training time")
+    p.add_argument("--target", default=None, help="val_bpb<=X or core>=X: record time_to_target")
+    p.add_argument("--stop-at-target", action="store_true", help="stop training once the target is met")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--eval-every", type=int, default=None, help="steps between val evaluations (and at the end)")
+    p.add_argument("--eval-tokens", type=int, default=None, help="val tokens per evaluation")
+    p.add_argument("--save-every", type=int, default=None, help="steps between checkpoints (always at the end)")
+    p.add_argument("--core-every", type=int, default=None, help="steps between CORE evaluations (0 = off)")
+    p.add_argument("--eval-bundle", default=None, help="CORE bundle dir (env NANORESEARCH_EVAL_BUNDLE)")
+    p.add_argument("--tokenizer", default=None, help="a saved tokenizer dir (default: trained/cached for --data)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless configured)")
+    p.add_argument("--experiment-id", default=None, help="set by the harness; recorded in config.json")
+    p.add_argument("--rung", default=None, help="set by the harness; recorded in config.json")
+    return p
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Setup: everything that can reject the input happens here, before anything is written.
+
+@dataclasses.dataclass
+class Setup:
+    args: argparse.Namespace
+    tier: str
+    device: torch.device
+    model_config: ModelConfig
+    optim: OptimConfig
+    train: TrainConfig
+    overrides: dict
+    target: Target | None
+    run_dir: Path
+
+
+def resolve_setup(args: argparse.Namespace, device: torch.device) -> Setup:
+    if args.depth < 1:
+        raise BadInput(f"--depth {args.depth}: expected a positive integer")
+    for flag in ("num_iterations", "eval_every", "eval_tokens", "save_every", "core_every"):
+        value = getattr(args, flag)
+        if value is not None and value < (1 if flag in ("num_iterations", "eval_tokens") else 0):
+            raise BadInput(f"--{flag.replace('_', '-')} {value}: expected a {'positive' if flag in ('num_iterations', 'eval_tokens') else 'non-negative'} integer")
+    if args.time_budget is not None and not (args.time_budget > 0 and math.isfinite(args.time_budget)):
+        raise BadInput(f"--time-budget {args.time_budget}: expected a positive number of seconds")
+    if args.param_data_ratio is not None and not args.param_data_ratio > 0:
+        raise BadInput(f"--param-data-ratio {args.param_data_ratio}: expected a positive number")
+    target = Target.parse(args.target) if args.target else None
+    if args.stop_at_target and target is None:
+        raise BadInput("--stop-at-target needs --target")
+
+    tier_name = args.tier or ("gpu" if device.type == "cuda" else "cpu")
+    tier = TIERS[tier_name]
+    overrides = parse_set_args(args.set)
+    model_over, optim_over, train_over = split_overrides(overrides)
+    flag_over = {"eval_every": args.eval_every, "eval_tokens": args.eval_tokens, "save_every": args.save_every,
+                 "core_every": args.core_every, "compile": args.compile}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    train_values = {k: v for k, v in tier.items() if k in train_fields}
+    train_values.update(train_over)
+    train_values.update({k: v for k, v in flag_over.items() if v is not None})
+    train = TrainConfig(**train_values)
+    train.validate()
+    model_values = {k: v for k, v in tier.items() if k in {f.name for f in dataclasses.fields(ModelConfig)}}
+    model_values.update(model_over)
+    model_config = ModelConfig.from_depth(args.depth, **model_values)
+    optim = OptimConfig(**optim_over)
+    optim.validate()
+    if model_config.vocab_size < 300:
+        raise BadInput(f"vocab_size={model_config.vocab_size}: expected at least 300 (256 bytes + special tokens + merges)")
+    return Setup(args, tier_name, device, model_config, optim, train, overrides, target, Path(args.out))
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size); initialises the process group under torchrun."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 0, 1
+    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    use_cuda = torch.cuda.is_available() and os.environ.get("NANORESEARCH_FORCE_CPU") != "1"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return rank, local_rank, world
+
+
+# -----------------------------------------------------------------------------------------------------------
+
+class Terminated(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rank, local_rank, world = init_distributed()
+    master = rank == 0
+    try:
+        return run(args, rank, local_rank, world)
+    except (BadInput, ConfigError) as e:
+        if master:
+            print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run(args, rank: int, local_rank: int, world: int) -> int:
+    master = rank == 0
+    want = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if want == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda: no CUDA device is available")
+    device = torch.device(f"cuda:{local_rank}" if want == "cuda" else "cpu")
+    if device.type == "cpu" and world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    setup = resolve_setup(args, device)
+    run_dir = setup.run_dir
+
+    # An existing run dir is continued only with --resume; a finished run is left alone.
+    previous_result = run_dir / "result.json"
+    if (run_dir / "config.json").exists() and not args.resume:
+        raise BadInput(f"--out {run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
+    if args.resume and previous_result.exists():
+        status = json.loads(previous_result.read_text()).get("status")
+        if status in ("ok", "diverged"):
+            if master:
+                print(f"train: {run_dir} already finished with status {status}; nothing to do", file=sys.stderr)
+            return EXIT_OK if status == "ok" else EXIT_DIVERGED
+    if world > 1:
+        dist.barrier()  # every rank has checked the run dir before rank 0 writes into it
+
+    from model.data import BestFitLoader, resolve_source, validation_batches
+    from model.tokenizer import Tokenizer, get_tokenizer
+    try:
+        source = resolve_source(args.data)
+    except (ValueError, OSError) as e:
+        raise BadInput(str(e).splitlines()[0]) from None
+
+    config_path = run_dir / "config.json"
+    resuming_config = json.loads(config_path.read_text()) if (args.resume and config_path.exists()) else None
+    tokenizer_dir = run_dir / "tokenizer"
+    if resuming_config is not None:
+        tokenizer = Tokenizer.load(tokenizer_dir)
+    elif args.tokenizer:
+        try:
+            tokenizer = Tokenizer.load(args.tokenizer)
+        except (OSError, ValueError) as e:
+            raise BadInput(f"--tokenizer {args.tokenizer}: {e}".splitlines()[0]) from None
+    else:
+        if master:  # rank 0 trains (or finds) the cached tokenizer; the others then load it from the cache
+            tokenizer = get_tokenizer(source, setup.model_config.vocab_size)
+        if world > 1:
+            dist.barrier()
+        if not master:
+            tokenizer = get_tokenizer(source, setup.model_config.vocab_size, progress=False)
+    if tokenizer.vocab_size != setup.model_config.vocab_size:
+        raise BadInput(f"tokenizer vocab {tokenizer.vocab_size} != vocab_size={setup.model_config.vocab_size}")
+
+    model_config, optim, train = setup.model_config, setup.optim, setup.train
+    torch.manual_seed(args.seed)
+    with torch.device(device):
+        model = GPT(model_config)
+    counts = model.num_params()
+    flops_per_token = model.num_flops_per_token()
+
+    # Batch: device_batch_size sequences per rank per micro-step, accumulated to total_batch_size tokens.
+    T = model_config.sequence_len
+    tokens_per_micro = train.device_batch_size * T * world
+    if train.total_batch_size % tokens_per_micro:
+        raise BadInput(f"total_batch_size={train.total_batch_size}: expected a multiple of device_batch_size x "
+                       f"sequence_len x ranks = {tokens_per_micro}")
+    grad_accum = train.total_batch_size // tokens_per_micro
+
+    # Horizon.
+    num_iterations, budget = None, None
+    if args.time_budget is not None:
+        budget = args.time_budget
+        horizon = {"time_budget": budget}
+    else:
+        if args.num_iterations is not None:
+            num_iterations = args.num_iterations
+            horizon = {"num_iterations": num_iterations}
+        else:
+            ratio = args.param_data_ratio or train.param_data_ratio
+            num_iterations = max(1, round(ratio * counts["scaling"] / train.total_batch_size))
+            horizon = {"param_data_ratio": ratio}
+    # Weight decay: nanochat's value is tuned at d12's compute-optimal horizon and batch 2^19 tokens. It is
+    # rescaled (T_epoch rule: wd ~ sqrt(B / B_ref) * D_ref / D) when the horizon is known in tokens and the
+    # tier asks for it; otherwise it is used as given.
+    weight_decay = optim.weight_decay
+    if train.scale_wd_to_horizon and num_iterations is not None:
+        ref_config = ModelConfig.from_depth(REFERENCE_DEPTH, **{k: getattr(model_config, k) for k in ("vocab_size", "sequence_len", "head_dim")})
+        ref_tokens = train.param_data_ratio * scaling_params(ref_config)
+        weight_decay *= math.sqrt(train.total_batch_size / REFERENCE_BATCH_TOKENS) * ref_tokens / (num_iterations * train.total_batch_size)
+    optimizer = build_optimizer(model, optim, total_batch_size=train.total_batch_size, weight_decay=weight_decay)
+
+    train_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        train_model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    if train.compile:
+        train_model = torch.compile(train_model, dynamic=False)
+
+    loader = BestFitLoader(tokenizer, source, "train", train.device_batch_size, T, rank=rank, world_size=world,
+                           device=device, seed=args.seed)
+    val_batches = validation_batches(tokenizer, source, train.device_batch_size, T, train.eval_tokens, rank=rank,
+                                     world_size=world, device=device)
+    token_bytes = tokenizer.token_bytes().to(device)
+
+    # Loop state (restored on resume).
+    state = dict(step=0, train_time=0.0, tokens=0, smooth_loss=0.0, time_to_target=None, min_val_bpb=None,
+                 last_val_bpb=None, last_core=None)
+    checkpoint = latest_checkpoint(run_dir) if args.resume else None
+    config_record = {
+        "depth": args.depth, "tier": setup.tier, "seed": args.seed, "device": device.type, "world_size": world,
+        "overrides": {k: v for k, v in setup.overrides.items()},
+        "model": dataclasses.asdict(model_config), "optim": dataclasses.asdict(optim), "train": dataclasses.asdict(train),
+        "data": source.name, "data_fingerprint": source.fingerprint(), "budget": horizon,
+        "target": str(setup.target) if setup.target else None, "code_version": code_version(),
+        "hardware": describe(device, world), "command": command_line(world),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "experiment_id": args.experiment_id, "rung": args.rung,
+        "chat": False, "num_params": counts, "flops_per_token": flops_per_token, "grad_accum": grad_accum,
+        "weight_decay_used": weight_decay,
+    }
+    if resuming_config is not None:
+        changed = [k for k in ("depth", "seed", "model", "optim", "train", "budget", "data_fingerprint")
+                   if resuming_config.get(k) != config_record[k]]
+        if changed:
+            raise BadInput(f"--resume {run_dir}: the run was started with different settings ({', '.join(changed)})")
+        config_record["created_at"] = resuming_config.get("created_at")
+    if checkpoint is not None:
+        saved = load_checkpoint(checkpoint, device)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        loader.load_state_dict(saved["loader"][rank])
+        state.update(saved["loop"])
+        torch.set_rng_state(saved["rng"]["cpu"])
+        if device.type == "cuda" and saved["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(saved["rng"]["cuda"])
+    metrics_path = run_dir / "metrics.jsonl"
+    if master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(config_path, config_record)
+        if not tokenizer_dir.exists():
+            tokenizer.save(tokenizer_dir)
+        # Evaluations from after the checkpoint (and at its step, which is evaluated again) are dropped.
+        keep_metrics_before(metrics_path, state["step"] if checkpoint is not None else 0)
+        (run_dir / "result.json").unlink(missing_ok=True)  # a stale result (e.g. timeout) must not outlive the rerun
+        print(f"train: {describe(device, world)} | depth {model_config.depth} dim {model_config.model_dim} "
+              f"heads {model_config.n_head}/{model_config.n_kv_head} | {counts['total'] / 1e6:.2f}M params "
+              f"({counts['scaling'] / 1e6:.2f}M scaling) | batch {train.total_batch_size} tokens "
+              f"({train.device_batch_size}x{T} x{grad_accum} accum x{world} ranks) | horizon {horizon}"
+              + (f" | resumed at step {state['step']}" if checkpoint else ""), file=sys.stderr, flush=True)
+
+    wandb_run = start_wandb(args, run_dir, config_record) if (master and args.wandb) else None
+    terminated = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: terminated.__setitem__("flag", True))
+
+    peak = peak_flops(device)
+    core_bundle = None
+    last_log = (time.perf_counter(), state["step"])
+    status, reason = "ok", None
+
+    def evaluate(step: int, final: bool) -> None:
+        from model.evaluate import evaluate_bpb
+        model.eval()
+        with torch.no_grad():
+            val_bpb = evaluate_bpb(model, val_batches, token_bytes)
+        core = None
+        if train.core_every and (final or step % train.core_every == 0):
+            core = run_core(step)
+        model.train()
+        state["last_val_bpb"] = val_bpb
+        state["min_val_bpb"] = val_bpb if state["min_val_bpb"] is None else min(state["min_val_bpb"], val_bpb)
+        if core is not None:
+            state["last_core"] = core
+        target = setup.target
+        if target and state["time_to_target"] is None and target.met(core if target.metric == "core" else val_bpb):
+            state["time_to_target"] = state["train_time"]
+        timed = max(0, step - UNTIMED_STEPS)
+        tok_per_s = timed * train.total_batch_size / state["train_time"] if state["train_time"] > 0 else None
+        point = {"step": step, "tokens": state["tokens"], "elapsed_train_s": round(state["train_time"], 3),
+                 "train_loss": debiased(state["smooth_loss"], step), "val_bpb": val_bpb,
+                 "tok_per_s": tok_per_s, "mfu": mfu(tok_per_s), "core": core, "wall_time": time.time()}
+        if master:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(point) + "\n")
+            extra = f" | core {core:.4f}" if core is not None else ""
+            print(f"eval: step {step} | val_bpb {val_bpb:.4f}{extra} | train time {state['train_time']:.1f}s"
+                  + (f" | target {setup.target} met at {state['time_to_target']:.1f}s" if state["time_to_target"] is not None else ""),
+                  file=sys.stderr, flush=True)
+            if wandb_run:
+                wandb_run.log({k: v for k, v in point.items() if v is not None}, step=step)
+
+    def run_core(step: int) -> float:
+        nonlocal core_bundle
+        from model.evaluate import evaluate_core, resolve_eval_bundle
+        if core_bundle is None:
+            core_bundle = resolve_eval_bundle(args.eval_bundle)
+        result = None
+        if master:
+            result = evaluate_core(model, tokenizer, core_bundle, max_per_task=train.core_max_per_task, device=device,
+                                   progress=False)
+        if world > 1:
+            box = [result["core"] if master else None]
+            dist.broadcast_object_list(box, src=0)
+            return box[0]
+        return result["core"]
+
+    def mfu(tok_per_s):
+        if tok_per_s is None or peak is None:
+            return None
+        return flops_per_token * tok_per_s / (peak * world)
+
+    def save(step: int) -> None:
+        loader_states = [loader.state_dict()]
+        if world > 1:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, loader_states[0])
+            loader_states = gathered
+        if master:
+            save_checkpoint(run_dir, step, {
+                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "loader": loader_states, "loop": dict(state),
+                "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+            })
+
+    def finished(step: int) -> bool:
+        if num_iterations is not None:
+            done = step >= num_iterations
+        else:
+            done = state["train_time"] >= budget
+        if world > 1:  # every rank must stop on the same step; rank 0's clock decides
+            flag = torch.tensor([int(done)], device=device)
+            dist.broadcast(flag, src=0)
+            done = bool(flag.item())
+        return done
+
+    def progress_of(step: int) -> float:
+        if num_iterations is not None:
+            return step / num_iterations
+        return min(1.0, state["train_time"] / budget)
+
+    resume_step = state["step"] if checkpoint is not None else None
+    try:
+        step = state["step"]
+        while True:
+            last = finished(step)
+            if last or (train.eval_every and step % train.eval_every == 0):
+                evaluate(step, final=last)
+                if args.stop_at_target and state["time_to_target"] is not None:
+                    last = True
+            if last:
+                break
+            if terminated["flag"]:
+                raise Terminated()
+            if train.save_every and step % train.save_every == 0 and step not in (0, resume_step):
+                save(step)
+
+            # One optimizer step: grad_accum micro-batches, then the update.
+            synchronize(device)
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(grad_accum):
+                x, y = next(loader)
+                sync_grads = micro == grad_accum - 1
+                # DDP: all-reduce gradients once per optimizer step, on the last micro-batch.
+                context = train_model.no_sync() if (world > 1 and not sync_grads and not train.compile) else contextlib.nullcontext()
+                with context:
+                    loss = train_model(x, y)
+                    (loss / grad_accum).backward()
+                loss_sum += loss.detach()
+            lr_mult = apply_schedules(optimizer, step, progress_of(step), optim, train)
+            optimizer.step()
+            model.zero_grad(set_to_none=True)
+            train_loss = (loss_sum / grad_accum).item()  # also a sync point
+            synchronize(device)
+            dt = time.perf_counter() - t0
+            if step >= UNTIMED_STEPS:
+                state["train_time"] += dt
+            state["tokens"] += train.total_batch_size
+            if not math.isfinite(train_loss):
+                status, reason = "diverged", f"loss became {train_loss} at step {step}"
+                step += 1
+                state["step"] = step
+                break
+            state["smooth_loss"] = 0.9 * state["smooth_loss"] + 0.1 * train_loss
+            step += 1
+            state["step"] = step
+            if master and train.log_every and step % train.log_every == 0:
+                now = time.perf_counter()
+                rate = (step - last_log[1]) * train.total_batch_size / max(now - last_log[0], 1e-9)
+                last_log = (now, step)
+                print(progress_line(step, num_iterations, budget, state, debiased(state["smooth_loss"], step),
+                                    lr_mult, rate, mfu(rate)), file=sys.stderr, flush=True)
+    except Terminated:
+        save(state["step"])
+        if master:
+            write_result(run_dir, "timeout", "terminated by SIGTERM (preempted or out of time); rerun with --resume",
+                         state, flops_per_token, device)
+            print("train: terminated; checkpoint saved, rerun with --resume", file=sys.stderr)
+        return EXIT_TERMINATED
+    except Exception as e:  # noqa: BLE001 - any crash is recorded as a failed run, then re-raised for the log
+        if master:
+            write_result(run_dir, "failed", f"{type(e).__name__}: {e}".splitlines()[0], state, flops_per_token, device)
+            print(f"error: training failed: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
+        import traceback
+        traceback.print_exc()
+        return EXIT_FAILED
+
+    if status == "ok":
+        save(state["step"])
+    if master:
+        write_result(run_dir, status, reason, state, flops_per_token, device)
+        summary = f"train: {status} | steps {state['step']} | val_bpb {state['last_val_bpb']}"
+        if state["time_to_target"] is not None:
+            summary += f" | time_to_target {state['time_to_target']:.1f}s"
+        print(summary + f" | training time {state['train_time']:.1f}s" + (f" | {reason}" if reason else ""), file=sys.stderr)
+        if wandb_run:
+            wandb_run.finish()
+    return EXIT_OK if status == "ok" else EXIT_DIVERGED
+
+
+# -----------------------------------------------------------------------------------------------------------
+
+def scaling_params(config: ModelConfig) -> int:
+    """Matrix + lm_head parameters of a config, by arithmetic (no model is built)."""
+    d, kv = config.model_dim, config.n_kv_head * config.head_dim
+    per_block = 2 * d * d + 2 * d * kv + 2 * config.mlp_ratio * d * d
+    padded_vocab = -(-config.vocab_size // 64) * 64
+    return config.depth * per_block + padded_vocab * d
+
+
+def debiased(ema: float, steps: int) -> float | None:
+    return None if steps == 0 else ema / (1 - 0.9 ** steps)
+
+
+def keep_metrics_before(path: Path, step: int) -> None:
+    """On resume, drop evaluations at or after the checkpoint's step (they are logged again): no duplicates."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < step]
+    atomic_write_json_lines(path, kept)
+
+
+def atomic_write_json_lines(path: Path, lines: list[str]) -> None:
+    from model.checkpoint import atomic_write_bytes
+    atomic_write_bytes(path, lambda f: f.write("".join(line + "\n" for line in lines).encode()))
+
+
+def write_result(run_dir: Path, status: str, reason: str | None, state: dict, flops_per_token: int,
+                 device: torch.device) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = {
+        "status": status, "val_bpb": state["last_val_bpb"], "min_val_bpb": state["min_val_bpb"], "core": state["last_core"],
+        "total_training_time": round(state["train_time"], 3), "time_to_target": state["time_to_target"],
+        "tokens": state["tokens"], "flops": flops_per_token * state["tokens"], "steps": state["step"],
+        "peak_memory_bytes": peak_memory_bytes(device),
+    }
+    if reason:
+        result["reason"] = reason
+    atomic_write_json(run_dir / "result.json", result)
+
+
+def progress_line(step, num_iterations, budget, state, loss, lr_mult, tok_per_s, mfu) -> str:
+    if num_iterations is not None:
+        where = f"step {step}/{num_iterations} ({100 * step / num_iterations:.0f}%)"
+        eta = (num_iterations - step) * train_seconds_per_step(state, step)
+    else:
+        where = f"step {step} ({100 * min(1, state['train_time'] / budget):.0f}% of {budget:g}s)"
+        eta = max(0.0, budget - state["train_time"])
+    mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
+    return (f"{where} | loss {loss:.4f} | lr x{lr_mult:.2f} | {tok_per_s:,.0f} tok/s | mfu {mfu_text} | "
+            f"train {state['train_time']:.1f}s | eta {eta:.0f}s")
+
+
+def train_seconds_per_step(state: dict, step: int) -> float:
+    timed = step - UNTIMED_STEPS
+    return state["train_time"] / timed if timed > 0 else 0.0
+
+
+def command_line(world: int) -> str:
+    args = shlex.join(sys.argv[1:])
+    if world > 1:
+        return f"torchrun --standalone --nproc_per_node={world} -m model.train {args}"
+    return f"python -m model.train {args}"
+
+
+def start_wandb(args, run_dir: Path, config: dict):
+    """Weights & Biases, offline unless the user configured an online account. Never required."""
+    try:
+        import wandb
+    except Exception as e:  # noqa: BLE001 - wandb missing or broken: training goes on without it
+        print(f"train: --wandb ignored ({type(e).__name__}: {e})", file=sys.stderr)
+        return None
+    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    try:
+        return wandb.init(project=os.environ.get("WANDB_PROJECT", "nanoresearch"), name=run_dir.name, dir=str(run_dir),
+                          config=config, mode=mode, reinit=True)
+    except Exception as e:  # noqa: BLE001
+        print(f"train: --wandb ignored ({type(e).__name__}: {e})", file=sys.stderr)
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
