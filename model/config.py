@@ -194,11 +194,12 @@ class TrainConfig:
     save_every: int = 0              # steps between checkpoints (0 = only at the end)
     compile: bool = False            # torch.compile the model
     scale_wd_to_horizon: bool = True  # rescale weight decay from d12's horizon to this run's (T_epoch rule)
+    tokenizer_max_chars: int = 2_000_000_000  # training characters for the BPE tokenizer (nanochat's budget)
     log_every: int = 10              # steps between progress lines
 
     def validate(self) -> None:
         check_types(self)
-        for name in ["total_batch_size", "device_batch_size", "eval_tokens"]:
+        for name in ["total_batch_size", "device_batch_size", "eval_tokens", "tokenizer_max_chars"]:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: expected a positive integer")
         for name in ["warmup_steps", "eval_every", "core_every", "save_every", "log_every", "core_max_per_task"]:
@@ -221,7 +222,9 @@ TIERS: dict[str, dict[str, object]] = {
     "cpu": dict(vocab_size=8192, sequence_len=256, head_dim=64, device_batch_size=8, total_batch_size=8 * 256,
                 eval_every=50, eval_tokens=16 * 256 * 8, log_every=10, compile=False,
                 # d12's horizon says nothing about minutes-long CPU runs: weight decay is used as given.
-                scale_wd_to_horizon=False),
+                scale_wd_to_horizon=False,
+                # BPE at vocab 8192 needs far less than nanochat's 2B characters; 100M train in about a minute here.
+                tokenizer_max_chars=100_000_000),
     # nanochat's single-node settings.
     "gpu": dict(vocab_size=32768, sequence_len=2048, head_dim=128, device_batch_size=32, total_batch_size=524288,
                 eval_every=250, eval_tokens=10485760, log_every=10, compile=True),

@@ -125,7 +125,7 @@ class Setup:
     run_dir: Path
 
 
-def resolve_setup(args: argparse.Namespace, device: torch.device) -> Setup:
+def resolve_setup(args: argparse.Namespace, device: torch.device, world: int = 1) -> Setup:
     if args.depth < 1:
         raise BadInput(f"--depth {args.depth}: expected a positive integer")
     for flag in ("num_iterations", "eval_every", "eval_tokens", "save_every", "core_every"):
@@ -157,6 +157,11 @@ def resolve_setup(args: argparse.Namespace, device: torch.device) -> Setup:
     model_config = ModelConfig.from_depth(args.depth, **model_values)
     optim = OptimConfig(**optim_over)
     optim.validate()
+    # Batch: device_batch_size sequences per rank per micro-step, accumulated to total_batch_size tokens.
+    tokens_per_micro = train.device_batch_size * model_config.sequence_len * world
+    if train.total_batch_size % tokens_per_micro:
+        raise BadInput(f"total_batch_size={train.total_batch_size}: expected a multiple of device_batch_size x "
+                       f"sequence_len x ranks = {tokens_per_micro}")
     if model_config.vocab_size < 300:
         raise BadInput(f"vocab_size={model_config.vocab_size}: expected at least 300 (256 bytes + special tokens + merges)")
     return Setup(args, tier_name, device, model_config, optim, train, overrides, target, Path(args.out))
@@ -203,21 +208,8 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
     device = torch.device(f"cuda:{local_rank}" if want == "cuda" else "cpu")
     if device.type == "cpu" and world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    setup = resolve_setup(args, device)
+    setup = resolve_setup(args, device, world)
     run_dir = setup.run_dir
-
-    # An existing run dir is continued only with --resume; a finished run is left alone.
-    previous_result = run_dir / "result.json"
-    if (run_dir / "config.json").exists() and not args.resume:
-        raise BadInput(f"--out {run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
-    if args.resume and previous_result.exists():
-        status = json.loads(previous_result.read_text()).get("status")
-        if status in ("ok", "diverged"):
-            if master:
-                print(f"train: {run_dir} already finished with status {status}; nothing to do", file=sys.stderr)
-            return EXIT_OK if status == "ok" else EXIT_DIVERGED
-    if world > 1:
-        dist.barrier()  # every rank has checked the run dir before rank 0 writes into it
 
     from model.data import BestFitLoader, resolve_source, validation_batches
     from model.tokenizer import Tokenizer, get_tokenizer
@@ -237,14 +229,35 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
         except (OSError, ValueError) as e:
             raise BadInput(f"--tokenizer {args.tokenizer}: {e}".splitlines()[0]) from None
     else:
+        vocab, chars = setup.model_config.vocab_size, setup.train.tokenizer_max_chars
         if master:  # rank 0 trains (or finds) the cached tokenizer; the others then load it from the cache
-            tokenizer = get_tokenizer(source, setup.model_config.vocab_size)
+            tokenizer = get_tokenizer(source, vocab, max_chars=chars)
         if world > 1:
             dist.barrier()
         if not master:
-            tokenizer = get_tokenizer(source, setup.model_config.vocab_size, progress=False)
+            tokenizer = get_tokenizer(source, vocab, max_chars=chars, progress=False)
     if tokenizer.vocab_size != setup.model_config.vocab_size:
         raise BadInput(f"tokenizer vocab {tokenizer.vocab_size} != vocab_size={setup.model_config.vocab_size}")
+
+    # Everything the user gave has been checked; from here on the run dir is ours. Rank 0 holds a lock on it
+    # for the whole run, so a second process pointed at the same dir (a search restarted while an orphaned
+    # job still trains, a SLURM requeue racing the old job) waits instead of writing alongside.
+    if master:
+        acquire_run_lock(run_dir)
+    if world > 1:
+        dist.barrier()
+    # An existing run dir is continued only with --resume; a finished run is left alone.
+    previous_result = run_dir / "result.json"
+    if (run_dir / "config.json").exists() and not args.resume:
+        raise BadInput(f"--out {run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
+    if args.resume and previous_result.exists():
+        status = json.loads(previous_result.read_text()).get("status")
+        if status in ("ok", "diverged"):
+            if master:
+                print(f"train: {run_dir} already finished with status {status}; nothing to do", file=sys.stderr)
+            return EXIT_OK if status == "ok" else EXIT_DIVERGED
+    if world > 1:
+        dist.barrier()  # every rank has checked the run dir before rank 0 writes into it
 
     model_config, optim, train = setup.model_config, setup.optim, setup.train
     torch.manual_seed(args.seed)
@@ -253,13 +266,8 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
     counts = model.num_params()
     flops_per_token = model.num_flops_per_token()
 
-    # Batch: device_batch_size sequences per rank per micro-step, accumulated to total_batch_size tokens.
     T = model_config.sequence_len
-    tokens_per_micro = train.device_batch_size * T * world
-    if train.total_batch_size % tokens_per_micro:
-        raise BadInput(f"total_batch_size={train.total_batch_size}: expected a multiple of device_batch_size x "
-                       f"sequence_len x ranks = {tokens_per_micro}")
-    grad_accum = train.total_batch_size // tokens_per_micro
+    grad_accum = train.total_batch_size // (train.device_batch_size * T * world)
 
     # Horizon.
     num_iterations, budget = None, None
@@ -512,6 +520,21 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
 
 
 # -----------------------------------------------------------------------------------------------------------
+
+_RUN_LOCK = None  # the open lock file; held until the process exits
+
+
+def acquire_run_lock(run_dir: Path) -> None:
+    global _RUN_LOCK
+    import fcntl
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _RUN_LOCK = open(run_dir / ".lock", "w")
+    try:
+        fcntl.flock(_RUN_LOCK, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"train: another process is training {run_dir}; waiting for it to finish", file=sys.stderr, flush=True)
+        fcntl.flock(_RUN_LOCK, fcntl.LOCK_EX)
+
 
 def scaling_params(config: ModelConfig) -> int:
     """Matrix + lm_head parameters of a config, by arithmetic (no model is built)."""
