@@ -18,6 +18,7 @@ import math
 import os
 import random
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -28,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 
 from leaderboard import schema
-from leaderboard.errors import LeaderboardError
+from leaderboard.errors import LeaderboardError, SchemaError
 from leaderboard.migrations import bring_up_to_date, check_version, read_version
 from leaderboard.records import Decision, Entry, Experiment, Run, Track, as_row, check_point
 
@@ -87,6 +88,21 @@ def _check_sqlite_path(url: URL) -> None:
         raise LeaderboardError(f"SQLite database {path}: directory {parent} is not writable")
 
 
+def _sqlite_read_only_url(url: URL) -> URL:
+    """The URL that opens an existing SQLite file read-only (mode=ro): SQLite itself refuses every write, and
+    a missing file is an error instead of a new empty database."""
+    if url.database in (None, "", ":memory:"):
+        raise LeaderboardError(f"SQLite database {url.database or ':memory:'!r}: a read-only store needs a database file")
+    if url.database.startswith("file:"):  # already a URI: the caller chose its parameters
+        return url
+    path = Path(url.database).absolute()
+    if path.is_dir():
+        raise LeaderboardError(f"SQLite database {path} is a directory: expected a file path")
+    if not path.is_file():
+        raise LeaderboardError(f"SQLite database {path} does not exist: expected an existing file (read-only)")
+    return url.set(database="file:" + urllib.parse.quote(str(path)), query={**url.query, "mode": "ro", "uri": "true"})
+
+
 def _json_dumps(value: Any) -> str:
     # NaN is not JSON (PostgreSQL's JSONB refuses it): store it as null, like the Real columns do.
     def finite(v: Any) -> Any:
@@ -111,6 +127,19 @@ def _sqlite_on_connect(dbapi_connection, connection_record) -> None:
     cursor.execute("PRAGMA synchronous = NORMAL")  # safe with WAL: a crash never corrupts, only fsyncs less
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
+
+
+def _sqlite_on_connect_read_only(dbapi_connection, connection_record) -> None:
+    # No journal_mode change (that writes the file header); query_only also covers a caller's own file: URI.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA query_only = ON")
+    cursor.close()
+
+
+def _postgresql_on_begin_read_only(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
 
 
 def _sqlite_on_begin(conn: sa.Connection) -> None:
@@ -138,23 +167,36 @@ def _rows(result: sa.Result) -> list[dict[str, Any]]:
 
 
 class Store:
-    """A connection to the leaderboard database; creates or upgrades the schema on open."""
+    """A connection to the leaderboard database; creates or upgrades the schema on open.
 
-    def __init__(self, url: str | None = None, *, connect_timeout: int = 10):
+    `read_only=True` (the dashboard) never writes: the database must exist (a SQLite file is not created),
+    its schema is neither created nor upgraded (`schema_version` is what was found: 0 for a database
+    without our tables, whose queries then fail, so check it first), every transaction is read-only
+    on the server, and record_* methods raise LeaderboardError.
+    """
+
+    def __init__(self, url: str | None = None, *, connect_timeout: int = 10, read_only: bool = False):
         self.url = resolve_url(url)
         self.url_text = self.url.render_as_string(hide_password=True)
         self.dialect = self.url.get_backend_name()
+        self.read_only = read_only
         try:
             if self.dialect == "sqlite":
-                _check_sqlite_path(self.url)
-                self._engine = sa.create_engine(self.url, json_serializer=_json_dumps)
-                event.listen(self._engine, "connect", _sqlite_on_connect)
+                if read_only:
+                    self._engine = sa.create_engine(_sqlite_read_only_url(self.url), json_serializer=_json_dumps)
+                    event.listen(self._engine, "connect", _sqlite_on_connect_read_only)
+                else:
+                    _check_sqlite_path(self.url)
+                    self._engine = sa.create_engine(self.url, json_serializer=_json_dumps)
+                    event.listen(self._engine, "connect", _sqlite_on_connect)
                 event.listen(self._engine, "begin", _sqlite_on_begin)
                 self._insert = sqlite.insert
             else:
                 self.dialect = "postgresql"
                 connect_args = {} if "connect_timeout" in self.url.query else {"connect_timeout": connect_timeout}
                 self._engine = sa.create_engine(self.url, json_serializer=_json_dumps, connect_args=connect_args)
+                if read_only:
+                    event.listen(self._engine, "begin", _postgresql_on_begin_read_only)
                 self._insert = postgresql.insert
         except (ImportError, sa.exc.NoSuchModuleError) as e:
             raise LeaderboardError(f"database URL {self.url_text!r}: its driver is not installed ({e}); {URL_HELP}") from None
@@ -170,6 +212,12 @@ class Store:
         what = f"SQLite database {self.url.database}" if self.dialect == "sqlite" else f"database {self.url_text}"
         found = self._transact(read_version, write=False, failure=f"cannot open {what}")
         check_version(found)
+        if self.read_only:
+            if 0 < found < schema.SCHEMA_VERSION:
+                raise SchemaError(f"{what} has schema version {found}, older than this nanoresearch's "
+                                  f"({schema.SCHEMA_VERSION}), and is open read-only: open it once for writing "
+                                  f"(e.g. `python -m leaderboard ingest`) to upgrade it")
+            return found
         if found < schema.SCHEMA_VERSION:
             def create_or_upgrade(conn: sa.Connection) -> int:
                 if self.dialect == "postgresql":
@@ -194,6 +242,8 @@ class Store:
         """Run `work` in one transaction, retrying the whole transaction while the database is busy.
         Errors become a LeaderboardError starting with `failure` (default: "database error on URL")."""
         failure = failure or f"database error on {self.url_text}"
+        if write and self.read_only:
+            raise LeaderboardError(f"database {self.url_text} is open read-only: cannot write to it")
         delay, deadline = 0.01, time.monotonic() + RETRY_SECONDS
         while True:
             try:
@@ -368,6 +418,19 @@ class Store:
         if status is not None:
             stmt = stmt.where(r.status.in_([status] if isinstance(status, str) else list(status)))
         return self._select(stmt.order_by(r.id))
+
+    def run(self, run_id: int) -> dict[str, Any] | None:
+        """One run with every column (config and log_tail included), or None when unknown."""
+        rows = self._select(sa.select(schema.runs).where(schema.runs.c.id == run_id))
+        return rows[0] if rows else None
+
+    def device_seconds(self, search_id: int) -> dict[int, float]:
+        """Training time x world size of every run of a search, by run id (0 for a run without a training
+        time): the compute the dashboard adds up, without fetching whole run rows at search scale."""
+        r = schema.runs.c
+        stmt = sa.select(r.id, r.total_training_time, r.world_size).where(r.search_id == search_id)
+        rows = self._read(lambda conn: conn.execute(stmt).all())
+        return {row.id: (row.total_training_time or 0.0) * (row.world_size or 1) for row in rows}
 
     def metric_points(self, run_ids: Iterable[int]) -> list[dict[str, Any]]:
         """Metric points of the given runs, by run then step."""

@@ -1,0 +1,105 @@
+"""Experiment page: one recipe (tweaks, rationale, falsification criterion, proposer, parent, code version,
+patch, agent cost), all its runs by rung and seed, and the ladder decisions about it.
+
+Query parameter: ?id=EXPERIMENT_ID (the Leaderboard, Search and parent links point here).
+A page script that leaderboard/app.py runs (st.Page), not a module to import.
+"""
+
+import pandas as pd
+import streamlit as st
+
+from leaderboard import dashboard_db as db
+from leaderboard import dashboard_format as fmt
+
+url = db.current_url()
+
+names = db.experiment_names(url)
+if not names:
+    st.title("Experiment")
+    db.empty_state(url, "No experiments yet: a search records each proposal as an experiment.")
+    st.stop()
+
+ids = list(reversed(names))  # newest first
+wanted = st.query_params.get("id")
+if wanted and wanted not in names:
+    st.warning(f"No experiment with id {wanted!r} in this database: pick one below.")
+experiment_id = st.selectbox("Experiment", ids, index=ids.index(wanted) if wanted in names else 0,
+                             format_func=lambda x: f"{names[x]} ({x})")
+st.query_params["id"] = experiment_id
+experiment = db.experiment(url, experiment_id)
+if experiment is None:
+    st.warning(f"Experiment {experiment_id} is no longer in the database.")
+    st.stop()
+
+st.title(experiment["name"])
+extra = experiment["extra"] if isinstance(experiment["extra"], dict) else {}
+agent = extra.get("agent") if isinstance(extra.get("agent"), dict) else None
+st.caption(" · ".join([f"id {experiment['id']}", f"proposed by {experiment['proposer']}",
+                       f"created {experiment['created_at']:%Y-%m-%d %H:%M} UTC",
+                       f"code version {experiment['code_version'] or fmt.MISSING}"]))
+
+if experiment["parent_id"]:
+    if experiment["parent_id"] in names:
+        st.page_link("dashboard_experiment.py", label=f"parent: {names[experiment['parent_id']]} ({experiment['parent_id']})",
+                     query_params={"id": experiment["parent_id"]}, icon=":material/arrow_upward:")
+    else:
+        st.caption(f"parent: {experiment['parent_id']} (not in this database)")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Tweaks")
+    tweaks = fmt.flatten(experiment["tweaks"] or {})
+    if tweaks:
+        st.dataframe(pd.DataFrame([{"knob": k, "value": fmt.json_text(v)} for k, v in sorted(tweaks.items())]),
+                     hide_index=True, placeholder=fmt.MISSING)
+    else:
+        st.caption("None: this is the baseline recipe.")
+with right:
+    st.subheader("Rationale")
+    st.markdown(experiment["rationale"] or "_No rationale recorded._")
+    st.subheader("Falsification criterion")
+    st.markdown(extra.get("falsification") or "_None recorded._")
+
+if agent is not None:
+    st.subheader("Agent")
+    cols = st.columns(4)
+    cols[0].metric("model", str(agent.get("model") or fmt.MISSING))
+    cols[1].metric("input tokens", f"{int(agent.get('input_tokens') or 0):,}")
+    cols[2].metric("output tokens", f"{int(agent.get('output_tokens') or 0):,}")
+    cols[3].metric("cost (USD)", f"${float(agent.get('cost_usd') or 0.0):.4f}")
+
+if experiment["patch"]:
+    st.subheader("Patch")
+    st.code(experiment["patch"], language="diff")
+
+st.subheader("Runs")
+if experiment["runs"]:
+    search_rungs: list[str] = []
+    for search in db.searches(url):
+        if any(r["search_id"] == search["id"] for r in experiment["runs"]) and isinstance(search["config"], dict):
+            search_rungs = [str(r) for r in search["config"].get("rungs") or []]
+            break
+    st.dataframe(fmt.runs_table(experiment["runs"], names, search_rungs).drop(columns=["experiment"]),
+                 hide_index=True, placeholder=fmt.MISSING, column_config={
+                     "val_bpb": st.column_config.NumberColumn(format="%.4f"),
+                     "core": st.column_config.NumberColumn(format="%.4f"),
+                     "time to target (s)": st.column_config.NumberColumn(format="%.1f"),
+                     "training time (s)": st.column_config.NumberColumn(format="%.1f"),
+                 })
+    st.page_link("dashboard_runs.py", label="Curves and config diffs of these runs", icon=":material/show_chart:",
+                 query_params={"experiment": experiment_id})
+else:
+    st.caption("No runs yet.")
+
+st.subheader("Decisions")
+if experiment["decisions"]:
+    st.dataframe(fmt.decisions_table(experiment["decisions"], names).drop(columns=["experiment", "experiment_id"]),
+                 hide_index=True, placeholder=fmt.MISSING, column_config={
+                     "mean delta": st.column_config.NumberColumn(format="%.4f"),
+                     "std error": st.column_config.NumberColumn(format="%.4f"),
+                     "p-value": st.column_config.NumberColumn(format="%.4f"),
+                     "min effect": st.column_config.NumberColumn(format="%.4f"),
+                     "noise floor": st.column_config.NumberColumn(format="%.4f"),
+                 })
+else:
+    st.caption("No ladder decisions about this experiment yet.")

@@ -1,0 +1,242 @@
+"""What the dashboard pages show, computed from the store's rows: plain functions, no Streamlit.
+
+Kept apart from the pages so the numbers on screen (mean ± std, best-so-far, agent spend, config diffs)
+can be checked without rendering anything, and so every page formats the same value the same way.
+"""
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+MISSING = "—"  # what a cell shows for a value that was not measured (never 0: that would be a result)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def number(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if _finite(value) else MISSING
+
+
+def mean_std(mean: Any, std: Any, digits: int = 4) -> str:
+    """"0.2612 ± 0.0021"; just the mean when no std was measured (a single seed)."""
+    if not _finite(mean):
+        return MISSING
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if _finite(std) else f"{mean:.{digits}f}"
+
+
+def duration_unit(seconds: Iterable[Any]) -> tuple[str, float]:
+    """One unit for a whole column (h, min or s, by its largest value) so its rows compare at a glance."""
+    largest = max((s for s in seconds if _finite(s)), default=0.0)
+    if largest >= 3600:
+        return "h", 3600.0
+    if largest >= 60:
+        return "min", 60.0
+    return "s", 1.0
+
+
+def duration(seconds: Any) -> str:
+    if not _finite(seconds):
+        return MISSING
+    unit, scale = duration_unit([seconds])
+    return f"{seconds / scale:.2f} {unit}"
+
+
+def date(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d") if isinstance(value, datetime) else MISSING
+
+
+def short_version(code_version: str | None) -> str:
+    """A git hash is shown like GitHub does (7 characters); anything else (a tag, 'bench') as is."""
+    if not code_version:
+        return MISSING
+    text = code_version.strip()
+    is_hash = len(text) >= 12 and all(c in "0123456789abcdef" for c in text.lower().removesuffix("-dirty"))
+    return text[:7] + ("-dirty" if text.endswith("-dirty") else "") if is_hash else text
+
+
+def experiment_link(experiment_id: str | None) -> str | None:
+    """A link to the Experiment page (its url_path) that works from any page and in a new tab."""
+    return f"experiment?id={experiment_id}" if experiment_id else None
+
+
+# ------------------------------------------------------------------------------------------------ leaderboard
+
+def metric_label(metric: str) -> str:
+    return "CORE" if metric.lower() == "core" else metric
+
+
+def leaderboard_table(entries: list[dict[str, Any]], metric: str) -> tuple[pd.DataFrame, str]:
+    """The track's table in nanochat's shape (rank, time, metric, val_bpb, description, date, commit...).
+    Returns the frame and the time unit used in its header."""
+    unit, scale = duration_unit(e["time_to_target_mean"] for e in entries)
+    label = metric_label(metric)
+    rows = []
+    for e in entries:
+        ttt_mean, ttt_std = e["time_to_target_mean"], e["time_to_target_std"]
+        measured = mean_std(e["metric_mean"], e["metric_std"])
+        rows.append({
+            "#": e["rank"],
+            "recipe": e["recipe"],
+            f"time to target ({unit})": mean_std(ttt_mean / scale if _finite(ttt_mean) else None,
+                                                  ttt_std / scale if _finite(ttt_std) else None, digits=2),
+            "seeds": e["seeds"],
+            label: measured,
+            # On a val_bpb track the metric column is the val_bpb column (mean ± std when measured so).
+            "val_bpb": measured if label == "val_bpb" and measured != MISSING else number(e["val_bpb"]),
+            "p-value": number(e["p_value"], 3),
+            "record": "★" if e["is_record"] else "",
+            "date": date(e["created_at"]),
+            "code version": short_version(e["code_version"]),
+            "source": e["source"] or "",
+            "details": experiment_link(e["experiment_id"]),
+        })
+    return pd.DataFrame(rows), unit
+
+
+# ------------------------------------------------------------------------------------------------ search
+
+def search_baseline(search: Mapping[str, Any], decisions: list[dict[str, Any]]) -> str | None:
+    """The search's baseline experiment: its config's `baseline_experiment_id` when the harness put it there,
+    else the baseline its latest decision compared against."""
+    config = search.get("config") if isinstance(search.get("config"), dict) else {}
+    if config.get("baseline_experiment_id"):
+        return str(config["baseline_experiment_id"])
+    for decision in reversed(decisions):
+        if decision.get("baseline_experiment_id"):
+            return decision["baseline_experiment_id"]
+    return None
+
+
+def agent_usage(experiments: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sum of the agent's tokens and dollars over experiments whose `extra["agent"]` records them, in all and
+    per model. Experiments proposed without the agent (no such record) are not counted."""
+    totals = {"experiments": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+    per_model: dict[str, dict[str, Any]] = {}
+    for experiment in experiments:
+        extra = experiment.get("extra")
+        agent = extra.get("agent") if isinstance(extra, dict) else None
+        if not isinstance(agent, dict):
+            continue
+        model = str(agent.get("model") or "unknown")
+        row = per_model.setdefault(model, {"model": model, "experiments": 0, "input_tokens": 0,
+                                           "output_tokens": 0, "cost_usd": 0.0})
+        for target in (totals, row):
+            target["experiments"] += 1
+            for key in ("input_tokens", "output_tokens"):
+                target[key] += int(agent.get(key) or 0)
+            target["cost_usd"] += float(agent.get("cost_usd") or 0.0)
+    return {**totals, "models": sorted(per_model.values(), key=lambda r: -r["cost_usd"])}
+
+
+def trials_frame(trials: list[dict[str, Any]], device_seconds: Mapping[int, float],
+                 experiments: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per finished run of a search, in finish order, with the trial number within its rung, the
+    compute spent so far (device-hours: training time x world size, summed in finish order over the
+    whole search), the best val_bpb of its rung so far, and who proposed it."""
+    columns = ["trial", "finished", "rung", "experiment", "experiment_id", "proposer", "seed", "status",
+               "val_bpb", "best_val_bpb", "compute_hours"]
+    rows, per_rung, hours = [], {}, 0.0
+    for trial in trials:
+        hours += device_seconds.get(trial["run_id"], 0.0) / 3600.0
+        per_rung[trial["rung"]] = per_rung.get(trial["rung"], 0) + 1
+        experiment = experiments.get(trial["experiment_id"], {})
+        rows.append({"trial": per_rung[trial["rung"]], "finished": trial["finished_at"], "rung": trial["rung"],
+                     "experiment": experiment.get("name", trial["experiment_id"]),
+                     "experiment_id": trial["experiment_id"], "proposer": experiment.get("proposer", MISSING),
+                     "seed": trial["seed"], "status": trial["status"], "val_bpb": trial["val_bpb"],
+                     "best_val_bpb": trial["best_val_bpb"], "compute_hours": hours})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def decisions_table(decisions: list[dict[str, Any]], names: Mapping[str, str]) -> pd.DataFrame:
+    """Every ladder decision with the statistics it was made on (numbers stay numbers: sortable)."""
+    rows = []
+    for d in decisions:
+        deltas = d["deltas"]
+        if isinstance(deltas, dict):
+            deltas = [deltas[k] for k in sorted(deltas)]
+        rows.append({
+            "experiment": names.get(d["experiment_id"], d["experiment_id"]),
+            "from": d["from_rung"], "to": d["to_rung"] or MISSING, "verdict": d["verdict"],
+            "n": d["n"], "mean delta": d["mean_delta"], "std error": d["std_error"], "p-value": d["p_value"],
+            "alpha": d["alpha"], "min effect": d["min_effect"], "noise floor": d["noise_floor"],
+            "deltas": ", ".join(number(x) for x in deltas or []) or MISSING,
+            "baseline": names.get(d["baseline_experiment_id"], d["baseline_experiment_id"]) or MISSING,
+            "decided": d["created_at"], "experiment_id": d["experiment_id"],
+        })
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+def run_label(run: Mapping[str, Any], names: Mapping[str, str]) -> str:
+    name = names.get(run["experiment_id"], run["experiment_id"])
+    return f"#{run['id']} {name} · {run['rung']} · seed {run['seed']} · {run['status']}"
+
+
+CURVE_AXES = {"step": "step", "tokens": "tokens", "training time (s)": "elapsed_train_s"}
+
+
+def curves_frame(points: list[dict[str, Any]], labels: Mapping[int, str], axis: str) -> pd.DataFrame:
+    """Long-form val_bpb curves (x, val_bpb, run) for the chosen x axis; points without the x value or
+    without a val_bpb (train-only logging steps) are left out rather than drawn at 0."""
+    column = CURVE_AXES[axis]
+    rows = [{axis: p[column], "val_bpb": p["val_bpb"], "run": labels.get(p["run_id"], str(p["run_id"]))}
+            for p in points if _finite(p.get(column)) and _finite(p.get("val_bpb"))]
+    return pd.DataFrame(rows, columns=[axis, "val_bpb", "run"])
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"depth": 4}} -> {"model.depth": 4}; lists and scalars are leaves."""
+    if not isinstance(config, Mapping):
+        return {prefix: config} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
+_ABSENT = object()  # a key one config has and the other lacks differs even from an explicit null
+
+
+def json_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if value is not None else MISSING
+
+
+def config_diff(config: Any, baseline: Any) -> pd.DataFrame:
+    """The flattened keys whose values differ (or exist on one side only), sorted by key; values as JSON
+    text so a column can hold numbers, strings and lists together."""
+    ours, theirs = flatten(config or {}), flatten(baseline or {})
+    keys = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k, _ABSENT) != theirs.get(k, _ABSENT))
+    return pd.DataFrame([{"key": k, "baseline": json_text(theirs.get(k)), "run": json_text(ours.get(k))} for k in keys],
+                        columns=["key", "baseline", "run"])
+
+
+
+def rung_key(rung: str) -> tuple:
+    """Natural order of rung names: d2 < d4 < d12 (as text, d12 would sort first)."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", rung))
+
+
+def runs_table(runs: list[dict[str, Any]], names: Mapping[str, str], rung_order: list[str] | None = None) -> pd.DataFrame:
+    """Runs by rung (ladder order when known, else natural order of the names) and seed, with their results."""
+    order = {rung: i for i, rung in enumerate(rung_order or [])}
+    ordered = sorted(runs, key=lambda r: (order.get(r["rung"], len(order)), rung_key(r["rung"]), r["seed"], r["id"]))
+    return pd.DataFrame([{
+        "run": r["id"], "experiment": names.get(r["experiment_id"], r["experiment_id"]), "rung": r["rung"],
+        "seed": r["seed"], "status": r["status"], "val_bpb": r["val_bpb"], "core": r["core"],
+        "time to target (s)": r["time_to_target"], "training time (s)": r["total_training_time"],
+        "reason": r.get("reason") or "",
+    } for r in ordered], columns=["run", "experiment", "rung", "seed", "status", "val_bpb", "core",
+                                  "time to target (s)", "training time (s)", "reason"])

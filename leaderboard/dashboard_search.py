@@ -1,0 +1,128 @@
+"""Search page: one search's progress (trials, best so far by trial and by compute), its rung funnel,
+the promotion decisions with their statistics, who proposed what, and what the agent cost.
+
+Query parameter: ?search=NAME.
+A page script that leaderboard/app.py runs (st.Page), not a module to import.
+"""
+
+import pandas as pd
+import streamlit as st
+
+from leaderboard import dashboard_charts as charts
+from leaderboard import dashboard_db as db
+from leaderboard import dashboard_format as fmt
+
+url = db.current_url()
+st.title("Search")
+
+searches = db.searches(url)
+if not searches:
+    db.empty_state(url, "No searches yet: `python -m harness.search` starts one.")
+    st.stop()
+
+by_name = {s["name"]: s for s in searches}
+names = list(by_name)  # newest first
+wanted = st.query_params.get("search")
+name = st.selectbox("Search", names, index=names.index(wanted) if wanted in names else 0,
+                    format_func=lambda n: f"{n} ({by_name[n]['status']}, started {fmt.date(by_name[n]['started_at'])})")
+st.query_params["search"] = name
+search = by_name[name]
+
+summary = db.search_summary(url, search["id"])
+if summary is None:  # deleted between the two reads
+    st.warning(f"Search {name!r} is no longer in the database.")
+    st.stop()
+proposed = db.experiments(url, search["id"])
+known = {x["id"]: x for x in db.experiments(url)}  # the baseline may come from outside the search's proposals
+all_names = {k: x["name"] for k, x in known.items()}
+decisions = db.decisions(url, search_id=search["id"])
+usage = fmt.agent_usage(proposed)
+
+st.caption(" · ".join(filter(None, [
+    f"status: {search['status']}", f"tier: {search['tier']}" if search["tier"] else "",
+    f"space: {search['space']}" if search["space"] else "", f"proposer: {search['proposer']}" if search["proposer"] else "",
+    f"baseline: {all_names.get(b, b)}" if (b := fmt.search_baseline(search, decisions)) else ""])))
+finished = sum(n for status, n in summary["runs_by_status"].items() if status != "running")
+cols = st.columns(6)
+cols[0].metric("proposed", summary["n_proposed"])
+cols[1].metric("runs finished", f"{finished} / {sum(summary['runs_by_status'].values())}")
+cols[2].metric("ok runs", summary["runs_by_status"].get("ok", 0))
+cols[3].metric("training hours", f"{summary['training_hours']:.2f}")
+cols[4].metric("device hours", f"{summary['device_hours']:.2f}", help="training time x world size")
+cols[5].metric("agent cost", f"${usage['cost_usd']:.2f}" if usage["experiments"] else fmt.MISSING)
+
+if not summary["trials"]:
+    st.info("No finished runs yet in this search.")
+else:
+    trials = fmt.trials_frame(summary["trials"], db.device_seconds(url, search["id"]), known)
+    st.subheader("Best val_bpb per rung")
+    if not summary["best"]:
+        st.caption("No ok run yet: every finished run failed, diverged or timed out.")
+    else:
+        st.dataframe(pd.DataFrame([{"rung": rung, "experiment": all_names.get(b["experiment_id"], b["experiment_id"]),
+                                    "mean val_bpb": b["mean_val_bpb"], "seeds": b["n"],
+                                    "details": fmt.experiment_link(b["experiment_id"])}
+                                   for rung, b in sorted(summary["best"].items(), key=lambda kv: fmt.rung_key(kv[0]))]),
+                     hide_index=True, placeholder=fmt.MISSING, column_config={
+                         "mean val_bpb": st.column_config.NumberColumn(format="%.4f"),
+                         "details": st.column_config.LinkColumn(display_text="experiment ↗")})
+
+    scored = trials.dropna(subset=["val_bpb"])
+    if not scored.empty:  # else the caption above says why there is nothing to draw
+        st.subheader("Trials over time")
+        st.altair_chart(charts.trials_over_time(scored))
+        st.subheader("Best so far")
+        left, right = st.columns(2)
+        best = trials.dropna(subset=["best_val_bpb"])
+        left.altair_chart(charts.best_so_far(best, "trial", "trials at the rung"))
+        right.altair_chart(charts.best_so_far(best, "compute_hours", "compute so far (device-hours, whole search)"))
+
+st.subheader("Rung funnel")
+funnel = pd.DataFrame(summary["funnel"], columns=["rung", "proposed", "run", "promoted", "rejected"])
+if funnel.empty:
+    st.info("No rung has been reached yet.")
+else:
+    left, right = st.columns([2, 3])
+    left.dataframe(funnel, hide_index=True, placeholder=fmt.MISSING)
+    right.altair_chart(charts.funnel(funnel))
+    st.caption("proposed: proposals (first rung) or promotions into the rung · run: experiments with a finished "
+               "run there, baseline included · promoted / rejected: verdicts from the rung")
+
+st.subheader("Promotion decisions")
+if not decisions:
+    st.info("No promotion decisions yet.")
+else:
+    table = fmt.decisions_table(decisions, all_names)
+    table["details"] = table.pop("experiment_id").map(fmt.experiment_link)
+    st.dataframe(table, hide_index=True, placeholder=fmt.MISSING, column_config={
+        "mean delta": st.column_config.NumberColumn(format="%.4f", help="candidate - baseline val_bpb (negative: better)"),
+        "std error": st.column_config.NumberColumn(format="%.4f"),
+        "p-value": st.column_config.NumberColumn(format="%.4f", help="one-sided test of an improvement"),
+        "min effect": st.column_config.NumberColumn(format="%.4f"),
+        "noise floor": st.column_config.NumberColumn(format="%.4f", help="std of repeated baseline runs at the rung"),
+        "details": st.column_config.LinkColumn(display_text="experiment ↗"),
+    })
+
+st.subheader("Trials")
+if summary["trials"]:
+    shown = trials.iloc[::-1].drop(columns=["experiment_id"])  # newest first
+    st.dataframe(shown, hide_index=True, placeholder=fmt.MISSING, column_config={
+        "finished": st.column_config.DatetimeColumn("finished (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+        "val_bpb": st.column_config.NumberColumn(format="%.4f"),
+        "best_val_bpb": st.column_config.NumberColumn("best so far", format="%.4f"),
+        "compute_hours": st.column_config.NumberColumn("compute (h)", format="%.3f"),
+    })
+else:
+    st.caption("No finished runs yet.")
+
+st.subheader("Agent spend")
+if not usage["experiments"]:
+    st.caption("No agent usage recorded for this search's proposals.")
+else:
+    cols = st.columns(4)
+    cols[0].metric("cost (USD)", f"${usage['cost_usd']:.2f}")
+    cols[1].metric("input tokens", f"{usage['input_tokens']:,}")
+    cols[2].metric("output tokens", f"{usage['output_tokens']:,}")
+    cols[3].metric("proposals by the agent", usage["experiments"])
+    st.dataframe(pd.DataFrame(usage["models"]), hide_index=True, placeholder=fmt.MISSING, column_config={
+        "cost_usd": st.column_config.NumberColumn("cost (USD)", format="$%.4f")})

@@ -1,0 +1,522 @@
+"""The Streamlit dashboard (leaderboard/app.py and its pages), rendered with Streamlit's AppTest against
+a seeded SQLite database, an empty one, a missing file and bad URLs.
+
+`seed(url)` builds the database the browser test (tests/test_dashboard_browser.py) renders too.
+"""
+
+import hashlib
+import socket
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from leaderboard import Decision, Entry, Experiment, Run, Store, Track
+from leaderboard import dashboard_format as fmt
+
+APP = Path(__file__).resolve().parents[1] / "leaderboard" / "app.py"
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+BASE, SMEAR, BACKOUT, IDEA, LONE = "base00000001", "smear0000002", "backout00003", "idea00000004", "lone00000005"
+PATCH = """--- a/model/gpt.py
++++ b/model/gpt.py
+@@ -10,3 +10,4 @@
+     x = self.embed(idx)
++    x = x + self.smear(x)
+"""
+RATIONALE = "Smearing the previous token's embedding into the current one gives attention a cheap bigram feature."
+FALSIFICATION = "Rejected if d2 val_bpb does not drop by at least 0.01 on both seeds."
+
+# val_bpb per (experiment, rung, seed): the smear candidate beats the baseline, backout does not.
+VAL_BPB = {
+    (BASE, "d2", 0): 2.00, (BASE, "d2", 1): 2.01, (SMEAR, "d2", 0): 1.95, (SMEAR, "d2", 1): 1.96,
+    (BACKOUT, "d2", 0): 2.02, (BACKOUT, "d2", 1): 2.03,
+    (BASE, "d4", 0): 1.80, (BASE, "d4", 1): 1.81, (SMEAR, "d4", 0): 1.75, (SMEAR, "d4", 1): 1.76,
+}
+
+
+def _config(rung: str, seed: int, tweaks: dict) -> dict:
+    depth = int(rung[1:])
+    return {"model": {"depth": depth, "n_embd": 64 * depth, "smear": bool(tweaks.get("smear")),
+                      "backout": bool(tweaks.get("backout"))},
+            "optim": {"matrix_lr": 0.02, "warmdown_ratio": 0.2}, "train": {"seed": seed, "tokens": 1_000_000}}
+
+
+def _curve(final: float, n: int = 5) -> list[dict]:
+    return [{"step": 20 * i, "tokens": 5120 * i, "elapsed_train_s": 3.0 * i, "train_loss": 3 * final + 0.5 * (n - i),
+             "val_bpb": final + 0.1 * (n - 1 - i)} for i in range(n)]
+
+
+def seed(url: str) -> dict:
+    """A search with a baseline and three candidates (runs at two rungs and two seeds; one promoted, one
+    rejected, one diverged), agent costs, a lone run outside any search, and two tracks with entries."""
+    with Store(url) as store:
+        search_id = store.start_search("cpu-search", tier="cpu", space="tweaks", proposer="agent",
+                                       config={"rungs": ["d2", "d4"]})
+        experiments = {
+            BASE: Experiment(id=BASE, name="baseline", proposer="manual", code_version="0123456789abcdef0123",
+                             created_at=T0),
+            SMEAR: Experiment(id=SMEAR, name="smear", tweaks={"smear": True}, parent_id=BASE, proposer="agent",
+                              rationale=RATIONALE, code_version="0123456789abcdef0123", patch=PATCH, created_at=T0,
+                              extra={"falsification": FALSIFICATION, "agent": {
+                                  "model": "claude-test", "input_tokens": 1200, "output_tokens": 300,
+                                  "cost_usd": 0.0125}}),
+            BACKOUT: Experiment(id=BACKOUT, name="backout", tweaks={"backout": True}, parent_id=BASE,
+                                proposer="optuna", created_at=T0),
+            IDEA: Experiment(id=IDEA, name="untested idea", tweaks={"value_embeds": 2}, proposer="agent", created_at=T0,
+                             extra={"agent": {"model": "claude-test", "input_tokens": 800, "output_tokens": 200,
+                                              "cost_usd": 0.0075}}),
+        }
+        for experiment in experiments.values():
+            store.record_experiment(experiment, search_id=search_id)
+        finished = T0
+        for (exp_id, rung, seed_), val_bpb in VAL_BPB.items():
+            finished += timedelta(minutes=10)
+            store.record_run(Run(
+                experiment_id=exp_id, rung=rung, seed=seed_, status="ok", depth=int(rung[1:]), world_size=1,
+                started_at=finished - timedelta(minutes=5), finished_at=finished, val_bpb=val_bpb,
+                core=0.05 if rung == "d4" else None, total_training_time=600.0 if rung == "d2" else 1800.0,
+                time_to_target=450.0 if (exp_id, rung) == (SMEAR, "d4") else None,
+                config=_config(rung, seed_, experiments[exp_id].tweaks), search_id=search_id), _curve(val_bpb))
+        store.record_run(Run(experiment_id=IDEA, rung="d2", seed=0, status="diverged", depth=2, world_size=1,
+                             started_at=finished, finished_at=finished + timedelta(minutes=1), reason="loss is NaN",
+                             total_training_time=60.0, config=_config("d2", 0, {}), search_id=search_id))
+        common = dict(search_id=search_id, baseline_experiment_id=BASE, n=2, alpha=0.05, min_effect=0.01,
+                      noise_floor=0.004)
+        store.record_decision(Decision(experiment_id=SMEAR, from_rung="d2", to_rung="d4", verdict="promote",
+                                       deltas=[-0.05, -0.05], mean_delta=-0.05, std_error=0.001, p_value=0.003, **common))
+        store.record_decision(Decision(experiment_id=BACKOUT, from_rung="d2", to_rung="d4", verdict="reject",
+                                       deltas=[0.02, 0.02], mean_delta=0.02, std_error=0.001, p_value=0.97, **common))
+        store.record_run(Run(experiment_id=LONE, rung="d2", seed=0, status="ok", val_bpb=1.99, world_size=1,
+                             finished_at=finished + timedelta(hours=1), config=_config("d2", 0, {"lr": 1}) | {"note": "x"}),
+                         _curve(1.99), experiment=Experiment(id=LONE, name="lone run", proposer="manual", created_at=T0))
+
+        store.record_track(Track(name="gpt2-speedrun", metric="core", target=0.256525, hardware="8xH100", depth=24,
+                                 description="Time to GPT-2's CORE on one 8xH100 node."))
+        store.record_entry(Entry(track="gpt2-speedrun", recipe="nanochat d24 reference", seeds=1,
+                                 time_to_target_mean=10_800.0, metric_mean=0.2585, val_bpb=0.7466, is_record=True,
+                                 source="nanochat README", created_at=T0))
+        store.record_entry(Entry(track="gpt2-speedrun", recipe="smear d24", experiment_id=SMEAR, seeds=3,
+                                 time_to_target_mean=9_720.0, time_to_target_std=90.0, metric_mean=0.2601,
+                                 metric_std=0.0012, val_bpb=0.7412, p_value=0.004, is_record=True,
+                                 code_version="0123456789abcdef0123", created_at=T0 + timedelta(days=1)))
+        store.record_entry(Entry(track="gpt2-speedrun", recipe="backout d24", experiment_id=BACKOUT, seeds=2,
+                                 time_to_target_mean=11_520.0, time_to_target_std=180.0, metric_mean=0.2571,
+                                 metric_std=0.0008, created_at=T0 + timedelta(days=2)))
+        store.record_entry(Entry(track="gpt2-speedrun", recipe="never reached the target", seeds=1,
+                                 metric_mean=0.2400, created_at=T0 + timedelta(days=3)))
+        store.record_track(Track(name="cpu-d4", metric="val_bpb", target=1.8))
+        store.record_entry(Entry(track="cpu-d4", recipe="cpu smear", experiment_id=SMEAR, seeds=2,
+                                 time_to_target_mean=450.0, time_to_target_std=12.0, metric_mean=1.755,
+                                 metric_std=0.007, created_at=T0))
+    return {"search_id": search_id}
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('dashboard') / 'seeded.db'}"
+    seed(url)
+    return url
+
+
+def render(monkeypatch, url: str, page: str | None = None, query: dict | None = None) -> AppTest:
+    """The app rendered once on `url` (as $NANORESEARCH_DB), then on `page` with `query` params if given."""
+    monkeypatch.setenv("NANORESEARCH_DB", url)
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    if page is not None or query is not None:
+        at.query_params.clear()
+        at.query_params.update(query or {})
+        if page is not None:
+            at.switch_page(f"dashboard_{page}.py")
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def frame_with(at: AppTest, column: str) -> pd.DataFrame:
+    """The one dataframe on the page that has `column`."""
+    frames = [d.value for d in at.dataframe if column in d.value.columns]
+    assert len(frames) == 1, f"{len(frames)} dataframes with a {column!r} column"
+    return frames[0]
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+# ------------------------------------------------------------------------------------------------ leaderboard
+
+def test_leaderboard_ranks_entries_by_time_to_target(monkeypatch, seeded):
+    at = render(monkeypatch, seeded)
+    assert at.selectbox[0].value == "cpu-d4"  # tracks in name order; the first is shown
+    at.selectbox[0].select("gpt2-speedrun").run()
+    table = frame_with(at, "recipe")
+    assert list(table["recipe"]) == ["smear d24", "nanochat d24 reference", "backout d24", "never reached the target"]
+    assert list(table["#"].fillna(0)) == [1, 2, 3, 0]  # no time to target: no rank
+    assert list(table["time to target (h)"]) == ["2.70 ± 0.03", "3.00", "3.20 ± 0.05", "—"]
+    assert list(table["CORE"]) == ["0.2601 ± 0.0012", "0.2585", "0.2571 ± 0.0008", "0.2400"]
+    assert list(table["val_bpb"]) == ["0.7412", "0.7466", "—", "—"]
+    assert list(table["record"]) == ["★", "★", "", ""]
+    assert list(table["source"]) == ["", "nanochat README", "", ""]
+    assert list(table["code version"]) == ["0123456", "—", "—", "—"]
+    assert list(table["date"]) == ["2026-03-02", "2026-03-01", "2026-03-03", "2026-03-04"]
+    assert table["details"][0] == f"experiment?id={SMEAR}" and pd.isna(table["details"][1])
+    assert at.query_params["track"] == "gpt2-speedrun"  # the URL names the shown track
+    assert "CORE ≥ 0.256525" in " ".join(c.value for c in at.caption)
+
+
+def test_leaderboard_track_from_query_param_in_minutes(monkeypatch, seeded):
+    at = render(monkeypatch, seeded, query={"track": "cpu-d4"})
+    table = frame_with(at, "recipe")
+    assert list(table["recipe"]) == ["cpu smear"]
+    assert list(table["time to target (min)"]) == ["7.50 ± 0.20"]  # 450 s ± 12 s
+    assert list(table["val_bpb"]) == ["1.7550 ± 0.0070"]  # the track's metric is val_bpb: one column
+
+
+# ------------------------------------------------------------------------------------------------ search
+
+def test_search_page_funnel_decisions_trials_and_agent_spend(monkeypatch, seeded):
+    at = render(monkeypatch, seeded, page="search")
+    assert at.selectbox[0].value == "cpu-search"
+    funnel = frame_with(at, "promoted")
+    assert funnel.to_dict("records") == [
+        {"rung": "d2", "proposed": 4, "run": 4, "promoted": 1, "rejected": 1},
+        {"rung": "d4", "proposed": 1, "run": 2, "promoted": 0, "rejected": 0},  # the baseline runs there too
+    ]
+    decisions = frame_with(at, "verdict")
+    assert dict(zip(decisions["experiment"], decisions["verdict"])) == {"smear": "promote", "backout": "reject"}
+    smear = decisions[decisions["experiment"] == "smear"].iloc[0]
+    assert (smear["n"], smear["mean delta"], smear["std error"], smear["p-value"]) == (2, -0.05, 0.001, 0.003)
+    assert (smear["alpha"], smear["min effect"], smear["noise floor"]) == (0.05, 0.01, 0.004)
+    assert smear["deltas"] == "-0.0500, -0.0500" and smear["baseline"] == "baseline"
+    assert smear["details"] == f"experiment?id={SMEAR}"
+
+    found = metrics(at)
+    assert (found["proposed"], found["runs finished"], found["ok runs"]) == ("4", "11 / 11", "10")
+    assert found["training hours"] == "3.02"  # 6 d2 runs x 600 s + 4 d4 runs x 1800 s + the diverged 60 s
+    # agent spend: smear (1200 in, 300 out, $0.0125) + the untested idea (800 in, 200 out, $0.0075)
+    assert (found["agent cost"], found["cost (USD)"]) == ("$0.02", "$0.02")
+    assert (found["input tokens"], found["output tokens"], found["proposals by the agent"]) == ("2,000", "500", "2")
+    per_model = frame_with(at, "cost_usd")
+    assert per_model.to_dict("records") == [{"model": "claude-test", "experiments": 2, "input_tokens": 2000,
+                                             "output_tokens": 500, "cost_usd": pytest.approx(0.02)}]
+
+    trials = frame_with(at, "best_val_bpb").iloc[::-1]  # shown newest first
+    assert len(trials) == 11
+    assert dict(zip(trials["experiment"], trials["proposer"])) == {
+        "baseline": "manual", "smear": "agent", "backout": "optuna", "untested idea": "agent"}
+    d2 = trials[trials["rung"] == "d2"]
+    assert list(d2["experiment"]) == ["baseline"] * 2 + ["smear"] * 2 + ["backout"] * 2 + ["untested idea"]
+    assert list(d2["best_val_bpb"]) == [2.00, 2.00, 1.95, 1.95, 1.95, 1.95, 1.95]  # best so far, per rung
+    assert list(trials["compute_hours"])[-1] == pytest.approx(3.0 + 60 / 3600)
+    best = frame_with(at, "mean val_bpb")
+    assert list(best["experiment"]) == ["smear", "smear"]
+    assert best["mean val_bpb"].tolist() == pytest.approx([1.955, 1.755])
+
+    charts = [chart_data(c) for c in at.get("vega_lite_chart")]
+    assert len(charts) == 4  # trials over time, best by trial, best by compute, funnel
+    by_compute = next(c for c in charts if "compute_hours" in c.columns)
+    d4 = by_compute[by_compute["rung"] == "d4"].sort_values("compute_hours")
+    assert d4["best_val_bpb"].tolist() == [1.80, 1.80, 1.75, 1.75]
+
+
+def test_search_page_without_runs_or_agent(monkeypatch, tmp_path):
+    url = f"sqlite:///{tmp_path / 'plain.db'}"
+    with Store(url) as store:
+        search_id = store.start_search("plain", proposer="optuna")
+        store.record_experiment(Experiment(id="e1", name="only", proposer="optuna"), search_id=search_id)
+    at = render(monkeypatch, url, page="search")
+    assert metrics(at)["agent cost"] == "—"
+    assert any("No agent usage recorded" in c.value for c in at.caption)
+    assert any("No finished runs yet" in i.value for i in at.info)
+    assert any("No promotion decisions yet." in i.value for i in at.info)
+
+
+def test_search_page_when_every_run_failed(monkeypatch, tmp_path):
+    url = f"sqlite:///{tmp_path / 'failed.db'}"
+    with Store(url) as store:
+        search_id = store.start_search("doomed")
+        store.record_run(Run(experiment_id="e1", rung="d2", seed=0, status="diverged", finished_at=T0,
+                             search_id=search_id), experiment=Experiment(id="e1", name="nan", proposer="optuna"))
+    at = render(monkeypatch, url, page="search")
+    assert any("No ok run yet" in c.value for c in at.caption)
+    assert len(at.get("vega_lite_chart")) == 1  # the funnel only: no val_bpb to draw
+    assert frame_with(at, "best_val_bpb")[["experiment", "status"]].to_dict("records") == [
+        {"experiment": "nan", "status": "diverged"}]
+
+
+@pytest.mark.postgres
+def test_leaderboard_and_search_pages_on_postgresql(monkeypatch):
+    from tests.test_store import PG_URL, REQUIRE_PG, pg_schema
+
+    if not PG_URL:
+        if REQUIRE_PG:
+            pytest.fail("NANORESEARCH_REQUIRE_PG=1 but NANORESEARCH_TEST_PG_URL is not set (source scripts/ci_postgres.sh)")
+        pytest.skip("no PostgreSQL: set NANORESEARCH_TEST_PG_URL (source scripts/ci_postgres.sh)")
+    with pg_schema(PG_URL) as url:
+        seed(url)
+        at = render(monkeypatch, url, query={"track": "gpt2-speedrun"})
+        assert frame_with(at, "recipe")["recipe"].tolist()[:2] == ["smear d24", "nanochat d24 reference"]
+        at = render(monkeypatch, url, page="search")
+        assert frame_with(at, "promoted")["run"].tolist() == [4, 2]
+        assert set(frame_with(at, "verdict")["verdict"]) == {"promote", "reject"}
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+def chart_data(element) -> pd.DataFrame:
+    """The data a st.*_chart element carries (Arrow IPC in its proto)."""
+    proto = element.proto
+    data = proto.datasets[0].data.data if proto.datasets else proto.data.data
+    return pa.ipc.open_stream(data).read_all().to_pandas()
+
+
+def test_runs_page_curves_filters_and_baseline_diff(monkeypatch, seeded):
+    at = render(monkeypatch, seeded, page="runs", query={"experiment": SMEAR})
+    table = frame_with(at, "training time (s)")
+    assert list(zip(table["rung"], table["seed"])) == [("d2", 0), ("d2", 1), ("d4", 0), ("d4", 1)]
+    assert table["val_bpb"].tolist() == [1.95, 1.96, 1.75, 1.76]
+    curves = chart_data(at.get("vega_lite_chart")[0])
+    assert curves["run"].nunique() == 4 and curves["step"].max() == 80
+    final = curves[curves["step"] == 80]
+    rung_seed = final["run"].map(lambda label: " · ".join(label.split(" · ")[1:3]))
+    assert dict(zip(rung_seed, final["val_bpb"])) == {"d2 · seed 0": 1.95, "d2 · seed 1": 1.96,
+                                                      "d4 · seed 0": 1.75, "d4 · seed 1": 1.76}
+
+    # The first run (d2 seed 0) against the search's baseline at d2 seed 0: only the tweak differs.
+    diff = frame_with(at, "key")
+    assert diff.to_dict("records") == [{"key": "model.smear", "baseline": "false", "run": "true"}]
+    assert any("same rung and seed" in c.value and "baseline · d2 · seed 0" in c.value for c in at.caption)
+
+    run_box = next(s for s in at.selectbox if s.label == "Run")
+    d4_seed1 = next(r for r in run_box.options if "d4 · seed 1" in r)
+    run_box.set_value(int(d4_seed1.split()[0][1:])).run()
+    assert any("baseline · d4 · seed 1" in c.value for c in at.caption)
+    assert frame_with(at, "key")["key"].tolist() == ["model.smear"]
+
+    at.segmented_control[0].set_value("tokens").run()
+    curves = chart_data(at.get("vega_lite_chart")[0])
+    assert "tokens" in curves.columns and curves["tokens"].max() == 4 * 5120
+
+
+def test_runs_page_status_filter_and_picked_baseline(monkeypatch, seeded):
+    at = render(monkeypatch, seeded, page="runs")
+    at.multiselect[0].set_value(["diverged"]).run()
+    table = frame_with(at, "training time (s)")
+    assert table[["experiment", "status", "reason"]].to_dict("records") == [
+        {"experiment": "untested idea", "status": "diverged", "reason": "loss is NaN"}]
+    assert len(at.get("vega_lite_chart")) == 0  # a diverged run without points: no curve
+    assert any("no val_bpb points" in i.value for i in at.info)
+
+    # A run outside any search has no automatic baseline: the user picks one.
+    at.multiselect[0].set_value([]).run()
+    run_box = next(s for s in at.selectbox if s.label == "Run")
+    lone = next(r for r in run_box.options if "lone run" in r)
+    run_box.set_value(int(lone.split()[0][1:])).run()
+    assert any("belongs to no search" in c.value for c in at.caption)
+    compare = next(s for s in at.selectbox if s.label == "Compare with")
+    base_d2_0 = next(r for r in compare.options if "baseline · d2 · seed 0" in r)
+    compare.set_value(int(base_d2_0.split()[0][1:])).run()
+    assert frame_with(at, "key").to_dict("records") == [
+        {"key": "note", "baseline": "—", "run": '"x"'}]
+
+
+# ------------------------------------------------------------------------------------------------ experiment
+
+def test_experiment_page_from_query_param(monkeypatch, seeded):
+    at = render(monkeypatch, seeded, page="experiment", query={"id": SMEAR})
+    assert at.title[0].value == "smear"
+    assert "proposed by agent" in at.caption[0].value and "code version 0123456789abcdef0123" in at.caption[0].value
+    text = [m.value for m in at.markdown]
+    assert RATIONALE in text and FALSIFICATION in text
+    assert [c.value for c in at.code] == [PATCH.rstrip("\n")] and at.code[0].language == "diff"
+    assert metrics(at) == {"model": "claude-test", "input tokens": "1,200", "output tokens": "300",
+                           "cost (USD)": "$0.0125"}
+    assert frame_with(at, "knob").to_dict("records") == [{"knob": "smear", "value": "true"}]
+    runs = frame_with(at, "training time (s)")
+    assert list(zip(runs["rung"], runs["seed"], runs["status"])) == [("d2", 0, "ok"), ("d2", 1, "ok"),
+                                                                     ("d4", 0, "ok"), ("d4", 1, "ok")]
+    assert runs["time to target (s)"].tolist()[2:] == [450.0, 450.0]
+    decisions = frame_with(at, "verdict")
+    assert decisions[["from", "to", "verdict", "p-value"]].to_dict("records") == [
+        {"from": "d2", "to": "d4", "verdict": "promote", "p-value": 0.003}]
+    assert any(link.value == f"parent: baseline ({BASE})" for link in at.get("page_link"))
+
+
+def test_experiment_page_unknown_id_and_baseline(monkeypatch, seeded):
+    at = render(monkeypatch, seeded, page="experiment", query={"id": "nope"})
+    assert any("No experiment with id 'nope'" in w.value for w in at.warning)
+    at.selectbox[0].set_value(BASE).run()
+    assert at.title[0].value == "baseline"
+    assert any("None: this is the baseline recipe." in c.value for c in at.caption)
+    assert any("No ladder decisions" in c.value for c in at.caption)
+    assert not at.code  # no patch
+    assert "model" not in metrics(at)  # no agent section
+
+
+# ------------------------------------------------------------------------------------------------ empty / bad
+
+PAGES = [None, "search", "runs", "experiment"]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_on_an_empty_database(monkeypatch, tmp_path, page):
+    path = tmp_path / "empty.db"
+    Store(f"sqlite:///{path}").close()
+    at = render(monkeypatch, f"sqlite:///{path}", page=page)
+    assert not at.error and not at.dataframe
+    assert len(at.info) == 1 and "yet" in at.info[0].value, [i.value for i in at.info]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_on_a_missing_file_creates_nothing(monkeypatch, tmp_path, page):
+    path = tmp_path / "not-yet.db"
+    at = render(monkeypatch, f"sqlite:///{path}", page=page)
+    assert not at.error
+    assert [i.value for i in at.info] == [
+        f"No database at `{path}` yet: it is created by the first recorded run "
+        "(`python -m harness.search`, or `python -m leaderboard ingest RUN_DIR`)."]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_database_without_tables_stays_untouched(monkeypatch, tmp_path):
+    path = tmp_path / "blank.db"
+    path.touch()
+    at = render(monkeypatch, f"sqlite:///{path}", page="runs")
+    assert [i.value for i in at.info] == ["The database has no leaderboard tables yet: nothing has been recorded in it."]
+    assert path.stat().st_size == 0
+
+
+def test_rendering_every_page_never_writes(monkeypatch, tmp_path):
+    path = tmp_path / "seeded.db"
+    seed(f"sqlite:///{path}")
+    before = sha256(path)
+    with Store(f"sqlite:///{path}") as store:
+        counts = store.counts()
+    for page, query in [(None, {}), ("search", {}), ("runs", {}), ("experiment", {"id": SMEAR})]:
+        render(monkeypatch, f"sqlite:///{path}", page=page, query=query)
+    assert sha256(path) == before
+    with Store(f"sqlite:///{path}") as store:
+        assert store.counts() == counts
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("url, message", [
+    ("mysql://me@db/lb", "unsupported backend 'mysql'"),
+    ("not a url", "database URL 'not a url'"),
+    ("postgresql://nobody@127.0.0.1:{port}/nothing", "cannot open database postgresql+psycopg2://nobody@127.0.0.1:"),
+])
+@pytest.mark.parametrize("page", PAGES)
+def test_bad_url_is_one_error_line(monkeypatch, url, message, page):
+    at = render(monkeypatch, url.format(port=free_port()), page=page)
+    assert len(at.error) == 1, [e.value for e in at.error]
+    error = at.error[0].value
+    assert error.startswith("Cannot read the database: ") and message in error and "\n" not in error
+    assert not at.dataframe
+
+
+def test_sidebar_switches_database(monkeypatch, seeded, tmp_path):
+    at = render(monkeypatch, f"sqlite:///{tmp_path / 'nothing-here.db'}")
+    assert at.info and not at.dataframe
+    at.text_input(key="db_url").set_value(seeded).run()
+    assert frame_with(at, "recipe")["recipe"].tolist() == ["cpu smear"]
+    assert at.sidebar.caption[0].value == "searches: 1 · experiments: 5 · runs: 12 · entries: 5"
+    at.text_input(key="db_url").set_value("mysql://x/y").run()
+    assert len(at.error) == 1
+
+
+def test_reads_are_cached_until_refresh(monkeypatch, tmp_path):
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    with Store(url) as store:
+        store.record_track(Track(name="live", metric="val_bpb"))
+        store.record_entry(Entry(track="live", recipe="first", time_to_target_mean=100.0))
+    at = render(monkeypatch, url)
+    assert frame_with(at, "recipe")["recipe"].tolist() == ["first"]
+    with Store(url) as store:  # a worker records while the page is open
+        store.record_entry(Entry(track="live", recipe="faster", time_to_target_mean=50.0))
+    at.run()
+    assert frame_with(at, "recipe")["recipe"].tolist() == ["first"]  # cached: a rerun costs no query
+    at.sidebar.button[0].click().run()
+    assert frame_with(at, "recipe")["recipe"].tolist() == ["faster", "first"]
+
+
+def test_db_flag_wins_over_environment(monkeypatch):
+    from leaderboard import dashboard_db
+
+    assert dashboard_db.flag_url(["--db", "sqlite:///a.db"]) == "sqlite:///a.db"
+    assert dashboard_db.flag_url(["-x", "--db=sqlite:///b.db"]) == "sqlite:///b.db"
+    assert dashboard_db.flag_url(["--db"]) is None and dashboard_db.flag_url(["tests/x.py"]) is None
+    monkeypatch.setattr("sys.argv", ["app.py", "--db", "sqlite:///flag.db"])
+    monkeypatch.setenv("NANORESEARCH_DB", "sqlite:///env.db")
+    assert dashboard_db.default_url() == "sqlite:///flag.db"
+    monkeypatch.setattr("sys.argv", ["app.py"])
+    assert dashboard_db.default_url() == "sqlite:///env.db"
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+
+def test_config_diff_flattens_and_keeps_one_sided_keys():
+    run = {"model": {"depth": 4, "smear": True, "window": [128, 256]}, "seed": 1, "extra": None}
+    base = {"model": {"depth": 4, "smear": False, "window": [128, 128]}, "seed": 1, "only_base": 3}
+    diff = fmt.config_diff(run, base)
+    assert diff.to_dict("records") == [
+        {"key": "extra", "baseline": "—", "run": "—"},  # present (null) on one side only: still a difference
+        {"key": "model.smear", "baseline": "false", "run": "true"},
+        {"key": "model.window", "baseline": "[128, 128]", "run": "[128, 256]"},
+        {"key": "only_base", "baseline": "3", "run": "—"},
+    ]
+    assert fmt.config_diff(run, run).empty
+
+
+def test_search_baseline_prefers_the_config_then_the_latest_decision():
+    decisions = [{"baseline_experiment_id": "old"}, {"baseline_experiment_id": "new"}, {"baseline_experiment_id": None}]
+    assert fmt.search_baseline({"config": {"baseline_experiment_id": "cfg"}}, decisions) == "cfg"
+    assert fmt.search_baseline({"config": None}, decisions) == "new"
+    assert fmt.search_baseline({"config": {}}, []) is None
+
+
+def test_agent_usage_counts_only_agent_records():
+    usage = fmt.agent_usage([
+        {"extra": {"agent": {"model": "a", "input_tokens": 10, "output_tokens": 5, "cost_usd": 0.5}}},
+        {"extra": {"agent": {"model": "b", "input_tokens": 1, "output_tokens": 1, "cost_usd": 1.5}}},
+        {"extra": {"agent": {"model": "a", "input_tokens": 20, "output_tokens": None, "cost_usd": 0.25}}},
+        {"extra": {"falsification": "x"}}, {"extra": None},
+    ])
+    assert (usage["experiments"], usage["input_tokens"], usage["output_tokens"]) == (3, 31, 6)
+    assert usage["cost_usd"] == pytest.approx(2.25)
+    assert [(m["model"], m["experiments"], m["cost_usd"]) for m in usage["models"]] == [("b", 1, 1.5), ("a", 2, 0.75)]
+
+
+def test_formatting_helpers():
+    assert fmt.mean_std(0.26012, 0.0012) == "0.2601 ± 0.0012" and fmt.mean_std(0.2, None) == "0.2000"
+    assert fmt.mean_std(float("nan"), 0.1) == "—"
+    assert fmt.duration_unit([30.0, None]) == ("s", 1.0) and fmt.duration_unit([59.0, 3600.0])[0] == "h"
+    assert fmt.duration(90.0) == "1.50 min"
+    assert fmt.short_version("0123456789abcdef0123-dirty") == "0123456-dirty" and fmt.short_version("v1.2") == "v1.2"
+    assert sorted(["d12", "d2", "d4"], key=fmt.rung_key) == ["d2", "d4", "d12"]
+
+
+def test_bench_command_renders_every_page(tmp_path, capsys, monkeypatch):
+    from leaderboard import bench_dashboard
+
+    monkeypatch.delenv("NANORESEARCH_DB", raising=False)  # the bench points it at its database: restored after
+    # Tiny sizes: this checks the command works end to end, not how fast (that is the command's own output).
+    code = bench_dashboard.main(["--db", f"sqlite:///{tmp_path / 'bench.db'}", "--runs", "8", "--points", "40",
+                                 "--repeats", "0"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "(8 runs, 40 metric points, 2 decisions, 1 entries" in printed
+    for page in ("leaderboard", "search", "runs", "experiment"):
+        assert f"render {page}: first in process" in printed

@@ -1,0 +1,114 @@
+"""Store additions made for the dashboard: `Store.run(run_id)` and read-only stores (`read_only=True`).
+
+Same databases as tests/test_store.py (its `db_url` fixture: SQLite, and PostgreSQL when available).
+"""
+# ruff: noqa: F811  (tests take the imported `db_url` fixture as an argument, which ruff reads as a redefinition)
+
+import sqlite3
+
+import pytest
+import sqlalchemy as sa
+
+from leaderboard import Experiment, LeaderboardError, SchemaError, Store
+from leaderboard.store import resolve_url
+from tests.test_store import V1_DDL, curve, db_url, experiment, finished_run  # noqa: F401
+
+
+def _tables(url: str) -> set[str]:
+    engine = sa.create_engine(resolve_url(url))
+    try:
+        with engine.connect() as conn:
+            return set(sa.inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _empty_database(db_url: str) -> None:
+    """An existing database without our tables: an empty SQLite file (the PostgreSQL schema already is)."""
+    url = resolve_url(db_url)
+    if url.get_backend_name() == "sqlite":
+        sqlite3.connect(url.database).close()
+
+
+def test_run_returns_the_full_row_or_none(db_url):
+    with Store(db_url) as store:
+        recorded = store.record_run(finished_run("exp0001", config={"model": {"depth": 2}}, log_tail="step 10 ok"),
+                                    curve(), experiment=experiment(1))
+        run = store.run(recorded.run_id)
+        assert (run["id"], run["experiment_id"], run["rung"], run["seed"]) == (recorded.run_id, "exp0001", "d2", 0)
+        assert run["config"] == {"model": {"depth": 2}} and run["log_tail"] == "step 10 ok"
+        assert store.run(recorded.run_id + 1000) is None
+
+
+def test_device_seconds_are_training_time_times_world_size(db_url):
+    with Store(db_url) as store:
+        search_id = store.start_search("s")
+        a = store.record_run(finished_run("exp0001", search_id=search_id, total_training_time=60.0, world_size=8),
+                             experiment=experiment(1)).run_id
+        b = store.record_run(finished_run("exp0001", seed=1, search_id=search_id, total_training_time=30.0,
+                                          world_size=None)).run_id  # no world size recorded: one device
+        c = store.record_run(finished_run("exp0001", seed=2, search_id=search_id, status="failed",
+                                          total_training_time=None)).run_id
+        store.record_run(finished_run("exp0001", seed=3, total_training_time=99.0))  # in no search
+        assert store.device_seconds(search_id) == {a: 480.0, b: 30.0, c: 0.0}
+        assert store.device_seconds(search_id + 1) == {}
+
+
+def test_read_only_store_reads_everything_and_writes_nothing(db_url):
+    with Store(db_url) as writer:
+        recorded = writer.record_run(finished_run("exp0001"), curve(), experiment=experiment(1))
+        counts = writer.counts()
+    with Store(db_url, read_only=True) as reader:
+        assert reader.read_only and reader.schema_version == writer.schema_version
+        assert [r["id"] for r in reader.runs()] == [recorded.run_id]
+        assert len(reader.metric_points([recorded.run_id])) == len(curve())
+        assert reader.run(recorded.run_id)["val_bpb"] == 1.8
+        with pytest.raises(LeaderboardError, match="open read-only: cannot write"):
+            reader.record_experiment(Experiment(id="new", name="new"))
+        # Below the store's own guard, the database connection itself refuses writes.
+        with pytest.raises(LeaderboardError, match="(?i)read-?only"):
+            reader._read(lambda conn: conn.exec_driver_sql("DELETE FROM metric_points"))
+    with Store(db_url) as again:
+        assert again.counts() == counts
+
+
+def test_read_only_store_sees_what_a_writer_records_later(db_url):
+    with Store(db_url) as writer, Store(db_url, read_only=True) as reader:
+        assert reader.runs() == []
+        writer.record_run(finished_run("exp0001"), experiment=experiment(1))
+        assert [r["experiment_id"] for r in reader.runs()] == ["exp0001"]
+
+
+def test_read_only_store_never_creates_a_sqlite_file(tmp_path):
+    path = tmp_path / "missing.db"
+    with pytest.raises(LeaderboardError, match=f"SQLite database {path} does not exist"):
+        Store(f"sqlite:///{path}", read_only=True)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(LeaderboardError, match="is a directory"):
+        Store(f"sqlite:///{tmp_path}", read_only=True)
+    with pytest.raises(LeaderboardError, match="needs a database file"):
+        Store("sqlite://", read_only=True)
+
+
+def test_read_only_store_leaves_a_database_without_tables_empty(db_url):
+    _empty_database(db_url)
+    with Store(db_url, read_only=True) as reader:
+        assert reader.schema_version == 0
+    assert _tables(db_url) == set()
+
+
+def test_read_only_store_refuses_an_older_schema_without_upgrading_it(db_url):
+    url = resolve_url(db_url)
+    pg = url.get_backend_name() == "postgresql"
+    ddl = V1_DDL.format(json="JSONB" if pg else "JSON", ts="TIMESTAMP WITH TIME ZONE" if pg else "DATETIME",
+                        serial="SERIAL" if pg else "INTEGER", real="DOUBLE PRECISION",
+                        t0="2026-01-02 03:04:05+00" if pg else "2026-01-02 03:04:05.000000")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for statement in ddl.split(";"):
+            if statement.strip():
+                conn.exec_driver_sql(statement)
+    engine.dispose()
+    with pytest.raises(SchemaError, match="schema version 1, older than .* open read-only"):
+        Store(db_url, read_only=True)
+    assert "searches" not in _tables(db_url)  # not upgraded
