@@ -1,0 +1,203 @@
+"""
+Tiers, recipes and tracks are data (TOML files in this package); this module loads and checks them.
+
+- A *tier* is a class of machine: which `model.train --tier` defaults it uses, its baseline recipe (overrides on
+  top of nanochat's defaults), the rungs of its depth ladder (depth, budget, seeds, devices) and the statistics
+  the ladder uses to promote (alpha, minimum effect, seed cap).
+- A *recipe* is a named set of overrides (the baseline is nanochat's recipe: no overrides).
+- A *track* (leaderboard speedruns) fixes depth, hardware, metric, target and timing rule.
+
+A name is looked up in experiments/<kind>s/<name>.toml; a path to a .toml file works too, so users can keep their
+own tiers and tracks outside the package. Unknown keys and bad values are one-line errors naming the file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model.config import ConfigError, split_overrides
+
+HERE = Path(__file__).resolve().parent
+
+
+class CatalogError(ValueError):
+    """A missing or malformed tier/recipe/track file. One line naming the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Rung:
+    name: str
+    depth: int
+    seeds: int                      # seeds for the baseline and for every candidate (before adaptive extras)
+    time_budget: float | None = None
+    num_iterations: int | None = None
+    param_data_ratio: float | None = None
+    devices: int = 1                # processes (GPUs) per run: > 1 launches torchrun
+    nodes: int = 1
+    target: str | None = None       # top rung: "val_bpb<=X" / "core>=X", time-to-target is measured
+    core_every: int | None = None
+    timeout_s: float | None = None  # wall-clock limit for one job (default: derived from the budget)
+
+    def horizon_args(self) -> list[str]:
+        if self.time_budget is not None:
+            return ["--time-budget", f"{self.time_budget:g}"]
+        if self.num_iterations is not None:
+            return ["--num-iterations", str(self.num_iterations)]
+        return ["--param-data-ratio", f"{self.param_data_ratio:g}"]
+
+
+@dataclass(frozen=True)
+class Statistics:
+    alpha: float = 0.05             # one-sided false-promotion rate per decision
+    min_effect: float = 0.0         # the improvement (in val_bpb) a change must beat, not just zero
+    max_seeds: int = 6              # adaptive seeds stop here
+    futility: float = 0.5           # a p-value above this rejects at once (the change is not better)
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    description: str
+    train_tier: str                 # model.train --tier
+    baseline: dict = field(default_factory=dict)
+    rungs: tuple[Rung, ...] = ()
+    statistics: Statistics = Statistics()
+    why: str = ""
+    path: str = ""
+
+    def rung(self, name: str) -> Rung:
+        for r in self.rungs:
+            if r.name == name:
+                return r
+        raise CatalogError(f"tier {self.name!r} has no rung {name!r}: expected one of {', '.join(r.name for r in self.rungs)}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    overrides: dict = field(default_factory=dict)
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class Track:
+    name: str
+    description: str
+    tier: str                       # the tier whose train defaults the runs use
+    depth: int
+    metric: str                     # val_bpb | core
+    target: float
+    hardware: str                   # e.g. "8xH100", "cpu"
+    devices: int = 1
+    nodes: int = 1
+    timing_rule: str = "total_training_time: synchronized step time, excluding eval, checkpoints, compile warm-up and the first 10 steps"
+    time_budget: float | None = None
+    num_iterations: int | None = None
+    param_data_ratio: float | None = None
+    core_every: int | None = None
+    core_max_per_task: int | None = None
+    overrides: dict = field(default_factory=dict)
+    references: tuple[dict, ...] = ()  # published entries, each with its source
+    path: str = ""
+
+    @property
+    def target_spec(self) -> str:
+        return f"{self.metric}{'<=' if self.metric == 'val_bpb' else '>='}{self.target}"
+
+
+# -----------------------------------------------------------------------------------------------------------
+
+def _read(kind: str, name_or_path: str) -> tuple[dict, Path]:
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = HERE / f"{kind}s" / f"{name_or_path}.toml"
+        if not path.exists():
+            raise CatalogError(f"unknown {kind} {name_or_path!r}: expected one of {', '.join(names(kind))} or a path to a .toml file")
+    if not path.exists():
+        raise CatalogError(f"{path}: no such {kind} file")
+    try:
+        return tomllib.loads(path.read_text()), path
+    except tomllib.TOMLDecodeError as e:
+        raise CatalogError(f"{path}: not valid TOML ({e})") from None
+
+
+def names(kind: str) -> list[str]:
+    return sorted(p.stem for p in (HERE / f"{kind}s").glob("*.toml"))
+
+
+def _check_keys(data: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise CatalogError(f"{where}: unknown key {unknown[0]!r}: expected one of {', '.join(sorted(allowed))}")
+
+
+def _check_overrides(overrides: dict, where: str) -> dict:
+    try:
+        split_overrides(overrides)
+    except ConfigError as e:
+        raise CatalogError(f"{where}: {e}") from None
+    return dict(overrides)
+
+
+def _fields(cls) -> set[str]:
+    return set(cls.__dataclass_fields__) - {"path"}
+
+
+def load_tier(name_or_path: str) -> Tier:
+    data, path = _read("tier", name_or_path)
+    _check_keys(data, _fields(Tier), str(path))
+    rungs = []
+    for i, raw in enumerate(data.get("rungs", [])):
+        where = f"{path}: rungs[{i}]"
+        _check_keys(raw, _fields(Rung), where)
+        try:
+            rung = Rung(**raw)
+        except TypeError as e:
+            raise CatalogError(f"{where}: {e}") from None
+        horizons = [h for h in (rung.time_budget, rung.num_iterations, rung.param_data_ratio) if h is not None]
+        if len(horizons) != 1:
+            raise CatalogError(f"{where}: expected exactly one of time_budget, num_iterations, param_data_ratio")
+        if rung.depth < 1 or rung.seeds < 1 or rung.devices < 1:
+            raise CatalogError(f"{where}: depth, seeds and devices must be positive")
+        rungs.append(rung)
+    if not rungs:
+        raise CatalogError(f"{path}: a tier needs at least one [[rungs]] entry")
+    if len({r.name for r in rungs}) != len(rungs):
+        raise CatalogError(f"{path}: rung names must be unique")
+    stats_raw = data.get("statistics", {})
+    _check_keys(stats_raw, _fields(Statistics), f"{path}: [statistics]")
+    stats = Statistics(**stats_raw)
+    if not 0 < stats.alpha < 1 or stats.min_effect < 0 or stats.max_seeds < 1:
+        raise CatalogError(f"{path}: [statistics] needs 0 < alpha < 1, min_effect >= 0, max_seeds >= 1")
+    return Tier(name=data.get("name", path.stem), description=data.get("description", ""),
+                train_tier=data.get("train_tier", "cpu"),
+                baseline=_check_overrides(data.get("baseline", {}), f"{path}: [baseline]"),
+                rungs=tuple(rungs), statistics=stats, why=data.get("why", ""), path=str(path))
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    data, path = _read("recipe", name_or_path)
+    _check_keys(data, _fields(Recipe), str(path))
+    return Recipe(name=data.get("name", path.stem), description=data.get("description", ""),
+                  overrides=_check_overrides(data.get("overrides", {}), f"{path}: [overrides]"), path=str(path))
+
+
+def load_track(name_or_path: str) -> Track:
+    data, path = _read("track", name_or_path)
+    _check_keys(data, _fields(Track), str(path))
+    data = dict(data)
+    data["overrides"] = _check_overrides(data.get("overrides", {}), f"{path}: [overrides]")
+    data["references"] = tuple(data.get("references", ()))
+    for i, ref in enumerate(data["references"]):
+        if "source" not in ref:
+            raise CatalogError(f"{path}: references[{i}] needs a source (where the published number comes from)")
+    try:
+        track = Track(**data, path=str(path))
+    except TypeError as e:
+        raise CatalogError(f"{path}: {e}") from None
+    if track.metric not in ("val_bpb", "core"):
+        raise CatalogError(f"{path}: metric {track.metric!r}: expected val_bpb or core")
+    return track

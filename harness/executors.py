@@ -1,0 +1,101 @@
+"""
+Where jobs run: submitit's LocalExecutor (default), SlurmExecutor, or DebugExecutor.
+
+- local: each job in its own worker process on this machine, with an explicit wall-clock timeout.
+- slurm: each job an sbatch job (one node, N GPUs, one task that runs torchrun for N > 1); preempted or
+  timed-out jobs are requeued by submitit and resume from their checkpoint (see TrainingJob.checkpoint).
+- debug: jobs run one after another inside this process (submitit's DebugExecutor): for stepping through the
+  harness with a debugger. The training itself is still a subprocess.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import submitit
+
+from harness.jobs import Job, TrainingJob
+
+EXECUTORS = ("local", "slurm", "debug")
+
+
+@dataclass
+class SlurmOptions:
+    partition: str | None = None
+    account: str | None = None
+    time_min: int | None = None            # default: the job's own timeout
+    gpus_per_node: int | None = None       # default: the rung's devices
+    cpus_per_task: int | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    setup: list[str] = field(default_factory=list)  # shell lines before the job (module load, venv activation)
+    extra: dict[str, str] = field(default_factory=dict)  # any other sbatch option: {"mem": "0", "exclusive": ""}
+
+    @classmethod
+    def parse_extra(cls, items: list[str]) -> dict[str, str]:
+        """['mem=64G', 'exclusive'] -> {'mem': '64G', 'exclusive': ''} (sbatch option names without --)."""
+        out = {}
+        for item in items:
+            key, _, value = item.lstrip("-").partition("=")
+            if not key:
+                raise ValueError(f"--slurm-arg {item!r}: expected an sbatch option like mem=64G")
+            out[key.replace("-", "_")] = value
+        return out
+
+
+class Executor:
+    """Submits jobs through one submitit executor, configured per job (devices, timeout)."""
+
+    def __init__(self, kind: str, folder: Path, slurm: SlurmOptions | None = None, env: dict[str, str] | None = None):
+        if kind not in EXECUTORS:
+            raise ValueError(f"--executor {kind!r}: expected one of {', '.join(EXECUTORS)}")
+        self.kind, self.folder, self.slurm, self.env = kind, Path(folder), slurm or SlurmOptions(), env or {}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._executor = None  # created on first submit: SlurmExecutor needs srun on this machine
+
+    def _submitit(self):
+        if self._executor is None:
+            folder = str(self.folder / "%j")
+            if self.kind == "local":
+                self._executor = submitit.LocalExecutor(folder=folder)
+            elif self.kind == "debug":
+                self._executor = submitit.DebugExecutor(folder=folder)
+            else:
+                self._executor = submitit.SlurmExecutor(folder=folder)
+        return self._executor
+
+    def parameters(self, job: Job) -> dict:
+        """submitit parameters for one job."""
+        timeout_min = max(1, math.ceil(job.timeout_s / 60))
+        if self.kind == "local":
+            return dict(timeout_min=timeout_min + 1)  # TrainingJob enforces job.timeout_s; this is a backstop
+        if self.kind == "debug":
+            return {}
+        s = self.slurm
+        params = dict(time=s.time_min or timeout_min + 5, nodes=job.rung.nodes, ntasks_per_node=1,
+                      gpus_per_node=s.gpus_per_node if s.gpus_per_node is not None else job.rung.devices,
+                      job_name=f"nanoresearch-{job.experiment_id}-{job.rung.name}-s{job.seed}",
+                      signal_delay_s=120, use_srun=True)
+        for key in ("partition", "account", "cpus_per_task", "qos", "constraint"):
+            if getattr(s, key) is not None:
+                params[key] = getattr(s, key)
+        if s.setup:
+            params["setup"] = list(s.setup)
+        if s.extra:
+            params["additional_parameters"] = dict(s.extra)
+        return params
+
+    def submit(self, job: Job):
+        executor = self._submitit()
+        executor.update_parameters(**self.parameters(job))
+        return executor.submit(TrainingJob(job.command(), str(job.run_dir), job.timeout_s, self.env))
+
+    def sbatch_script(self, job: Job) -> str:
+        """The sbatch script submitit would submit for this job (for inspection and tests)."""
+        from submitit.slurm.slurm import _make_sbatch_string
+        command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(self.folder))}"
+        return _make_sbatch_string(command=command, folder=str(self.folder / "%j"), **self.parameters(job))

@@ -1,0 +1,129 @@
+"""
+A job is one training run: (experiment, rung, seed slot) -> one `python -m model.train` command and its run dir.
+
+The harness never imports the training loop: a job is a plain process (`python -m model.train ...`, or
+`torchrun --standalone --nproc_per_node=N -m model.train ...` when a rung asks for N devices), so crashes,
+OOMs and NaNs stay contained and the same command runs locally, under torchrun and on SLURM. Every job passes
+--resume: a job that is rerun (search restarted, SLURM requeue) continues from its checkpoint, and one that had
+already finished returns at once.
+
+`TrainingJob` is the callable submitit runs (locally or on a SLURM node). It supervises the command with a
+wall-clock limit, and on a SLURM preemption/time-out signal it stops the run gracefully (model.train saves a
+checkpoint on SIGTERM) and asks submitit to requeue it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from experiments.catalog import Rung
+from harness.experiment import format_set
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Job:
+    experiment_id: str
+    rung: Rung
+    slot: int                      # seed slot: pairs this run with the baseline's run on the same slot
+    seed: int
+    run_dir: Path
+    train_tier: str
+    overrides: dict = field(default_factory=dict)
+    data: str | None = None
+    tokenizer: str | None = None
+    target: str | None = None
+    timeout_s: float = 3600.0
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """The leaderboard's run key."""
+        return (self.experiment_id, self.rung.name, self.seed)
+
+    def command(self) -> list[str]:
+        args = ["-m", "model.train", "--depth", str(self.rung.depth), "--tier", self.train_tier,
+                "--out", str(self.run_dir), "--seed", str(self.seed), *self.rung.horizon_args(), "--resume",
+                "--experiment-id", self.experiment_id, "--rung", self.rung.name]
+        for key, value in sorted(self.overrides.items()):
+            args += ["--set", format_set(key, value)]
+        if self.data:
+            args += ["--data", self.data]
+        if self.tokenizer:
+            args += ["--tokenizer", self.tokenizer]
+        target = self.target or self.rung.target
+        if target:
+            args += ["--target", target]
+        if self.rung.core_every:
+            args += ["--core-every", str(self.rung.core_every)]
+        if self.rung.nodes > 1:
+            raise ValueError(f"rung {self.rung.name}: nodes={self.rung.nodes}: multi-node runs are not supported yet (expected 1)")
+        if self.rung.devices > 1:
+            torchrun = Path(sys.executable).with_name("torchrun")
+            return [str(torchrun), "--standalone", f"--nproc_per_node={self.rung.devices}", *args]
+        return [sys.executable, *args]
+
+
+class TrainingJob:
+    """Runs a job's command to completion under a wall-clock limit; returns what happened (the run dir holds
+    the results). Picklable, so submitit can ship it to a worker process or a SLURM node."""
+
+    def __init__(self, command: list[str], run_dir: str, timeout_s: float, env: dict[str, str] | None = None):
+        self.command, self.run_dir, self.timeout_s, self.env = command, run_dir, timeout_s, env or {}
+        self._proc: subprocess.Popen | None = None
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_proc"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._proc = None
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.run_dir) / "train.log"
+
+    def __call__(self) -> dict:
+        Path(self.run_dir).parent.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        start = time.time()
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n$ {' '.join(self.command)}\n".encode())
+            log.flush()
+            # A new session: the whole process tree (torchrun and its workers) can be signalled at once.
+            self._proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                          env={**os.environ, **self.env}, start_new_session=True)
+            timed_out = False
+            try:
+                returncode = self._proc.wait(timeout=self.timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                returncode = self.stop()
+        return {"returncode": returncode, "timed_out": timed_out, "wall_s": time.time() - start,
+                "log": str(self.log_path)}
+
+    def stop(self, grace_s: float = 60.0) -> int | None:
+        """SIGTERM the process group (model.train saves a checkpoint and exits 143), SIGKILL after grace_s."""
+        if self._proc is None or self._proc.poll() is not None:
+            return None if self._proc is None else self._proc.returncode
+        try:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+            return self._proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            return self._proc.wait()
+        except ProcessLookupError:
+            return self._proc.wait()
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit calls this on SLURM preemption or time-out: stop gracefully, then requeue the same job
+        (its command has --resume, so it continues from the checkpoint model.train just saved)."""
+        import submitit
+        self.stop()
+        return submitit.helpers.DelayedSubmission(TrainingJob(self.command, self.run_dir, self.timeout_s, self.env))

@@ -1,0 +1,118 @@
+"""
+What a finished job produced: read its run dir, classify failures, and turn it into leaderboard rows.
+
+Statuses: ok, diverged (NaN/inf loss), timeout (over its wall-clock limit, or SIGTERM'd by the scheduler),
+oom (out of memory: CUDA OOM, MemoryError, or killed by the kernel's OOM killer), crash (anything else, with
+the reason and the log tail recorded). A failed job is a result like any other: the search goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from harness.jobs import Job
+
+LOG_TAIL_CHARS = 4000
+OOM_PATTERNS = re.compile(r"out of memory|OutOfMemoryError|MemoryError|Cannot allocate memory|oom-kill", re.IGNORECASE)
+
+
+@dataclass
+class Outcome:
+    status: str                       # ok | diverged | timeout | oom | crash
+    reason: str | None = None
+    result: dict | None = None        # result.json
+    config: dict | None = None        # config.json
+    points: list[dict] = field(default_factory=list)  # metrics.jsonl
+    log_tail: str | None = None
+    wall_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def val_bpb(self) -> float | None:
+        return (self.result or {}).get("val_bpb")
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def read_points(path: Path) -> list[dict]:
+    points = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                points.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill: the run's result.json is what counts
+    return points
+
+
+def log_tail(path: Path | str | None, chars: int = LOG_TAIL_CHARS) -> str | None:
+    if not path or not Path(path).exists():
+        return None
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - chars))
+        return f.read().decode("utf-8", errors="replace")
+
+
+def classify(returned: dict | None, error: BaseException | None, result: dict | None, tail: str | None) -> tuple[str, str | None]:
+    """(status, reason) of a job from what the job function returned (or raised), result.json and the log."""
+    if returned and returned.get("timed_out"):
+        return "timeout", f"exceeded its wall-clock limit after {returned.get('wall_s', 0):.0f}s"
+    status = (result or {}).get("status")
+    if status == "ok":
+        return "ok", None
+    if status == "diverged":
+        return "diverged", result.get("reason")
+    rc = returned.get("returncode") if returned else None
+    text = tail or ""
+    if OOM_PATTERNS.search(text) or rc in (-9, 137):
+        return "oom", "out of memory" + (f" (exit {rc})" if rc is not None else "")
+    if status == "timeout" or rc in (-15, 143):
+        return "timeout", (result or {}).get("reason") or "terminated (SIGTERM)"
+    if error is not None:
+        return "crash", f"{type(error).__name__}: {error}".splitlines()[0][:500]
+    reason = (result or {}).get("reason")
+    if not reason:
+        last = [line for line in text.strip().splitlines() if line.strip()]
+        reason = (last[-1] if last else "no output") + (f" (exit {rc})" if rc is not None else "")
+    return "crash", reason[:500]
+
+
+def read_outcome(job: Job, returned: dict | None = None, error: BaseException | None = None) -> Outcome:
+    run_dir = Path(job.run_dir)
+    result = read_json(run_dir / "result.json")
+    tail = log_tail((returned or {}).get("log") or run_dir / "train.log")
+    status, reason = classify(returned, error, result, tail)
+    return Outcome(status=status, reason=reason, result=result, config=read_json(run_dir / "config.json"),
+                   points=read_points(run_dir / "metrics.jsonl"), log_tail=tail,
+                   wall_s=(returned or {}).get("wall_s"))
+
+
+def run_row(job: Job, outcome: Outcome | None, search_id: int | None, started_at: datetime | None,
+            finished_at: datetime | None = None):
+    """A leaderboard Run for this job: 'running' when outcome is None, else its final state."""
+    from leaderboard import Run
+    common = dict(experiment_id=job.experiment_id, rung=job.rung.name, seed=job.seed, depth=job.rung.depth,
+                  world_size=job.rung.devices, run_dir=str(job.run_dir), search_id=search_id, started_at=started_at)
+    if outcome is None:
+        return Run(status="running", **common)
+    result, config = outcome.result or {}, outcome.config or {}
+    return Run(status=outcome.status, failure_class=None if outcome.ok else outcome.status, reason=outcome.reason,
+               hardware=config.get("hardware"), finished_at=finished_at or datetime.now(UTC), config=config or None,
+               val_bpb=result.get("val_bpb"), core=result.get("core"),
+               total_training_time=result.get("total_training_time"), time_to_target=result.get("time_to_target"),
+               tokens=result.get("tokens"), flops=result.get("flops"), peak_memory_bytes=result.get("peak_memory_bytes"),
+               steps=result.get("steps"), cost=None, log_tail=None if outcome.ok else outcome.log_tail, **common)

@@ -1,0 +1,628 @@
+"""
+`python -m harness.search`: propose changes, test them on a depth ladder, promote only beyond noise, record it all.
+
+    python -m harness.search                                  # the cpu tier, Optuna, SQLite nanoresearch.db
+    python -m harness.search --trials 3 --time-budget 20 --seeds 2
+    python -m harness.search --tier gpu --executor slurm --slurm-partition h100 --parallel 8
+    python -m harness.search --aa 10                          # calibrate: how often is a null change promoted?
+
+The data flow: proposer -> Experiment (content-hash id) -> jobs (experiment, rung, seed) -> executor ->
+`python -m model.train` -> run dir -> leaderboard rows -> ladder decision -> next rung / proposer told.
+
+Everything lives in the database (SQLite file by default; PostgreSQL by URL): proposals, runs, decisions,
+noise floors, and the Optuna study. A search is identified by --name; running the same command again resumes
+it: finished runs are never repeated, unfinished ones continue from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from experiments.catalog import CatalogError, Rung, Tier, load_recipe, load_tier
+from harness.executors import EXECUTORS, Executor, SlurmOptions
+from harness.experiment import Experiment
+from harness.jobs import Job
+from harness.ladder import NoiseFloor, Verdict, decide
+from harness.proposers import Proposal
+from harness.runs import Outcome, read_outcome, run_row
+from model.cli import ArgumentParser
+from search_spaces import SPACES, SearchSpaceError, Space
+
+POLL_S = 0.5
+MAX_DUPLICATES_IN_A_ROW = 20
+
+
+class SearchError(ValueError):
+    """Bad input or an unrecoverable search state; one line for the user, exit code 2."""
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m harness.search", description="Search for changes that beat the baseline on a depth ladder.")
+    p.add_argument("--tier", default=None, help="cpu | gpu | path/to/tier.toml (default: gpu when CUDA is available, else cpu)")
+    p.add_argument("--space", default="all", choices=sorted(SPACES), help="which knobs proposals may turn")
+    p.add_argument("--proposer", default="auto", choices=["optuna", "agent", "auto"],
+                   help="auto = agent when ANTHROPIC_API_KEY is set, else optuna")
+    p.add_argument("--trials", type=int, default=8, help="proposals to test (not counting the baseline)")
+    p.add_argument("--budget-hours", type=float, default=None, help="stop proposing after this many compute hours")
+    p.add_argument("--parallel", type=int, default=1, help="jobs running at once")
+    p.add_argument("--db", default=None, help="database URL (env NANORESEARCH_DB; default sqlite:///nanoresearch.db)")
+    p.add_argument("--executor", default="local", choices=EXECUTORS)
+    p.add_argument("--data", default=None, help="pretraining data: a local dir or a source name (env NANORESEARCH_DATA)")
+    p.add_argument("--name", default=None, help="search name; rerunning the same name resumes it (default: TIER-SPACE)")
+    p.add_argument("--recipe", default="baseline", help="the baseline recipe (experiments/recipes)")
+    p.add_argument("--runs-dir", default=None, help="where run dirs go (default: $NANORESEARCH_HOME/runs)")
+    p.add_argument("--time-budget", type=float, default=None, help="override every rung's budget with SECONDS of training")
+    p.add_argument("--seeds", type=int, default=None, help="override every rung's seed count")
+    p.add_argument("--rungs", default=None, help="override the ladder's depths, e.g. 1,2")
+    p.add_argument("--aa", type=int, default=None, metavar="N", help="A/A calibration: N null proposals identical to the baseline")
+    p.add_argument("--enqueue", default=None, metavar="FILE",
+                   help="JSON list of proposals ({tweaks, rationale}) to test before the proposer's own")
+    p.add_argument("--seed", type=int, default=0, help="the proposer's random seed")
+    p.add_argument("--slurm-partition", default=None)
+    p.add_argument("--slurm-account", default=None)
+    p.add_argument("--slurm-time", type=int, default=None, help="minutes per job (default: from the rung's budget)")
+    p.add_argument("--slurm-gpus-per-node", type=int, default=None, help="default: the rung's devices")
+    p.add_argument("--slurm-cpus-per-task", type=int, default=None)
+    p.add_argument("--slurm-setup", action="append", default=[], help="shell line run before each job (repeatable)")
+    p.add_argument("--slurm-arg", action="append", default=[], help="extra sbatch option, e.g. mem=64G (repeatable)")
+    return p
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Configuration of one search, resolved from flags and data files.
+
+def resolve_tier(args) -> Tier:
+    name = args.tier
+    if name is None:
+        import torch
+        name = "gpu" if torch.cuda.is_available() else "cpu"
+    tier = load_tier(name)
+    rungs = list(tier.rungs)
+    if args.rungs:
+        try:
+            depths = [int(d) for d in args.rungs.split(",") if d.strip()]
+        except ValueError:
+            raise SearchError(f"--rungs {args.rungs!r}: expected comma-separated depths, e.g. 1,2") from None
+        if not depths or any(d < 1 for d in depths):
+            raise SearchError(f"--rungs {args.rungs!r}: expected positive depths")
+        template = [rungs[min(i, len(rungs) - 1)] for i in range(len(depths))]
+        rungs = [replace(t, name=f"d{d}", depth=d) for t, d in zip(template, depths)]
+        rungs[-1] = replace(rungs[-1], target=tier.rungs[-1].target)
+    if args.time_budget is not None:
+        if not args.time_budget > 0:
+            raise SearchError(f"--time-budget {args.time_budget}: expected a positive number of seconds")
+        rungs = [replace(r, time_budget=args.time_budget, num_iterations=None, param_data_ratio=None, timeout_s=None) for r in rungs]
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise SearchError(f"--seeds {args.seeds}: expected a positive integer")
+        rungs = [replace(r, seeds=args.seeds) for r in rungs]
+    statistics = tier.statistics
+    if args.seeds is not None and statistics.max_seeds < args.seeds:
+        statistics = replace(statistics, max_seeds=args.seeds)
+    return replace(tier, rungs=tuple(rungs), statistics=statistics)
+
+
+def job_timeout(rung: Rung) -> float:
+    if rung.timeout_s:
+        return rung.timeout_s
+    if rung.time_budget is not None:
+        return 3 * rung.time_budget + 600  # start-up, tokenizer load, evaluations, a loaded machine
+    return 12 * 3600.0
+
+
+def read_enqueue_file(path: str, space: Space) -> list[Proposal]:
+    try:
+        items = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SearchError(f"--enqueue {path}: cannot read a JSON list of proposals ({e})") from None
+    if not isinstance(items, list):
+        raise SearchError(f"--enqueue {path}: expected a JSON list of {{tweaks, rationale}} objects")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "tweaks" not in item:
+            raise SearchError(f"--enqueue {path}: item {i}: expected an object with 'tweaks'")
+        try:
+            tweaks = space.validate(item["tweaks"])
+        except SearchSpaceError as e:
+            raise SearchError(f"--enqueue {path}: item {i}: {e}") from None
+        out.append(Proposal(tweaks=tweaks, proposer=item.get("proposer", "manual"), rationale=item.get("rationale"),
+                            extra={k: v for k, v in item.items() if k not in ("tweaks", "rationale", "proposer")}))
+    return out
+
+
+# -----------------------------------------------------------------------------------------------------------
+# The search state and loop.
+
+@dataclass
+class Candidate:
+    experiment: Experiment
+    order: int
+    rung: int = 0                      # index of the rung it is being tested at
+    slots: int = 0                     # seed slots needed at that rung
+    state: str = "active"              # active | rejected | passed
+    trial: int | None = None
+    verdicts: dict[str, Verdict] = field(default_factory=dict)  # rung name -> last verdict
+    told: bool = False
+
+
+@dataclass
+class Running:
+    job: Job
+    handle: object                     # the submitit job
+    started_at: datetime
+    slot: int
+
+
+class Search:
+    def __init__(self, *, store, search_id: int, name: str, tier: Tier, recipe, space: Space, proposer, executor: Executor,
+                 runs_root: Path, data: str | None, tokenizer: str | None, trials: int, budget_hours: float | None,
+                 parallel: int, code_version: str, out=sys.stdout):
+        self.store, self.search_id, self.name, self.tier, self.recipe = store, search_id, name, tier, recipe
+        self.space, self.proposer, self.executor, self.runs_root = space, proposer, executor, runs_root
+        self.data, self.tokenizer, self.trials, self.budget_hours = data, tokenizer, trials, budget_hours
+        self.parallel, self.code_version, self.out = parallel, code_version, out
+        self.baseline = Experiment(tweaks={}, tier=tier.name, recipe=recipe.name, code_version=code_version,
+                                   proposer="baseline", name=f"baseline ({recipe.name})")
+        self.candidates: dict[str, Candidate] = {}
+        self.results: dict[tuple[str, str, int], Outcome | dict] = {}  # (experiment, rung, slot) -> outcome
+        self.running: dict[tuple[str, str, int], Running] = {}
+        self.floors: dict[str, NoiseFloor] = {}
+        self.compute_s = 0.0
+        self.duplicates_in_a_row = 0
+        self.proposals_exhausted = False
+        self.failed: str | None = None
+
+    # --- small helpers ---------------------------------------------------------------------------------------
+    def say(self, message: str) -> None:
+        print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=self.out, flush=True)
+
+    def experiment_of(self, experiment_id: str) -> Experiment:
+        return self.baseline if experiment_id == self.baseline.id else self.candidates[experiment_id].experiment
+
+    def result(self, experiment: Experiment, rung: Rung, slot: int):
+        return self.results.get((experiment.id, rung.name, slot))
+
+    def val(self, r) -> float | None:
+        if r is None:
+            return None
+        return r.val_bpb if isinstance(r, Outcome) else r.get("val_bpb")
+
+    def status(self, r) -> str | None:
+        if r is None:
+            return None
+        return r.status if isinstance(r, Outcome) else r.get("status")
+
+    @property
+    def proposals_made(self) -> int:
+        return len(self.candidates)
+
+    # --- restore a previous session's state from the database --------------------------------------------------
+    def restore(self) -> None:
+        self.store.record_experiment(self.baseline.record(), search_id=self.search_id)
+        rows = sorted(self.store.experiments(search_id=self.search_id), key=lambda r: str(r.get("created_at") or ""))
+        for row in rows:
+            if row["id"] == self.baseline.id:
+                continue
+            extra = dict(row.get("extra") or {})
+            exp = Experiment(tweaks=row["tweaks"] or {}, tier=extra.pop("tier", self.tier.name),
+                             recipe=extra.pop("recipe", self.recipe.name), code_version=row.get("code_version") or "unknown",
+                             proposer=row.get("proposer") or "manual", rationale=row.get("rationale"), name=row.get("name"),
+                             parent_id=row.get("parent_id"), patch=row.get("patch"), replica=extra.pop("replica", 0) or 0,
+                             extra=extra)
+            if exp.id != row["id"]:
+                continue  # made by other code (another code version): not part of this search's comparisons
+            self.candidates[exp.id] = Candidate(exp, order=len(self.candidates), slots=self.tier.rungs[0].seeds)
+        for d in sorted(self.store.decisions(search_id=self.search_id), key=lambda d: d["id"]):
+            cand = self.candidates.get(d["experiment_id"])
+            if cand is None:
+                continue
+            self.apply_verdict(cand, d["from_rung"], d["verdict"], d.get("n") or 0)
+        for run in self.store.runs(search_id=self.search_id):
+            if run["status"] == "running" or run["experiment_id"] not in self.candidates and run["experiment_id"] != self.baseline.id:
+                continue
+            exp = self.experiment_of(run["experiment_id"])
+            self.results[(exp.id, run["rung"], run["seed"] - exp.seed_offset)] = run
+            if run.get("started_at") and run.get("finished_at"):
+                self.compute_s += (run["finished_at"] - run["started_at"]).total_seconds() * (run.get("world_size") or 1)
+        for rung in self.tier.rungs:
+            self.update_noise_floor(rung, quiet=True)
+        for cand in self.candidates.values():
+            if cand.rung > 0 or cand.state != "active":
+                cand.told = True
+                self.tell(cand)
+        if self.candidates or self.results:
+            done = sum(1 for c in self.candidates.values() if c.state != "active")
+            self.say(f"resuming search {self.name!r}: {len(self.candidates)} proposals ({done} decided), "
+                     f"{len(self.results)} finished runs")
+
+    def apply_verdict(self, cand: Candidate, rung_name: str, verdict: str, n: int) -> None:
+        index = next(i for i, r in enumerate(self.tier.rungs) if r.name == rung_name)
+        if verdict == "more_seeds":
+            cand.rung, cand.slots = index, max(cand.slots, n + 1)
+        elif verdict == "reject":
+            cand.rung, cand.state = index, "rejected"
+        elif index + 1 < len(self.tier.rungs):
+            cand.rung, cand.slots = index + 1, self.tier.rungs[index + 1].seeds
+        else:
+            cand.rung, cand.state = index, "passed"
+
+    # --- what needs running -------------------------------------------------------------------------------
+    def baseline_slots(self, index: int) -> int:
+        need = self.tier.rungs[0].seeds if index == 0 else 0  # rung 0's baseline also measures the noise floor
+        for c in self.candidates.values():
+            if c.rung == index and c.state == "active":
+                need = max(need, c.slots)
+        return need
+
+    def needed(self) -> list[tuple[Experiment, int, int]]:
+        """(experiment, rung index, slot) still to run, most urgent first: the baseline, then the highest rungs."""
+        out = []
+        for index in range(len(self.tier.rungs)):
+            for slot in range(self.baseline_slots(index)):
+                out.append((self.baseline, index, slot))
+        for cand in sorted(self.candidates.values(), key=lambda c: (-c.rung, c.order)):
+            if cand.state == "active":
+                for slot in range(cand.slots):
+                    out.append((cand.experiment, cand.rung, slot))
+        return [(e, i, s) for e, i, s in out
+                if (e.id, self.tier.rungs[i].name, s) not in self.results and (e.id, self.tier.rungs[i].name, s) not in self.running]
+
+    def make_job(self, exp: Experiment, index: int, slot: int) -> Job:
+        rung = self.tier.rungs[index]
+        seed = exp.seed(slot)
+        return Job(experiment_id=exp.id, rung=rung, slot=slot, seed=seed,
+                   run_dir=self.runs_root / self.name / exp.id / rung.name / f"seed{seed}",
+                   train_tier=self.tier.train_tier, overrides=exp.overrides(self.tier.baseline, self.recipe.overrides),
+                   data=self.data, tokenizer=self.tokenizer, timeout_s=job_timeout(rung))
+
+    def submit(self, exp: Experiment, index: int, slot: int) -> None:
+        job = self.make_job(exp, index, slot)
+        started = datetime.now(UTC)
+        self.store.record_run(run_row(job, None, self.search_id, started))
+        handle = self.executor.submit(job)
+        self.running[(exp.id, job.rung.name, slot)] = Running(job, handle, started, slot)
+        self.say(f"start {job.rung.name} seed {job.seed} of {self.label(exp)}")
+
+    def label(self, exp: Experiment) -> str:
+        return f"{exp.id[:8]} ({exp.describe()})"
+
+    # --- proposals -------------------------------------------------------------------------------------------
+    def out_of_budget(self) -> bool:
+        return self.budget_hours is not None and self.compute_s / 3600 >= self.budget_hours
+
+    def want_proposal(self) -> bool:
+        if self.failed or self.proposals_exhausted or self.proposals_made >= self.trials or self.out_of_budget():
+            return False
+        return len(self.running) + len(self.needed()) < self.parallel
+
+    def propose(self) -> None:
+        for proposal in self.proposer.propose(1):
+            exp = Experiment(tweaks=proposal.tweaks, tier=self.tier.name, recipe=self.recipe.name,
+                             code_version=self.code_version, proposer=proposal.proposer, rationale=proposal.rationale,
+                             patch=proposal.patch, replica=proposal.replica, extra=dict(proposal.extra))
+            if proposal.trial is not None and hasattr(self.proposer, "link"):
+                self.proposer.link(proposal.trial, exp.id)
+            if exp.id == self.baseline.id or exp.id in self.candidates:
+                self.duplicates_in_a_row += 1
+                self.say(f"proposal {exp.describe()} duplicates {exp.id[:8]}: dropped")
+                existing = self.candidates.get(exp.id)
+                if existing is not None and existing.told:
+                    self.tell(existing)
+                elif exp.id == self.baseline.id:
+                    self.proposer.observe(exp.id, 0.0)
+                if self.duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
+                    self.proposals_exhausted = True
+                    self.say(f"the proposer returned {MAX_DUPLICATES_IN_A_ROW} duplicates in a row: no more proposals")
+                continue
+            self.duplicates_in_a_row = 0
+            self.store.record_experiment(exp.record(), search_id=self.search_id)
+            cand = Candidate(exp, order=len(self.candidates), slots=self.tier.rungs[0].seeds, trial=proposal.trial)
+            self.candidates[exp.id] = cand
+            why = f": {proposal.rationale}" if proposal.rationale else ""
+            self.say(f"trial {self.proposals_made}/{self.trials} from {proposal.proposer}: {self.label(exp)}{why}")
+        if not self.proposals_made and not self.proposer_can_continue():
+            self.proposals_exhausted = True
+
+    def proposer_can_continue(self) -> bool:
+        return not (hasattr(self.proposer, "next_replica") and self.proposer.next_replica > self.proposer.replicas)
+
+    def tell(self, cand: Candidate) -> None:
+        """Tell the proposer how the candidate did at the first rung (mean paired difference; None = failed)."""
+        first = self.tier.rungs[0].name
+        v = cand.verdicts.get(first)
+        if v is None:
+            decisions = self.store.decisions(experiment_id=cand.experiment.id)
+            rows = [d for d in decisions if d["from_rung"] == first and d["verdict"] != "more_seeds"]
+            value = rows[-1]["mean_delta"] if rows else None
+        else:
+            value = v.mean_delta if not v.reason.startswith("a candidate run failed") else None
+        self.proposer.observe(cand.experiment.id, value)
+
+    # --- results and decisions ---------------------------------------------------------------------------------
+    def collect(self) -> int:
+        finished = [k for k, r in self.running.items() if r.handle.done()]
+        for key in finished:
+            r = self.running.pop(key)
+            returned, error = None, None
+            try:
+                returned = r.handle.result()
+            except Exception as e:  # noqa: BLE001 - a job that blew up is a crash result, never the search's end
+                error = e
+            outcome = read_outcome(r.job, returned, error)
+            self.store.record_run(run_row(r.job, outcome, self.search_id, r.started_at), points=outcome.points)
+            self.results[key] = outcome
+            self.compute_s += (outcome.wall_s or (datetime.now(UTC) - r.started_at).total_seconds()) * r.job.rung.devices
+            exp = self.experiment_of(r.job.experiment_id)
+            base = None if exp is self.baseline else self.val(self.result(self.baseline, r.job.rung, r.slot))
+            delta = f" (d {outcome.val_bpb - base:+.4f} vs baseline)" if (outcome.ok and base is not None) else ""
+            what = f"val_bpb {outcome.val_bpb:.4f}{delta}" if outcome.ok else f"{outcome.status}: {outcome.reason}"
+            self.say(f"done  {r.job.rung.name} seed {r.job.seed} of {self.label(exp)}: {what} | {self.progress()}")
+            if exp is self.baseline:
+                if not outcome.ok:
+                    self.failed = (f"the baseline failed at {r.job.rung.name} seed {r.job.seed} ({outcome.status}: "
+                                   f"{outcome.reason}); see {r.job.run_dir / 'train.log'}")
+                self.update_noise_floor(r.job.rung)
+        return len(finished)
+
+    def update_noise_floor(self, rung: Rung, quiet: bool = False) -> None:
+        values = [self.val(r) for (e, name, _), r in self.results.items()
+                  if e == self.baseline.id and name == rung.name and self.status(r) == "ok"]
+        floor = NoiseFloor.measure([v for v in values if v is not None])
+        if floor is None or (rung.name in self.floors and self.floors[rung.name].n == floor.n):
+            return
+        self.floors[rung.name] = floor
+        self.store.record_noise_floor(self.name, rung.name, floor.std, floor.n, self.baseline.id)
+        if not quiet:
+            self.say(f"noise floor at {rung.name}: baseline val_bpb std {floor.std:.4f} over {floor.n} seeds")
+
+    def decide_ready(self) -> None:
+        for cand in sorted(self.candidates.values(), key=lambda c: c.order):
+            if cand.state != "active":
+                continue
+            rung = self.tier.rungs[cand.rung]
+            slots = range(cand.slots)
+            mine = {s: self.result(cand.experiment, rung, s) for s in slots}
+            failures = [f"seed {cand.experiment.seed(s)} {self.status(r)}" for s, r in mine.items()
+                        if r is not None and self.status(r) != "ok"]
+            base = {s: self.result(self.baseline, rung, s) for s in slots}
+            if not failures and any(r is None for r in [*mine.values(), *base.values()]):
+                continue  # still waiting for a run of the candidate or of the baseline
+            if not failures and any(self.status(r) != "ok" for r in base.values()):
+                continue  # the baseline failed: the search stops (see collect)
+            verdict = decide({s: self.val(r) for s, r in mine.items() if r is not None},
+                             {s: self.val(r) for s, r in base.items() if r is not None and self.status(r) == "ok"},
+                             self.tier.statistics, self.floors.get(rung.name), "; ".join(failures) or None)
+            self.record_verdict(cand, rung, verdict)
+
+    def record_verdict(self, cand: Candidate, rung: Rung, v: Verdict) -> None:
+        from leaderboard import Decision
+        index = self.tier.rungs.index(rung)
+        to_rung = self.tier.rungs[index + 1].name if (v.verdict == "promote" and index + 1 < len(self.tier.rungs)) else None
+        floor = self.floors.get(rung.name)
+        stats = self.tier.statistics
+        self.store.record_decision(Decision(
+            experiment_id=cand.experiment.id, from_rung=rung.name, to_rung=to_rung, verdict=v.verdict,
+            search_id=self.search_id, baseline_experiment_id=self.baseline.id,
+            deltas={str(cand.experiment.seed(s)): d for s, d in v.deltas.items()}, mean_delta=v.mean_delta,
+            std_error=v.std_error, p_value=v.p_value, n=v.n, alpha=stats.alpha, min_effect=stats.min_effect,
+            noise_floor=floor.std if floor else None))
+        cand.verdicts[rung.name] = v
+        self.apply_verdict(cand, rung.name, v.verdict, v.n)
+        mean = f"mean d {v.mean_delta:+.4f}" if v.mean_delta is not None else "no paired result"
+        se = f" +- {v.std_error:.4f}" if v.std_error else ""
+        where = {"promote": f"PROMOTED to {to_rung}" if to_rung else "PASSED the top rung", "reject": "rejected",
+                 "more_seeds": "borderline, one more seed"}[v.verdict]
+        self.say(f"decide {rung.name} {self.label(cand.experiment)}: {where} ({mean}{se}, n={v.n}, {v.reason})")
+        if index == 0 and v.verdict != "more_seeds" and not cand.told:
+            cand.told = True
+            self.tell(cand)
+
+    def progress(self) -> str:
+        decided = sum(1 for c in self.candidates.values() if c.state != "active")
+        promoted = sum(1 for c in self.candidates.values() if c.rung > 0 or c.state == "passed")
+        best = self.best()
+        best_text = f" | best {best[0].experiment.id[:8]} d {best[1]:+.4f} at {best[2]}" if best else ""
+        return (f"trials {self.proposals_made}/{self.trials} ({decided} decided, {promoted} promoted) | running "
+                f"{len(self.running)}, queued {len(self.needed())}{best_text} | compute {self.compute_s / 3600:.2f} h")
+
+    def best(self):
+        """(candidate, mean delta, rung name) of the candidate that got furthest with the best mean delta there."""
+        scored = []
+        for c in self.candidates.values():
+            for index in range(len(self.tier.rungs) - 1, -1, -1):
+                v = c.verdicts.get(self.tier.rungs[index].name)
+                if v is not None and v.mean_delta is not None:
+                    scored.append(((-index, v.mean_delta), c, v.mean_delta, self.tier.rungs[index].name))
+                    break
+        if not scored:
+            return None
+        _, c, d, rung = min(scored, key=lambda s: s[0])
+        return c, d, rung
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+    def run(self) -> str:
+        try:
+            while True:
+                self.decide_ready()
+                while self.want_proposal():
+                    before = self.proposals_made
+                    self.propose()
+                    if self.proposals_made == before and (self.proposals_exhausted or not self.proposer_can_continue()):
+                        self.proposals_exhausted = True
+                        break
+                    self.decide_ready()
+                if self.failed:
+                    break
+                for exp, index, slot in self.needed()[: max(0, self.parallel - len(self.running))]:
+                    self.submit(exp, index, slot)
+                if not self.running:
+                    if not self.needed() and not self.want_proposal():
+                        break
+                    continue
+                while not self.collect():
+                    time.sleep(POLL_S)
+        except KeyboardInterrupt:
+            for r in self.running.values():
+                r.handle.cancel()
+            self.say("interrupted: running jobs stopped (their checkpoints are kept); rerun the same command to resume")
+            return "interrupted"
+        if self.failed:
+            for r in self.running.values():
+                r.handle.cancel()
+            self.say(f"search stopped: {self.failed}")
+            return "failed"
+        return "finished"
+
+    # --- the end -----------------------------------------------------------------------------------------------
+    def summary(self, status: str) -> str:
+        lines = [f"\nsearch {self.name!r} {status}: {self.proposals_made} proposals, "
+                 f"compute {self.compute_s / 3600:.2f} h, database {self.store.url_text}"]
+        for rung in self.tier.rungs:
+            floor = self.floors.get(rung.name)
+            base = [self.val(r) for (e, n, _), r in self.results.items() if e == self.baseline.id and n == rung.name and self.status(r) == "ok"]
+            if base:
+                lines.append(f"  baseline at {rung.name}: val_bpb {sum(base) / len(base):.4f} over {len(base)} seeds"
+                             + (f", noise floor {floor.std:.4f}" if floor else ""))
+        header = f"  {'experiment':10} {'proposer':9} {'furthest':9} {'state':9} mean d (p)   change"
+        lines.append(header)
+        for c in sorted(self.candidates.values(), key=lambda c: c.order):
+            rung = self.tier.rungs[c.rung].name
+            v = c.verdicts.get(rung) or next((c.verdicts[r.name] for r in reversed(self.tier.rungs) if r.name in c.verdicts), None)
+            stat = f"{v.mean_delta:+.4f} ({v.p_value:.2g})" if v and v.mean_delta is not None and v.p_value is not None else "-"
+            lines.append(f"  {c.experiment.id[:10]} {c.experiment.proposer[:9]:9} {rung:9} {c.state:9} {stat:12} {c.experiment.describe()}")
+        promoted = [c for c in self.candidates.values() if c.rung > 0 or c.state == "passed"]
+        lines.append(f"  promotions: {len(promoted)} of {self.proposals_made}")
+        best = self.best()
+        if best:
+            lines.append(f"  best: {best[0].experiment.id} ({best[0].experiment.describe()}), mean d {best[1]:+.4f} at {best[2]}")
+        for c in self.candidates.values():
+            if c.state == "passed":
+                lines.append(f"  passed the ladder: {c.experiment.id}. Submit it as a speedrun:\n"
+                             f"    python -m harness.speedrun --track {self.tier.name} --experiment {c.experiment.id} --seeds 3")
+        if any(c.experiment.replica for c in self.candidates.values()):
+            lines.append(self.aa_report())
+        return "\n".join(lines)
+
+    def aa_report(self) -> str:
+        replicas = [c for c in self.candidates.values() if c.experiment.replica]
+        decided = [c for c in replicas if self.tier.rungs[0].name in c.verdicts or c.rung > 0 or c.state != "active"]
+        false = [c for c in decided if c.rung > 0 or c.state == "passed"]
+        rate = len(false) / len(decided) if decided else float("nan")
+        return (f"  A/A calibration: {len(false)} of {len(decided)} null proposals promoted at {self.tier.rungs[0].name}: "
+                f"false-promotion rate {rate:.2f} (alpha {self.tier.statistics.alpha}, min effect {self.tier.statistics.min_effect})")
+
+
+# -----------------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (SearchError, CatalogError, SearchSpaceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    from leaderboard import LeaderboardError, Store
+    from model.data import resolve_source
+    from model.home import nanoresearch_home
+    from model.provenance import code_version
+    from model.tokenizer import cached_tokenizer_dir, get_tokenizer
+
+    for flag in ("trials", "parallel"):
+        if getattr(args, flag) < 1:
+            raise SearchError(f"--{flag} {getattr(args, flag)}: expected a positive integer")
+    if args.aa is not None and args.aa < 1:
+        raise SearchError(f"--aa {args.aa}: expected a positive number of null proposals")
+    if args.budget_hours is not None and not args.budget_hours > 0:
+        raise SearchError(f"--budget-hours {args.budget_hours}: expected a positive number")
+    tier = resolve_tier(args)
+    recipe = load_recipe(args.recipe)
+    baseline_values = {**tier.baseline, **recipe.overrides}
+    space = Space.named(args.space, baseline_values)
+    enqueued = read_enqueue_file(args.enqueue, space) if args.enqueue else []
+    proposer_kind = args.proposer
+    if proposer_kind == "auto":
+        proposer_kind = "agent" if os.environ.get("ANTHROPIC_API_KEY") else "optuna"
+    if args.aa:
+        proposer_kind = "aa"
+    if proposer_kind == "agent":
+        raise SearchError("--proposer agent: the agent proposer is not available yet; use --proposer optuna")
+    name = args.name or (f"{tier.name}-aa" if args.aa else f"{tier.name}-{args.space}")
+
+    try:
+        store = Store(args.db)
+    except LeaderboardError as e:
+        raise SearchError(str(e)) from None
+    existing = store.find_search(name)
+    if existing and (existing.get("tier"), existing.get("space")) != (tier.name, args.space):
+        raise SearchError(f"--name {name!r}: that search was started with tier {existing.get('tier')!r} and space "
+                          f"{existing.get('space')!r}; use another --name for a different search")
+
+    # Data and tokenizer once, here, so parallel jobs never race to train the same tokenizer.
+    try:
+        source = resolve_source(args.data)
+    except (ValueError, OSError) as e:
+        raise SearchError(str(e).splitlines()[0]) from None
+    from model.config import TIERS, TrainConfig
+    tier_values = {**TIERS[tier.train_tier], **baseline_values}
+    vocab = int(tier_values.get("vocab_size"))
+    chars = int(tier_values.get("tokenizer_max_chars", TrainConfig.tokenizer_max_chars))
+    get_tokenizer(source, vocab, max_chars=chars)
+    tokenizer_dir = cached_tokenizer_dir(source, vocab, chars)
+
+    runs_root = Path(args.runs_dir) if args.runs_dir else nanoresearch_home() / "runs"
+    baseline_id = Experiment(tweaks={}, tier=tier.name, recipe=recipe.name, code_version=code_version()).id
+    config = {**{k: v for k, v in vars(args).items() if k not in ("slurm_setup",)}, "baseline_experiment_id": baseline_id,
+              "rungs": [r.name for r in tier.rungs]}
+    search_id = store.start_search(name, tier=tier.name, space=args.space, proposer=proposer_kind, config=config)
+    slurm = SlurmOptions(partition=args.slurm_partition, account=args.slurm_account, time_min=args.slurm_time,
+                         gpus_per_node=args.slurm_gpus_per_node, cpus_per_task=args.slurm_cpus_per_task,
+                         setup=list(args.slurm_setup), extra=SlurmOptions.parse_extra(args.slurm_arg))
+    env = {}
+    if tier.train_tier == "cpu" and args.executor == "local" and args.parallel > 1:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.parallel))  # jobs share the cores
+    executor = Executor(args.executor, runs_root / name / "submitit", slurm, env)
+
+    if proposer_kind == "aa":
+        from harness.proposers.aa import AAProposer
+        proposer = AAProposer(args.aa)
+        trials = args.aa
+    else:
+        from harness.proposers.optuna_tpe import OptunaProposer
+        proposer = OptunaProposer(space, store.url.render_as_string(hide_password=False), f"nanoresearch:{name}",
+                                  seed=args.seed)
+        trials = args.trials
+    search = Search(store=store, search_id=search_id, name=name, tier=tier, recipe=recipe, space=space, proposer=proposer,
+                    executor=executor, runs_root=runs_root, data=args.data or source.name, tokenizer=str(tokenizer_dir),
+                    trials=trials, budget_hours=args.budget_hours, parallel=args.parallel, code_version=code_version())
+    rungs = " -> ".join(f"{r.name} (depth {r.depth}, {' '.join(r.horizon_args()[:2])}, {r.seeds} seeds"
+                        + (f", target {r.target}" if r.target else "") + ")" for r in tier.rungs)
+    search.say(f"search {name!r}: tier {tier.name}, space {args.space} ({len(space.knobs)} knobs), proposer {proposer_kind}, "
+               f"{trials} trials, ladder {rungs}, executor {args.executor} x{args.parallel}")
+    search.say(f"statistics: one-sided paired test, alpha {tier.statistics.alpha}, min effect {tier.statistics.min_effect} "
+               f"bpb, up to {tier.statistics.max_seeds} seeds; results in {store.url_text}, runs in {runs_root / name}")
+    search.restore()
+    if proposer_kind == "aa":
+        proposer.skip_to(max((c.experiment.replica for c in search.candidates.values()), default=0))
+    else:
+        proposer.abandon_unlinked()
+        for p in enqueued:  # a resumed search does not enqueue again what it already has
+            exp = Experiment(tweaks=p.tweaks, tier=tier.name, recipe=recipe.name, code_version=search.code_version)
+            if exp.id not in search.candidates:
+                proposer.enqueue(p)
+    status = search.run()
+    store.finish_search(search_id, status)
+    print(search.summary(status), flush=True)
+    return 0 if status == "finished" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

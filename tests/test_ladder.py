@@ -1,0 +1,200 @@
+"""The ladder's statistics, the search space, the catalog of tiers, job commands and outcome classification."""
+
+import json
+
+import optuna
+import pytest
+from scipy import stats as scipy_stats
+
+from experiments.catalog import CatalogError, Rung, Statistics, load_recipe, load_tier, load_track
+from harness.executors import Executor, SlurmOptions
+from harness.experiment import Experiment
+from harness.jobs import Job
+from harness.ladder import NoiseFloor, decide, paired_test
+from harness.runs import classify
+from search_spaces import KNOBS, SPACES, SearchSpaceError, Space
+
+STATS = Statistics(alpha=0.05, min_effect=0.002, max_seeds=4, futility=0.5)
+
+
+# --- statistics ----------------------------------------------------------------------------------------------
+
+def test_paired_test_is_a_one_sided_t_test_against_the_minimum_effect():
+    deltas = [-0.010, -0.006, -0.012, -0.004]
+    mean, se, p = paired_test(deltas, 0.002, floor=None)
+    expected = scipy_stats.ttest_1samp([d + 0.002 for d in deltas], 0.0, alternative="less")
+    assert mean == pytest.approx(-0.008) and p == pytest.approx(expected.pvalue)
+    assert se == pytest.approx(scipy_stats.sem(deltas))
+
+
+def test_noise_floor_bounds_a_lucky_small_spread():
+    deltas = [-0.0050, -0.0051]  # n=2 with a tiny spread: alone, wildly significant
+    _, _, p_alone = paired_test(deltas, 0.0, floor=None)
+    floor = NoiseFloor.measure([2.30, 2.31, 2.32])  # std 0.01 from three baseline seeds
+    _, se, p_floored = paired_test(deltas, 0.0, floor=floor)
+    assert p_alone < 0.01 and p_floored > 0.1  # significant alone, not once the floor applies
+    assert se == pytest.approx(0.01 / 2 ** 0.5)
+    # With the floor's 2 degrees of freedom: t = -0.00505 / (0.01 / sqrt 2)
+    assert p_floored == pytest.approx(scipy_stats.t.cdf(-0.00505 / (0.01 / 2 ** 0.5), 2))
+
+
+def test_decisions():
+    base = {0: 2.50, 1: 2.52, 2: 2.49}
+    floor = NoiseFloor(0.004, 3)
+    better = decide({0: 2.47, 1: 2.49, 2: 2.46}, base, STATS, floor)
+    assert better.verdict == "promote" and better.p_value < 0.05 and better.deltas == pytest.approx({0: -0.03, 1: -0.03, 2: -0.03})
+    worse = decide({0: 2.52, 1: 2.55, 2: 2.50}, base, STATS, floor)
+    assert worse.verdict == "reject" and worse.p_value > 0.5
+    borderline = decide({0: 2.497, 1: 2.514, 2: 2.486}, base, STATS, floor)
+    assert borderline.verdict == "more_seeds" and "adding seed 4" in borderline.reason
+    capped = decide({0: 2.497, 1: 2.514, 2: 2.486, 3: 2.5}, {**base, 3: 2.503}, STATS, floor)
+    assert capped.verdict == "reject" and "seed cap" in capped.reason
+    failed = decide({0: 2.40, 1: None}, base, STATS, floor, failed="seed 1 diverged")
+    assert failed.verdict == "reject" and "diverged" in failed.reason
+    lonely = decide({0: 2.3}, {0: 2.5}, STATS, None)  # one pair, no floor: cannot judge yet
+    assert lonely.verdict == "more_seeds" and lonely.p_value is None
+
+
+# --- the search space ----------------------------------------------------------------------------------------
+
+def test_space_validation():
+    space = Space.named("architecture", {"matrix_lr": 0.08})
+    assert space.validate({"smear": False, "qk_scale": 1.2, "softcap": 15}) == {"smear": False}  # baseline values drop
+    assert space.validate({"n_kv_head": 1, "rope_base": 10000}) == {"n_kv_head": 1, "rope_base": 10000.0}
+    for bad, needle in [({"qk_scale": 9.0}, "'qk_scale'=9.0: expected a value in [0.8, 2]"),
+                        ({"matrix_lr": 0.01}, "not in the 'architecture' space"),
+                        ({"bogus": 1}, "unknown knob 'bogus'"),
+                        ({"smear": 1}, "expected true or false"),
+                        ({"window_pattern": "SXL"}, "expected one of"),
+                        ({"ns_steps": 4.5}, "not in the 'architecture' space")]:
+        with pytest.raises(SearchSpaceError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+            space.validate(bad)
+    with pytest.raises(SearchSpaceError, match="an integer"):
+        Space.named("optimizer").validate({"ns_steps": 4.5})
+    with pytest.raises(SearchSpaceError, match="unknown search space"):
+        Space.named("everything")
+
+
+def test_every_knob_sets_a_config_field_and_spaces_cover_them():
+    assert set(SPACES["all"]) == set(KNOBS) == set(SPACES["architecture"]) | set(SPACES["optimizer"])
+    from model.config import field_owner
+    for knob in KNOBS.values():
+        field_owner(knob.name)
+        assert knob.config in ("model", "optim", "train") and knob.doc
+        if knob.kind in ("float", "logfloat", "int") and knob.default is not None:
+            assert knob.low <= knob.default <= knob.high, knob.name  # nanochat's value is inside the range
+
+
+def test_optuna_suggestions_are_sparse_and_enqueued_proposals_round_trip():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = Space.named("all")
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    for i in range(12):
+        trial = study.ask()
+        tweaks = space.suggest(trial)
+        assert len(tweaks) <= Space.MAX_TWEAKS
+        space.validate(tweaks)
+        study.tell(trial, float(i))
+    wanted = {"smear": False, "qk_scale": 1.5}
+    study.enqueue_trial(space.params(wanted))
+    assert space.suggest(study.ask()) == wanted
+
+
+def test_json_schema_lists_every_knob_with_its_range():
+    schema = Space.named("optimizer", {"matrix_lr": 0.08}).json_schema()
+    assert schema["additionalProperties"] is False and set(schema["properties"]) == set(SPACES["optimizer"])
+    lr = schema["properties"]["matrix_lr"]
+    assert lr["minimum"] == 0.003 and lr["maximum"] == 0.3 and "Baseline: 0.08" in lr["description"]
+    assert schema["properties"]["orthogonalizer"]["enum"] == ["polar_express", "newton_schulz"]
+
+
+# --- experiments, tiers and recipes ----------------------------------------------------------------------------
+
+def test_shipped_tiers_recipes_and_tracks_load():
+    cpu, gpu = load_tier("cpu"), load_tier("gpu")
+    assert cpu.rungs[0].time_budget and cpu.rungs[-1].target.startswith("val_bpb<=")
+    assert gpu.rungs[0].depth == 12 and gpu.rungs[-1].depth == 24 and gpu.rungs[-1].devices == 8
+    assert gpu.rungs[-1].target == "core>=0.256525"
+    assert load_recipe("baseline").overrides == {}
+    assert load_recipe("plain-gpt").overrides["smear"] is False
+    for name in ("gpt2-8xh100", "cpu"):
+        track = load_track(name)
+        assert track.metric in ("val_bpb", "core") and track.target > 0
+
+
+def test_bad_catalog_files_name_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[[rungs]]\nname = "a"\ndepth = 2\nseeds = 2\n')
+    with pytest.raises(CatalogError, match="bad.toml.*exactly one of time_budget"):
+        load_tier(str(bad))
+    bad.write_text('name = "x"\nbogus = 1\n')
+    with pytest.raises(CatalogError, match="bad.toml: unknown key 'bogus'"):
+        load_tier(str(bad))
+    bad.write_text('name = "x"\n[baseline]\nsmeer = false\n[[rungs]]\nname="a"\ndepth=1\nseeds=1\ntime_budget=5\n')
+    with pytest.raises(CatalogError, match=r"bad.toml: \[baseline\]: unknown config field 'smeer'"):
+        load_tier(str(bad))
+    with pytest.raises(CatalogError, match="unknown tier 'tpu'"):
+        load_tier("tpu")
+
+
+# --- jobs and executors ------------------------------------------------------------------------------------
+
+def make_job(tmp_path, devices=1, **rung_kw):
+    rung = Rung(name="d24", depth=24, seeds=1, param_data_ratio=10.5, devices=devices, target="core>=0.256525",
+                core_every=2000, **rung_kw)
+    exp = Experiment(tweaks={"smear": False, "matrix_lr": 0.03}, tier="gpu")
+    return Job(experiment_id=exp.id, rung=rung, slot=0, seed=exp.seed(0), run_dir=tmp_path / "run", train_tier="gpu",
+               overrides=exp.overrides({"total_batch_size": 524288}, {}), data="fineweb-edu", timeout_s=3 * 3600)
+
+
+def test_job_command_single_process_and_torchrun(tmp_path):
+    single = make_job(tmp_path).command()
+    assert single[1:3] == ["-m", "model.train"] and "--resume" in single
+    for a, b in [("--depth", "24"), ("--tier", "gpu"), ("--param-data-ratio", "10.5"), ("--target", "core>=0.256525"),
+                 ("--core-every", "2000"), ("--data", "fineweb-edu")]:
+        assert single[single.index(a) + 1] == b
+    sets = [single[i + 1] for i, a in enumerate(single) if a == "--set"]
+    assert sets == ["matrix_lr=0.03", "smear=false", "total_batch_size=524288"]
+    multi = make_job(tmp_path, devices=8).command()
+    assert multi[0].endswith("torchrun") and multi[1:5] == ["--standalone", "--nproc_per_node=8", "-m", "model.train"]
+    assert multi[5:] == single[3:]
+
+
+def test_sbatch_script_for_an_8_gpu_rung(tmp_path):
+    slurm = SlurmOptions(partition="h100", account="lab", cpus_per_task=64, setup=["source .venv/bin/activate"],
+                         extra=SlurmOptions.parse_extra(["mem=0", "exclusive"]))
+    executor = Executor("slurm", tmp_path / "submitit", slurm)
+    script = executor.sbatch_script(make_job(tmp_path, devices=8))
+    for line in ["#SBATCH --partition=h100", "#SBATCH --account=lab", "#SBATCH --gpus-per-node=8", "#SBATCH --nodes=1",
+                 "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=64", "#SBATCH --time=185", "#SBATCH --mem=0",
+                 "#SBATCH --exclusive", "#SBATCH --signal=USR2@120", "source .venv/bin/activate"]:
+        assert line in script, f"{line!r} missing from:\n{script}"
+    with pytest.raises(ValueError, match="--slurm-arg '=x'"):
+        SlurmOptions.parse_extra(["=x"])
+
+
+def test_outcomes_are_classified():
+    assert classify({"returncode": 0}, None, {"status": "ok"}, "") == ("ok", None)
+    assert classify({"returncode": 3}, None, {"status": "diverged", "reason": "loss became nan"}, "")[0] == "diverged"
+    assert classify({"returncode": 1, "timed_out": True, "wall_s": 99}, None, None, "")[0] == "timeout"
+    assert classify({"returncode": 1}, None, {"status": "failed", "reason": "x"}, "torch.OutOfMemoryError: CUDA out of memory")[0] == "oom"
+    assert classify({"returncode": -9}, None, None, "")[0] == "oom"  # killed by the kernel's OOM killer
+    assert classify({"returncode": 143}, None, {"status": "timeout", "reason": "terminated"}, "")[0] == "timeout"
+    status, reason = classify({"returncode": 1}, None, {"status": "failed", "reason": "ValueError: boom"}, "")
+    assert status == "crash" and reason == "ValueError: boom"
+    status, reason = classify(None, RuntimeError("worker died"), None, None)
+    assert status == "crash" and "worker died" in reason
+    status, reason = classify({"returncode": 2}, None, None, "error: --set x: unknown\n")
+    assert status == "crash" and "unknown" in reason and "exit 2" in reason
+
+
+def test_experiment_ids_are_content_hashes():
+    a = Experiment(tweaks={"smear": False, "qk_scale": 1.5}, tier="cpu", code_version="abc")
+    b = Experiment(tweaks={"qk_scale": 1.5, "smear": False}, tier="cpu", code_version="abc", proposer="agent", rationale="x")
+    assert a.id == b.id  # order, proposer and rationale do not change what is run
+    assert a.id != Experiment(tweaks=a.tweaks, tier="cpu", code_version="def").id
+    assert a.id != Experiment(tweaks=a.tweaks, tier="gpu", code_version="abc").id
+    base = Experiment(tweaks={}, tier="cpu", code_version="abc")
+    replica = Experiment(tweaks={}, tier="cpu", code_version="abc", replica=2)
+    assert replica.id != base.id and replica.seed(1) == 2001 and base.seed(1) == 1
+    assert json.loads(json.dumps(a.spec)) == a.spec
