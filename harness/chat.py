@@ -1,0 +1,283 @@
+"""
+`python -m harness.chat --run RUN_DIR`: talk to a trained model.
+
+    python -m harness.chat --run runs/d4 -p "What is 12*7?"     # one shot: print the answer, exit
+    python -m harness.chat --run runs/d4                        # REPL: `> ` prompt, /reset, /quit or EOF
+
+Which model: RUN_DIR itself when it is a chat run (config.json has "chat": true), else its chat run RUN_DIR/chat/
+when there is one (made by `python -m model.sft --from RUN_DIR`), else the base model of RUN_DIR. A line on
+stderr says which was loaded. A chat model keeps the conversation (rendered with the chat format, every turn
+in the prompt of the next) and shows its calculator calls inline as `[calc 12*7 = 84]`. A base model has no chat
+format: each input is a text prefix and its continuation is streamed, with no history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import torch
+
+from model.checkpoint import RunDirError, load_model
+from model.cli import ArgumentParser
+from model.engine import Engine
+
+
+def resolve_run(run_dir: Path) -> tuple[Path, bool]:
+    """(the dir to load, whether it is a chat model) for a --run argument."""
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise RunDirError(f"--run {run_dir}: no config.json (expected a run dir made by model.train or model.sft)")
+    if _is_chat(config_path):
+        return run_dir, True
+    chat_config = run_dir / "chat" / "config.json"
+    if chat_config.is_file() and _is_chat(chat_config):
+        return run_dir / "chat", True
+    return run_dir, False
+
+
+def _is_chat(config_path: Path) -> bool:
+    try:
+        return json.loads(config_path.read_text()).get("chat") is True
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise RunDirError(f"{config_path}: malformed ({e})") from None
+
+
+class ReplyStream:
+    """Turns the engine's (token, mask) stream of one reply into display text, and into the assistant message's
+    parts (text, python call, python output) so the reply can be put back into the conversation faithfully.
+
+    Text is decoded incrementally: a byte-level token can end in the middle of a UTF-8 character, so the
+    undecodable tail (U+FFFD) is held back until the next token completes it."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        sid = tokenizer.special_id
+        self.python_start, self.python_end = sid("<|python_start|>"), sid("<|python_end|>")
+        self.output_start, self.output_end = sid("<|output_start|>"), sid("<|output_end|>")
+        self.parts: list[dict] = []
+        self._text: list[int] = []   # tokens of the current text part
+        self._shown = 0              # characters of the current text part already displayed
+        self._python: list[int] | None = None
+        self._output: list[int] | None = None
+        self._pending_call: str | None = None  # a finished python call whose output may follow
+        self._display: list[str] = []
+
+    def feed(self, token: int, mask: int) -> str:
+        """Consume one token; return the text to display now."""
+        delta = self._feed(token, mask)
+        self._display.append(delta)
+        return delta
+
+    def finish(self) -> str:
+        """End of the reply: flush whatever is still held back."""
+        delta = ""
+        if self._pending_call is not None or self._output is not None:
+            delta += self._close_call(None if self._output is None else self.tok.decode(self._output))
+        if self._python is not None:  # a call the reply never closed
+            delta += self._abandon_call()
+        delta += self._flush_text(final=True)
+        self._display.append(delta)
+        return delta
+
+    @property
+    def text(self) -> str:
+        """Everything displayed so far: the reply as plain text, calls shown as [calc ...]."""
+        return "".join(self._display)
+
+    def _feed(self, token: int, mask: int) -> str:
+        if self._output is not None:  # inside the tool's forced output block
+            if token == self.output_end:
+                return self._close_call(self.tok.decode(self._output))
+            self._output.append(token)
+            return ""
+        shown = ""
+        if self._pending_call is not None:
+            if token == self.output_start and mask == 0:
+                self._output = []
+                return ""
+            shown = self._close_call(None)  # no output followed the call: the calculator refused it
+        if self._python is not None:
+            if token == self.python_end:
+                self._pending_call, self._python = self.tok.decode(self._python), None
+            elif token == self.python_start:  # a new call before this one ended: the engine drops this one too
+                shown += self._abandon_call()
+                self._python = []
+            else:
+                self._python.append(token)
+            return shown
+        if token == self.python_start:
+            self._python = []
+            return shown + self._flush_text(final=True)
+        self._text.append(token)
+        return shown + self._flush_text(final=False)
+
+    def _flush_text(self, final: bool) -> str:
+        text = self.tok.decode(self._text)
+        end = len(text) if final else len(text.rstrip("\ufffd"))
+        delta, self._shown = text[self._shown:end], max(self._shown, end)
+        if final:
+            if text:
+                self.parts.append({"type": "text", "text": text})
+            self._text, self._shown = [], 0
+        return delta
+
+    def _abandon_call(self) -> str:
+        expression, self._python = self.tok.decode(self._python), None
+        self.parts.append({"type": "python", "text": expression})
+        return f"[calc {expression} ...]"
+
+    def _close_call(self, output: str | None) -> str:
+        expression, self._pending_call, self._output = self._pending_call, None, None
+        self.parts.append({"type": "python", "text": expression})
+        if output is None:
+            return f"[calc {expression} = refused]"
+        self.parts.append({"type": "python_output", "text": output})
+        return f"[calc {expression} = {output}]"
+
+
+@dataclass
+class ChatSession:
+    """One conversation with a loaded model (chat mode), or a series of independent completions (base mode)."""
+    model: torch.nn.Module
+    tokenizer: object
+    chat: bool
+    temperature: float = 0.6
+    top_k: int | None = 50
+    max_tokens: int = 256
+    seed: int = 42
+    history: list[dict] = field(default_factory=list)
+    last_prompt: list[int] = field(default_factory=list)
+    show_prompt: bool = False  # print each rendered prompt to `notes` (see what the model is given)
+    notes: TextIO | None = None  # where notes go; None = the current sys.stderr
+
+    def __post_init__(self):
+        self.engine = Engine(self.model, self.tokenizer)
+        self.turns = 0
+
+    def reset(self) -> None:
+        self.history.clear()
+
+    def prompt_for(self, user_text: str) -> list[int]:
+        if not self.chat:
+            return self.tokenizer.encode(user_text, prepend=self.tokenizer.bos_id)
+        messages = [*self.history, {"role": "user", "content": user_text}]
+        ids = self.tokenizer.render_for_completion(messages)
+        limit = getattr(self.model, "rotary_len", None)
+        while limit is not None and len(ids) + self.max_tokens > limit and len(messages) > 1:
+            messages = messages[2:]  # the oldest exchange goes first
+            ids = self.tokenizer.render_for_completion(messages)
+            print("(the oldest turn was dropped to fit the model's context)", file=self.notes or sys.stderr)
+        return ids
+
+    def respond(self, user_text: str, out: TextIO) -> str:
+        """Stream the reply to `out`; in chat mode add the exchange to the history. Returns the reply text."""
+        ids = self.prompt_for(user_text)
+        limit = getattr(self.model, "rotary_len", None)
+        max_tokens = self.max_tokens
+        if limit is not None and len(ids) + max_tokens > limit:
+            ids = ids[-max(1, limit // 2):]  # one turn longer than the context: keep its end
+            max_tokens = limit - len(ids)
+        self.last_prompt = ids
+        if self.show_prompt:
+            print(f"[prompt] {self.tokenizer.decode(ids)}", file=self.notes or sys.stderr, flush=True)
+        stream = ReplyStream(self.tokenizer)
+        stops = self.engine.default_stops
+        for column, masks in self.engine.generate(ids, max_tokens=max_tokens, temperature=self.temperature,
+                                                  top_k=self.top_k, seed=self.seed + self.turns):
+            token, mask = column[0], masks[0]
+            if token is None or (mask == 1 and token in stops):
+                break
+            out.write(stream.feed(token, mask))
+            out.flush()
+        out.write(stream.finish())
+        out.flush()
+        self.turns += 1
+        if self.chat:
+            self.history += [{"role": "user", "content": user_text},
+                             {"role": "assistant", "content": stream.parts or [{"type": "text", "text": ""}]}]
+        return stream.text
+
+
+def repl(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
+    """Read lines until /quit or EOF; /reset clears the conversation."""
+    while True:
+        stdout.write("> ")
+        stdout.flush()
+        line = stdin.readline()
+        if not line:  # EOF
+            stdout.write("\n")
+            return
+        line = line.strip()
+        if not line:
+            continue
+        if line == "/quit":
+            return
+        if line == "/reset":
+            session.reset()
+            stdout.write("(conversation cleared)\n")
+            continue
+        session.respond(line, stdout)
+        stdout.write("\n")
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m harness.chat", description="Chat with (or complete text from) a trained model.")
+    p.add_argument("--run", required=True, help="a run dir: its chat model when it has one, else its base model")
+    p.add_argument("-p", "--prompt", default=None, help="one prompt: print the reply and exit")
+    p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (0 = all)")
+    p.add_argument("--max-tokens", type=int, default=256, help="most tokens per reply")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--show-prompt", action="store_true", help="print each rendered prompt to stderr")
+    return p
+
+
+def load_session(args: argparse.Namespace) -> ChatSession:
+    if not (args.temperature >= 0):
+        raise ValueError(f"--temperature {args.temperature}: expected a number >= 0")
+    if args.top_k < 0:
+        raise ValueError(f"--top-k {args.top_k}: expected a non-negative integer (0 = no limit)")
+    if args.max_tokens < 1:
+        raise ValueError(f"--max-tokens {args.max_tokens}: expected a positive integer")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    run_dir, chat = resolve_run(Path(args.run))
+    try:
+        model, tokenizer, meta = load_model(run_dir, device)
+    except RunDirError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unloadable checkpoint is reported in one line
+        raise RunDirError(f"--run {run_dir}: cannot load the model ({type(e).__name__}: {e})") from None
+    kind = "chat" if chat else "base (plain text completion)"
+    print(f"chat: loaded {run_dir} (step {meta.get('step')}, {kind}) on {device}", file=sys.stderr)
+    return ChatSession(model, tokenizer, chat, temperature=args.temperature, top_k=args.top_k or None,
+                       max_tokens=args.max_tokens, seed=args.seed, show_prompt=args.show_prompt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        session = load_session(args)
+    except (RunDirError, ValueError, OSError) as e:
+        print(f"error: {e}".splitlines()[0], file=sys.stderr)
+        return 2
+    try:
+        if args.prompt is not None:
+            session.respond(args.prompt, sys.stdout)
+            sys.stdout.write("\n")
+            return 0
+        repl(session, sys.stdin, sys.stdout)
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
