@@ -64,6 +64,7 @@ class Tier:
     baseline: dict = field(default_factory=dict)
     rungs: tuple[Rung, ...] = ()
     statistics: Statistics = Statistics()
+    data_shards: int = 8            # train shards of the default corpus to fetch when none are downloaded
     why: str = ""
     path: str = ""
 
@@ -175,7 +176,8 @@ def load_tier(name_or_path: str) -> Tier:
     return Tier(name=data.get("name", path.stem), description=data.get("description", ""),
                 train_tier=data.get("train_tier", "cpu"),
                 baseline=_check_overrides(data.get("baseline", {}), f"{path}: [baseline]"),
-                rungs=tuple(rungs), statistics=stats, why=data.get("why", ""), path=str(path))
+                rungs=tuple(rungs), statistics=stats, data_shards=int(data.get("data_shards", 8)),
+                why=data.get("why", ""), path=str(path))
 
 
 def load_recipe(name_or_path: str) -> Recipe:

@@ -520,6 +520,27 @@ class Search:
 
 # -----------------------------------------------------------------------------------------------------------
 
+def prepare_data(spec: str | None, tier: Tier):
+    """The pretraining source. A known public corpus that is not downloaded yet (the default, FineWeb-EDU, on a
+    fresh machine) is fetched here: the tier's number of train shards plus the validation shard."""
+    from model.data import DEFAULT_SOURCE, DOWNLOAD_SOURCES, download, resolve_source
+    name = spec or os.environ.get("NANORESEARCH_DATA") or DEFAULT_SOURCE
+    try:
+        return resolve_source(spec)
+    except (ValueError, OSError) as e:
+        if name not in DOWNLOAD_SOURCES:
+            raise SearchError(str(e).splitlines()[0]) from None
+    print(f"data: {name} is not downloaded yet: fetching {tier.data_shards} train shards and the validation shard "
+          f"(use --data DIR or NANORESEARCH_DATA for a local copy)", flush=True)
+    try:
+        download(name, tier.data_shards)
+        return resolve_source(spec)
+    except Exception as e:  # noqa: BLE001 - offline, mirror down...: say what to do instead
+        raise SearchError(f"could not download {name} ({str(e).splitlines()[0]}); download it with `python -m "
+                          f"model.data download --source {name} -n {tier.data_shards}` or point --data / "
+                          f"NANORESEARCH_DATA at a local directory of parquet shards") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -531,7 +552,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args) -> int:
     from leaderboard import LeaderboardError, Store
-    from model.data import resolve_source
     from model.home import nanoresearch_home
     from model.provenance import code_version
     from model.tokenizer import cached_tokenizer_dir, get_tokenizer
@@ -567,10 +587,7 @@ def run(args) -> int:
                           f"{existing.get('space')!r}; use another --name for a different search")
 
     # Data and tokenizer once, here, so parallel jobs never race to train the same tokenizer.
-    try:
-        source = resolve_source(args.data)
-    except (ValueError, OSError) as e:
-        raise SearchError(str(e).splitlines()[0]) from None
+    source = prepare_data(args.data, tier)
     from model.config import TIERS, TrainConfig
     tier_values = {**TIERS[tier.train_tier], **baseline_values}
     vocab = int(tier_values.get("vocab_size"))
