@@ -79,6 +79,22 @@ class CausalSelfAttention(nn.Module):
         return self.c_proj(y.reshape(B, T, -1))
 
 
+class ReluSquared(torch.autograd.Function):
+    """relu(x)^2 whose backward is one product, 2 * relu(x) * grad: autograd's pow + relu backward walks the
+    (tokens x 4*dim) activations four times, which is a measurable share of a CPU step."""
+
+    @staticmethod
+    def forward(ctx, x):
+        h = F.relu(x)
+        ctx.save_for_backward(h)
+        return h * h
+
+    @staticmethod
+    def backward(ctx, grad):
+        (h,) = ctx.saved_tensors
+        return (grad * h).mul_(2.0)
+
+
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -86,7 +102,7 @@ class MLP(nn.Module):
         self.c_proj = Linear(config.mlp_ratio * config.model_dim, config.model_dim)
 
     def forward(self, x):
-        return self.c_proj(F.relu(self.c_fc(x)).square())
+        return self.c_proj(ReluSquared.apply(self.c_fc(x)))
 
 
 class Block(nn.Module):

@@ -23,6 +23,7 @@ the same update; sharding the optimizer state is a later optimisation.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -44,10 +45,25 @@ REFERENCE_BATCH_TOKENS = 2 ** 19  # nanochat's LRs are tuned at this batch size 
 REFERENCE_MODEL_DIM = 768
 
 
-def orthogonalize(G: Tensor, method: str = "polar_express", steps: int = 5, safety: float = 1.02) -> Tensor:
+@functools.cache
+def cpu_has_bf16_matmul() -> bool:
+    """Does this CPU multiply bf16 natively (AVX512-BF16 / AMX)? Elsewhere bf16 matmuls are emulated and slow."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def orthogonalize(G: Tensor, method: str = "polar_express", steps: int = 5, safety: float = 1.02,
+                  dtype: torch.dtype | None = None) -> Tensor:
     """Approximate the orthogonal polar factor U V^T of G (..., rows, cols) with an odd matrix polynomial."""
-    # bf16 is stable for these iterations and much faster on GPUs; CPUs lack fast bf16 matmuls.
-    X = G.bfloat16() if G.is_cuda else G.float()
+    # The iterations are stable in bf16 (nanochat runs them in bf16 on GPUs). Use it wherever bf16 matmuls are
+    # native: GPUs, and CPUs with AVX512-BF16, where batched bf16 matmuls measured ~8x faster than fp32 here.
+    if dtype is None:
+        dtype = torch.bfloat16 if (G.is_cuda or (G.device.type == "cpu" and cpu_has_bf16_matmul())) else torch.float32
+    X = G.to(dtype)
     tall = X.size(-2) > X.size(-1)
     if tall:
         X = X.mT  # iterate on the wide orientation: the Gram matrix X X^T is then the smaller one
@@ -70,7 +86,8 @@ class MuonAdamW(torch.optim.Optimizer):
     adamw: 'betas', 'eps';  muon: 'momentum' and the Muon variant switches (see build_optimizer).
     Muon groups must hold parameters of one shape: they are stacked and orthogonalised as a batch."""
 
-    def __init__(self, param_groups: list[dict]):
+    def __init__(self, param_groups: list[dict], fused_adamw: bool = True):
+        self.fused_adamw = fused_adamw
         for group in param_groups:
             group.setdefault("initial_lr", group["lr"])
             group.setdefault("initial_weight_decay", group["weight_decay"])
@@ -95,29 +112,27 @@ class MuonAdamW(torch.optim.Optimizer):
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
             return
-        beta1, beta2 = group["betas"]
-        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
         for p in params:
             state = self.state[p]
             if not state:
-                state["step"] = 0
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
-            state["step"] += 1
-        step = self.state[params[0]]["step"]
         grads = [p.grad for p in params]
         exp_avg = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
-        if wd:
-            torch._foreach_mul_(params, 1 - lr * wd)  # decoupled weight decay
-        torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sq, beta2)
-        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
-        bias1, bias2 = 1 - beta1 ** step, 1 - beta2 ** step
-        denom = torch._foreach_sqrt(exp_avg_sq)
-        torch._foreach_div_(denom, math.sqrt(bias2))
-        torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(params, exp_avg, denom, value=-lr / bias1)
+        steps = [self.state[p]["step"] for p in params]
+        torch._foreach_add_(steps, 1.0)
+        beta1, beta2 = group["betas"]
+        if self.fused_adamw and all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in params):
+            # torch's fused AdamW kernel: the same update in one pass over memory instead of eight (the embedding
+            # tables make this a visible share of a small model's step).
+            torch._fused_adamw_(params, grads, exp_avg, exp_avg_sq, [], steps, lr=group["lr"], beta1=beta1,
+                                beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False,
+                                maximize=False)
+            return
+        adamw_reference(params, grads, exp_avg, exp_avg_sq, int(steps[0].item()), group["lr"], beta1, beta2,
+                        group["weight_decay"], group["eps"])
 
     def _muon(self, group: dict) -> None:
         params: list[Tensor] = group["params"]
@@ -159,6 +174,21 @@ class MuonAdamW(torch.optim.Optimizer):
         norm_before = update.square().sum(dim=(-2, -1), keepdim=True).sqrt()
         norm_after = (update.square() * scale.square()).sum(dim=(-2, -1), keepdim=True).sqrt()
         return update * (scale * norm_before / norm_after.clamp_min(1e-10))
+
+
+def adamw_reference(params, grads, exp_avg, exp_avg_sq, step: int, lr: float, beta1: float, beta2: float,
+                    weight_decay: float, eps: float) -> None:
+    """AdamW with decoupled weight decay, written out with foreach ops (the fallback and the test reference)."""
+    if weight_decay:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sq, beta2)
+    torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
+    bias1, bias2 = 1 - beta1 ** step, 1 - beta2 ** step
+    denom = torch._foreach_sqrt(exp_avg_sq)
+    torch._foreach_div_(denom, math.sqrt(bias2))
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(params, exp_avg, denom, value=-lr / bias1)
 
 
 def build_optimizer(model, cfg: OptimConfig, total_batch_size: int = REFERENCE_BATCH_TOKENS,

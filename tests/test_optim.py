@@ -140,3 +140,29 @@ def test_schedules():
     assert weight_decay_multiplier(0.0, OptimConfig()) == 1.0 and weight_decay_multiplier(1.0, OptimConfig()) == pytest.approx(0)
     assert weight_decay_multiplier(0.5, OptimConfig(wd_schedule="linear")) == 0.5
     assert weight_decay_multiplier(0.9, OptimConfig(wd_schedule="constant")) == 1.0
+
+
+def test_fused_adamw_matches_the_reference_update():
+    """MuonAdamW's AdamW groups use torch's fused kernel; it must compute the written-out AdamW update."""
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(64, 8, generator=g)), torch.nn.Parameter(torch.randn(5, generator=g))]
+    grads = [[torch.randn(p.shape, generator=g) for p in params] for _ in range(4)]
+    results = []
+    for fused in (True, False):
+        ps = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        opt = MuonAdamW([dict(kind="adamw", params=ps, lr=0.3, betas=(0.8, 0.995), eps=1e-10, weight_decay=0.01)],
+                        fused_adamw=fused)
+        for step_grads in grads:
+            for p, grad in zip(ps, step_grads):
+                p.grad = grad.clone()
+            opt.step()
+        results.append([p.detach() for p in ps])
+    for a, b, start in zip(*results, params):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6) and not torch.allclose(a, start)
+
+
+def test_relu_squared_gradient():
+    from model.gpt import ReluSquared
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ReluSquared.apply, (x,))
+    assert torch.equal(ReluSquared.apply(x), torch.relu(x) ** 2)
