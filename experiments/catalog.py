@@ -65,6 +65,7 @@ class Tier:
     rungs: tuple[Rung, ...] = ()
     statistics: Statistics = Statistics()
     data_shards: int = 8            # train shards of the default corpus to fetch when none are downloaded
+    track: str | None = None        # the leaderboard track whose speedrun the top rung feeds
     why: str = ""
     path: str = ""
 
@@ -176,7 +177,7 @@ def load_tier(name_or_path: str) -> Tier:
     return Tier(name=data.get("name", path.stem), description=data.get("description", ""),
                 train_tier=data.get("train_tier", "cpu"),
                 baseline=_check_overrides(data.get("baseline", {}), f"{path}: [baseline]"),
-                rungs=tuple(rungs), statistics=stats, data_shards=int(data.get("data_shards", 8)),
+                rungs=tuple(rungs), statistics=stats, data_shards=int(data.get("data_shards", 8)), track=data.get("track"),
                 why=data.get("why", ""), path=str(path))
 
 

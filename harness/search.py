@@ -5,12 +5,13 @@
     python -m harness.search --trials 3 --time-budget 20 --seeds 2
     python -m harness.search --tier gpu --executor slurm --slurm-partition h100 --parallel 8
     python -m harness.search --aa 10                          # calibrate: how often is a null change promoted?
+    ANTHROPIC_API_KEY=... python -m harness.search --proposer agent --trials 3 --agent-budget-usd 2
 
 The data flow: proposer -> Experiment (content-hash id) -> jobs (experiment, rung, seed) -> executor ->
 `python -m model.train` -> run dir -> leaderboard rows -> ladder decision -> next rung / proposer told.
 
-Everything lives in the database (SQLite file by default; PostgreSQL by URL): proposals, runs, decisions,
-noise floors, and the Optuna study. A search is identified by --name; running the same command again resumes
+Everything lives in the database (SQLite file by default; PostgreSQL by URL): proposals (and the ones refused,
+with why), runs, decisions, noise floors, and the Optuna study. A search is identified by --name; running the same command again resumes
 it: finished runs are never repeated, unfinished ones continue from their checkpoints.
 """
 
@@ -64,6 +65,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--enqueue", default=None, metavar="FILE",
                    help="JSON list of proposals ({tweaks, rationale}) to test before the proposer's own")
     p.add_argument("--seed", type=int, default=0, help="the proposer's random seed")
+    p.add_argument("--agent-model", default=None, help="the agent's Claude model (default: harness.proposers.agent.DEFAULT_MODEL)")
+    p.add_argument("--agent-max-tokens", type=int, default=16000, help="the agent's max output tokens per call (thinking included)")
+    p.add_argument("--agent-temperature", type=float, default=None,
+                   help="sampling temperature (default: the model's own; the newest models accept no other)")
+    p.add_argument("--agent-budget-usd", type=float, default=None, help="stop asking the agent once it cost this much in the search")
+    p.add_argument("--agent-batch", type=int, default=2, metavar="K", help="proposals asked of the agent per call")
+    p.add_argument("--allow-patches", action="store_true",
+                   help="the agent may also propose code patches to model/*.py (tried in git worktrees, never in your tree)")
     p.add_argument("--slurm-partition", default=None)
     p.add_argument("--slurm-account", default=None)
     p.add_argument("--slurm-time", type=int, default=None, help="minutes per job (default: from the rung's budget)")
@@ -279,7 +288,16 @@ class Search:
         return Job(experiment_id=exp.id, rung=rung, slot=slot, seed=seed,
                    run_dir=self.runs_root / self.name / exp.id / rung.name / f"seed{seed}",
                    train_tier=self.tier.train_tier, overrides=exp.overrides(self.tier.baseline, self.recipe.overrides),
-                   data=self.data, tokenizer=self.tokenizer, timeout_s=job_timeout(rung))
+                   data=self.data, tokenizer=self.tokenizer, timeout_s=job_timeout(rung),
+                   workdir=self.worktree(exp) if exp.patch else None)
+
+    def worktree(self, exp: Experiment) -> Path:
+        """The git worktree a patched experiment's jobs run in (checked when proposed; made again if it is gone)."""
+        from harness.patches import PatchError, prepare, worktrees_root
+        try:
+            return prepare(exp.patch, exp.code_version, worktrees_root() / exp.id)
+        except PatchError as e:
+            raise SearchError(f"experiment {exp.id}: its patch no longer applies to commit {exp.code_version}: {e}") from None
 
     def submit(self, exp: Experiment, index: int, slot: int) -> None:
         job = self.make_job(exp, index, slot)
@@ -311,6 +329,7 @@ class Search:
             if exp.id == self.baseline.id or exp.id in self.candidates:
                 self.duplicates_in_a_row += 1
                 self.say(f"proposal {exp.describe()} duplicates {exp.id[:8]}: dropped")
+                self.record_rejected(proposal, f"duplicate of experiment {exp.id} (already in this search)")
                 existing = self.candidates.get(exp.id)
                 if existing is not None and existing.told:
                     self.tell(existing)
@@ -328,6 +347,14 @@ class Search:
             self.say(f"trial {self.proposals_made}/{self.trials} from {proposal.proposer}: {self.label(exp)}{why}")
         if not self.proposals_made and not self.proposer_can_continue():
             self.proposals_exhausted = True
+
+    def record_rejected(self, proposal: Proposal, reason: str) -> None:
+        from leaderboard import RejectedProposal
+        payload = {"tweaks": proposal.tweaks, "rationale": proposal.rationale, **proposal.extra}
+        if proposal.patch:
+            payload["patch"] = proposal.patch
+        self.store.record_rejected_proposal(RejectedProposal(search_id=self.search_id, proposer=proposal.proposer,
+                                                             reason=reason, payload=payload))
 
     def proposer_can_continue(self) -> bool:
         return not (hasattr(self.proposer, "next_replica") and self.proposer.next_replica > self.proposer.replicas)
@@ -504,7 +531,7 @@ class Search:
         for c in self.candidates.values():
             if c.state == "passed":
                 lines.append(f"  passed the ladder: {c.experiment.id}. Submit it as a speedrun:\n"
-                             f"    python -m harness.speedrun --track {self.tier.name} --experiment {c.experiment.id} --seeds 3")
+                             f"    python -m harness.speedrun --track {self.tier.track or self.tier.name} --experiment {c.experiment.id} --seeds 3")
         if any(c.experiment.replica for c in self.candidates.values()):
             lines.append(self.aa_report())
         return "\n".join(lines)
@@ -574,7 +601,10 @@ def run(args) -> int:
     if args.aa:
         proposer_kind = "aa"
     if proposer_kind == "agent":
-        raise SearchError("--proposer agent: the agent proposer is not available yet; use --proposer optuna")
+        check_agent_args(args)
+    elif args.allow_patches:
+        raise SearchError(f"--allow-patches: only the agent proposes patches (got --proposer {args.proposer}"
+                          f"{' with --aa' if args.aa else ''}); use --proposer agent")
     name = args.name or (f"{tier.name}-aa" if args.aa else f"{tier.name}-{args.space}")
 
     try:
@@ -620,9 +650,13 @@ def run(args) -> int:
     search = Search(store=store, search_id=search_id, name=name, tier=tier, recipe=recipe, space=space, proposer=proposer,
                     executor=executor, runs_root=runs_root, data=args.data or source.name, tokenizer=str(tokenizer_dir),
                     trials=trials, budget_hours=args.budget_hours, parallel=args.parallel, code_version=code_version())
+    if proposer_kind == "agent":
+        search.proposer = agent_proposer(args, search, proposer)
     rungs = " -> ".join(f"{r.name} (depth {r.depth}, {' '.join(r.horizon_args()[:2])}, {r.seeds} seeds"
                         + (f", target {r.target}" if r.target else "") + ")" for r in tier.rungs)
-    search.say(f"search {name!r}: tier {tier.name}, space {args.space} ({len(space.knobs)} knobs), proposer {proposer_kind}, "
+    who = proposer_kind + (f" ({search.proposer.config.model}, {args.agent_batch} per call"
+                           + (", patches allowed" if args.allow_patches else "") + ")" if proposer_kind == "agent" else "")
+    search.say(f"search {name!r}: tier {tier.name}, space {args.space} ({len(space.knobs)} knobs), proposer {who}, "
                f"{trials} trials, ladder {rungs}, executor {args.executor} x{args.parallel}")
     search.say(f"statistics: one-sided paired test, alpha {tier.statistics.alpha}, min effect {tier.statistics.min_effect} "
                f"bpb, up to {tier.statistics.max_seeds} seeds; results in {store.url_text}, runs in {runs_root / name}")
@@ -639,6 +673,62 @@ def run(args) -> int:
     store.finish_search(search_id, status)
     print(search.summary(status), flush=True)
     return 0 if status == "finished" else 1
+
+
+def check_agent_args(args) -> None:
+    """Flags of the agent proposer, checked before anything is recorded."""
+    from harness.proposers.prices import price
+    if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
+        raise SearchError("--proposer agent: ANTHROPIC_API_KEY is not set (expected the Anthropic API key in the "
+                          "environment); use --proposer optuna without one")
+    if args.agent_batch < 1:
+        raise SearchError(f"--agent-batch {args.agent_batch}: expected a positive integer")
+    if args.agent_max_tokens < 1:
+        raise SearchError(f"--agent-max-tokens {args.agent_max_tokens}: expected a positive integer")
+    if args.agent_temperature is not None and not 0.0 <= args.agent_temperature <= 1.0:
+        raise SearchError(f"--agent-temperature {args.agent_temperature}: expected a number in [0, 1]")
+    if args.agent_budget_usd is not None:
+        if not args.agent_budget_usd > 0:
+            raise SearchError(f"--agent-budget-usd {args.agent_budget_usd}: expected a positive number of dollars")
+        from harness.proposers.agent import DEFAULT_MODEL
+        model = args.agent_model or DEFAULT_MODEL
+        if price(model) is None:
+            raise SearchError(f"--agent-budget-usd: no price for model {model!r} in harness/proposers/prices.py, "
+                              "so spend cannot be capped (add its price there, or drop the budget)")
+    if args.allow_patches:
+        from model.provenance import code_version
+        if code_version() == "unknown":
+            raise SearchError("--allow-patches: this checkout is not a git repository (patches apply to a git worktree)")
+        if "-dirty-" in code_version():
+            raise SearchError("--allow-patches: model/ has uncommitted changes; commit them first (patches are applied "
+                              "to a worktree of HEAD, and the baseline must run the same code)")
+
+
+def agent_proposer(args, search: Search, optuna_proposer):
+    """The agent proposer over the search's Optuna study. The API key is read by the SDK client here, then removed
+    from this process's environment: no child process (submitit workers, SLURM jobs, training) inherits it."""
+    from harness.jobs import SECRET_ENV
+    from harness.patches import SmokeTest
+    from harness.proposers.agent import DEFAULT_MODEL, AgentConfig, AgentProposer, SearchContext
+
+    config = AgentConfig(model=args.agent_model or DEFAULT_MODEL, max_tokens=args.agent_max_tokens,
+                         temperature=args.agent_temperature, batch=args.agent_batch, budget_usd=args.agent_budget_usd,
+                         allow_patches=args.allow_patches)
+    tier, recipe = search.tier, search.recipe
+
+    def identity(tweaks: dict, patch: str | None) -> str:
+        return Experiment(tweaks=tweaks, tier=tier.name, recipe=recipe.name, code_version=search.code_version,
+                          patch=patch).id
+
+    context = SearchContext(name=search.name, search_id=search.search_id, tier=tier, recipe=recipe,
+                            baseline_id=search.baseline.id, identity=identity,
+                            commit=search.code_version if args.allow_patches else None,
+                            smoke=SmokeTest(data=search.data, tokenizer=search.tokenizer))
+    proposer = AgentProposer(search.space, optuna_proposer, search.store, context, config, say=search.say)
+    for key in SECRET_ENV:
+        os.environ.pop(key, None)
+    proposer.remaining = lambda: search.trials - search.proposals_made
+    return proposer
 
 
 if __name__ == "__main__":
