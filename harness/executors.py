@@ -76,10 +76,13 @@ class Executor:
         if self.kind == "debug":
             return {}
         s = self.slurm
+        # GPU tiers ask for one GPU per device; CPU tiers ask for none (torchrun then runs gloo processes).
+        gpus = s.gpus_per_node if s.gpus_per_node is not None else (job.rung.devices if job.train_tier == "gpu" else 0)
         params = dict(time=s.time_min or timeout_min + 5, nodes=job.rung.nodes, ntasks_per_node=1,
-                      gpus_per_node=s.gpus_per_node if s.gpus_per_node is not None else job.rung.devices,
                       job_name=f"nanoresearch-{job.experiment_id}-{job.rung.name}-s{job.seed}",
                       signal_delay_s=120, use_srun=True)
+        if gpus:
+            params["gpus_per_node"] = gpus
         for key in ("partition", "account", "cpus_per_task", "qos", "constraint"):
             if getattr(s, key) is not None:
                 params[key] = getattr(s, key)

@@ -198,3 +198,10 @@ def test_experiment_ids_are_content_hashes():
     replica = Experiment(tweaks={}, tier="cpu", code_version="abc", replica=2)
     assert replica.id != base.id and replica.seed(1) == 2001 and base.seed(1) == 1
     assert json.loads(json.dumps(a.spec)) == a.spec
+
+
+def test_cpu_rungs_ask_slurm_for_no_gpus(tmp_path):
+    job = make_job(tmp_path)
+    job.train_tier = "cpu"
+    script = Executor("slurm", tmp_path / "submitit", SlurmOptions(partition="cpu")).sbatch_script(job)
+    assert "--gpus-per-node" not in script and "#SBATCH --partition=cpu" in script
