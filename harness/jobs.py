@@ -10,6 +10,13 @@ already finished returns at once.
 `TrainingJob` is the callable submitit runs (locally or on a SLURM node). It supervises the command with a
 wall-clock limit, and on a SLURM preemption/time-out signal it stops the run gracefully (model.train saves a
 checkpoint on SIGTERM) and asks submitit to requeue it.
+
+A job of a patched experiment runs in the patch's git worktree (`Job.workdir`), so `python -m model.train` imports
+the patched `model`: its command goes through `python -m harness.jobs --cwd WORKTREE -- COMMAND`, which changes
+directory and execs the command (same process, so signals and the process group are unchanged). The command is
+self-describing that way: the line in train.log reruns the same code by hand, and every executor runs it as is.
+
+Training never needs the agent's API credentials: they are removed from the environment of every job.
 """
 
 from __future__ import annotations
@@ -26,6 +33,13 @@ from experiments.catalog import Rung
 from harness.experiment import format_set
 
 REPO = Path(__file__).resolve().parent.parent
+# Credentials a training process never needs; kept out of its environment (and so out of run dirs and logs).
+SECRET_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus `extra`, without the credentials in SECRET_ENV."""
+    return {k: v for k, v in {**os.environ, **(extra or {})}.items() if k not in SECRET_ENV}
 
 
 @dataclass
@@ -41,6 +55,7 @@ class Job:
     tokenizer: str | None = None
     target: str | None = None
     timeout_s: float = 3600.0
+    workdir: Path | None = None    # where the command runs (a patched experiment's worktree); None: the repo
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -66,8 +81,12 @@ class Job:
             raise ValueError(f"rung {self.rung.name}: nodes={self.rung.nodes}: multi-node runs are not supported yet (expected 1)")
         if self.rung.devices > 1:
             torchrun = Path(sys.executable).with_name("torchrun")
-            return [str(torchrun), "--standalone", f"--nproc_per_node={self.rung.devices}", *args]
-        return [sys.executable, *args]
+            command = [str(torchrun), "--standalone", f"--nproc_per_node={self.rung.devices}", *args]
+        else:
+            command = [sys.executable, *args]
+        if self.workdir is not None:
+            return [sys.executable, "-m", "harness.jobs", "--cwd", str(self.workdir), "--", *command]
+        return command
 
 
 class TrainingJob:
@@ -98,7 +117,7 @@ class TrainingJob:
             log.flush()
             # A new session: the whole process tree (torchrun and its workers) can be signalled at once.
             self._proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                          env={**os.environ, **self.env}, start_new_session=True)
+                                          env=clean_env(self.env), start_new_session=True)
             timed_out = False
             try:
                 returncode = self._proc.wait(timeout=self.timeout_s)
@@ -127,3 +146,22 @@ class TrainingJob:
         import submitit
         self.stop()
         return submitit.helpers.DelayedSubmission(TrainingJob(self.command, self.run_dir, self.timeout_s, self.env))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m harness.jobs --cwd DIR -- COMMAND...`: run COMMAND from DIR (replacing this process)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 4 or argv[0] != "--cwd" or argv[2] != "--":
+        print("error: usage: python -m harness.jobs --cwd DIR -- COMMAND [ARGS...]", file=sys.stderr)
+        return 2
+    workdir, command = argv[1], argv[3:]
+    if not Path(workdir).is_dir():
+        print(f"error: --cwd {workdir}: not a directory (expected a patched experiment's worktree)", file=sys.stderr)
+        return 2
+    os.chdir(workdir)
+    os.execvpe(command[0], command, clean_env())
+    return 1  # not reached: exec replaced this process
+
+
+if __name__ == "__main__":
+    sys.exit(main())

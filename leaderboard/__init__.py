@@ -6,8 +6,8 @@ else of ours, so any tool can read and write it. Start at `leaderboard.store.Sto
 
 from leaderboard.errors import LeaderboardError, SchemaError
 from leaderboard.identity import experiment_id
-from leaderboard.records import Decision, Entry, Experiment, Run, Track
+from leaderboard.records import Decision, Entry, Experiment, RejectedProposal, Run, Track
 from leaderboard.store import Recorded, Store
 
-__all__ = ["Decision", "Entry", "Experiment", "LeaderboardError", "Recorded", "Run", "SchemaError", "Store", "Track",
-           "experiment_id"]
+__all__ = ["Decision", "Entry", "Experiment", "LeaderboardError", "Recorded", "RejectedProposal", "Run", "SchemaError",
+           "Store", "Track", "experiment_id"]

@@ -1,5 +1,6 @@
 """Search page: one search's progress (trials, best so far by trial and by compute), its rung funnel,
-the promotion decisions with their statistics, who proposed what, and what the agent cost.
+the promotion decisions with their statistics, who proposed what, the proposals it refused and why, and what the
+agent cost (refused answers included: they were paid for too).
 
 Query parameter: ?search=NAME.
 A page script that leaderboard/app.py runs (st.Page), not a module to import.
@@ -36,7 +37,10 @@ proposed = db.experiments(url, search["id"])
 known = {x["id"]: x for x in db.experiments(url)}  # the baseline may come from outside the search's proposals
 all_names = {k: x["name"] for k, x in known.items()}
 decisions = db.decisions(url, search_id=search["id"])
-usage = fmt.agent_usage(proposed)
+store = db.open_store(url)
+# A short list per search, read fresh: refusals are what a user checks while the agent is running.
+rejected = store.rejected_proposals(search["id"]) if store is not None else []
+usage = fmt.agent_usage([*proposed, *({"extra": r["payload"]} for r in rejected)])
 
 st.caption(" · ".join(filter(None, [
     f"status: {search['status']}", f"tier: {search['tier']}" if search["tier"] else "",
@@ -114,6 +118,23 @@ if summary["trials"]:
     })
 else:
     st.caption("No finished runs yet.")
+
+st.subheader("Refused proposals")
+if not rejected:
+    st.caption("None: every proposal of this search became an experiment.")
+else:
+    def _proposal(payload) -> str:
+        if not isinstance(payload, dict) or "response" in payload:  # the whole answer was unusable
+            return "(no usable proposal in the answer)"
+        patch = payload.get("patch")
+        lines = f" + patch ({str(patch).count(chr(10)) + 1} lines)" if patch else ""
+        return fmt.json_text(payload.get("tweaks")) + lines
+    st.dataframe(pd.DataFrame([{"refused": r["created_at"], "proposer": r["proposer"], "reason": r["reason"],
+                                "proposal": _proposal(r["payload"])} for r in reversed(rejected)]),  # newest first
+                 hide_index=True, placeholder=fmt.MISSING, column_config={
+                     "refused": st.column_config.DatetimeColumn("refused (UTC)", format="YYYY-MM-DD HH:mm:ss")})
+    st.caption("Refused before any run: outside the search space, duplicates, malformed or refused agent answers, "
+               "patches that did not apply or failed their checks. Proposals are data from the proposer, shown as sent.")
 
 st.subheader("Agent spend")
 if not usage["experiments"]:

@@ -8,6 +8,7 @@ they are declared once, there.
 History:
   v1  the run-dir store: experiments, runs, metric_points, tracks, entries.
   v2  the search harness: searches, proposals, decisions, noise_floors; runs.search_id; experiments.extra.
+  v3  rejected_proposals: proposals turned away (out of space, duplicate, malformed, failed patch) and why.
 """
 
 from collections.abc import Callable
@@ -32,9 +33,14 @@ def _v2_search_harness(conn: sa.Connection) -> None:
     add_column(conn, schema.runs.c.search_id)
 
 
+def _v3_rejected_proposals(conn: sa.Connection) -> None:
+    schema.rejected_proposals.create(conn, checkfirst=True)  # a new table only: no existing row changes
+
+
 # version -> the migration that upgrades version-1 to it. Append only; never edit a released one.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     2: _v2_search_harness,
+    3: _v3_rejected_proposals,
 }
 assert sorted(MIGRATIONS) == list(range(2, schema.SCHEMA_VERSION + 1)), "a migration per version after v1"
 

@@ -131,6 +131,25 @@ class Decision:
 
 
 @dataclass
+class RejectedProposal:
+    """A proposal a search turned away, with why (payload: the proposal as it came, any JSON)."""
+    search_id: int
+    proposer: str
+    reason: str
+    payload: dict[str, Any] | None = None
+    created_at: datetime | None = None
+
+    def __post_init__(self):
+        _require(_is_int(self.search_id), f"rejected proposal search_id {self.search_id!r}: expected an integer")
+        _require(isinstance(self.proposer, str) and 0 < len(self.proposer) <= 64,
+                 f"rejected proposal proposer {self.proposer!r}: expected 1-64 characters")
+        _require(isinstance(self.reason, str) and self.reason.strip() != "",
+                 f"rejected proposal reason {self.reason!r}: expected a non-empty string")
+        _require(self.payload is None or isinstance(self.payload, dict),
+                 f"rejected proposal payload {self.payload!r}: expected a JSON object or null")
+
+
+@dataclass
 class Track:
     name: str
     metric: str

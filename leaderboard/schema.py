@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 RUN_STATUSES = ("running", "ok", "diverged", "failed", "timeout", "oom", "crash")
 VERDICTS = ("promote", "reject", "more_seeds")
@@ -188,6 +188,20 @@ noise_floors = sa.Table(
     sa.Column("n", sa.Integer, nullable=False),
     sa.Column("baseline_experiment_id", sa.String(64), sa.ForeignKey("experiments.id")),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Proposals turned away before becoming an experiment: outside the search space, duplicates, malformed agent
+# answers, patches that did not apply or failed their checks. Kept with the reason, so the proposer (and the
+# user) can see what was tried and why it was refused; `payload` is the proposal as it came (untrusted).
+rejected_proposals = sa.Table(
+    "rejected_proposals", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("search_id", sa.Integer, sa.ForeignKey("searches.id"), nullable=False),
+    sa.Column("proposer", sa.String(64), nullable=False),
+    sa.Column("payload", JSONValue),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_rejected_proposals_search", "search_id", "created_at"),
 )
 
 tracks = sa.Table(

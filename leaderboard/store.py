@@ -31,7 +31,7 @@ from sqlalchemy.engine import URL, make_url
 from leaderboard import schema
 from leaderboard.errors import LeaderboardError, SchemaError
 from leaderboard.migrations import bring_up_to_date, check_version, read_version
-from leaderboard.records import Decision, Entry, Experiment, Run, Track, as_row, check_point
+from leaderboard.records import Decision, Entry, Experiment, RejectedProposal, Run, Track, as_row, check_point
 
 DEFAULT_URL = "sqlite:///nanoresearch.db"
 URL_HELP = "expected sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
@@ -354,6 +354,13 @@ class Store:
         return self._transact(lambda conn: conn.execute(
             sa.insert(schema.decisions).values(row).returning(schema.decisions.c.id)).scalar_one())
 
+    def record_rejected_proposal(self, rejected: RejectedProposal) -> int:
+        """Record a proposal the search turned away and why (every one is kept). Returns its id."""
+        row = as_row(rejected)
+        row["created_at"] = row["created_at"] or schema.utcnow()
+        return self._transact(lambda conn: conn.execute(
+            sa.insert(schema.rejected_proposals).values(row).returning(schema.rejected_proposals.c.id)).scalar_one())
+
     def record_noise_floor(self, scope: str, rung: str, std: float, n: int,
                            baseline_experiment_id: str | None = None) -> None:
         """Set the noise floor (std of baseline val_bpb over n seeds) of a rung in a scope (a search name
@@ -376,6 +383,27 @@ class Store:
         row["created_at"] = row["created_at"] or schema.utcnow()
         return self._transact(lambda conn: conn.execute(
             sa.insert(schema.entries).values(row).returning(schema.entries.c.id)).scalar_one())
+
+    def record_reference(self, entry: Entry) -> tuple[int, bool]:
+        """Add a published reference entry (one with a `source`) to its (existing) track unless the track already
+        has an entry with the same source and recipe. Returns (entry id, whether it was inserted now)."""
+        if not entry.source:
+            raise LeaderboardError(f"reference entry {entry.recipe!r} of track {entry.track!r}: expected a source "
+                                   "(where the published number comes from)")
+        row = as_row(entry)
+        row["created_at"] = row["created_at"] or schema.utcnow()
+        e = schema.entries.c
+
+        def work(conn: sa.Connection) -> tuple[int, bool]:
+            # Lock the track's row (PostgreSQL; SQLite's write transaction is already exclusive) so that two
+            # processes touching the track at once cannot both insert the reference.
+            conn.execute(sa.select(schema.tracks.c.name).where(schema.tracks.c.name == entry.track).with_for_update())
+            found = conn.execute(sa.select(e.id).where(e.track == entry.track, e.source == entry.source,
+                                                       e.recipe == entry.recipe).order_by(e.id)).first()
+            if found is not None:
+                return found.id, False
+            return conn.execute(sa.insert(schema.entries).values(row).returning(e.id)).scalar_one(), True
+        return self._transact(work)
 
     # ---------------------------------------------------------------- queries
 
@@ -478,6 +506,12 @@ class Store:
         if experiment_id is not None:
             stmt = stmt.where(d.experiment_id == experiment_id)
         return self._select(stmt.order_by(d.created_at, d.id))
+
+    def rejected_proposals(self, search_id: int) -> list[dict[str, Any]]:
+        """The proposals a search turned away, oldest first, each with its reason and payload."""
+        r = schema.rejected_proposals.c
+        return self._select(sa.select(schema.rejected_proposals).where(r.search_id == search_id)
+                            .order_by(r.created_at, r.id))
 
     def noise_floor(self, scope: str, rung: str) -> dict[str, Any] | None:
         n = schema.noise_floors.c
@@ -588,3 +622,81 @@ class Store:
         device_hours = sum((run["total_training_time"] or 0.0) * (run["world_size"] or 1) for run in runs) / 3600.0
         return {"search": search, "n_proposed": n_proposed, "runs_by_status": runs_by_status,
                 "training_hours": hours, "device_hours": device_hours, "trials": trials, "best": best, "funnel": funnel}
+
+    def best_runs(self, track: str | None = None) -> list[dict[str, Any]]:
+        """The runs worth chatting with, best first: each a runs row (summary columns) plus `why` (one line),
+        `track` and `entry_id` (both None for a search result).
+
+        1. The ok runs of leaderboard entries (of `track`, else of every track): records before other entries;
+           without `track` the deeper model's track first (times on different tracks do not compare, and a deeper
+           model is the better one to talk to); then the fastest mean time-to-target (none: last), newest first on
+           ties. Within an entry, its best seed first (the track's metric).
+        2. Then the best search results, also when a track was asked for (a track with no entry to load falls
+           back to them): ok runs of experiments a search promoted (or passed at its top rung) and of the searches'
+           baselines; the deepest run first (the highest rung reached), then the lowest val_bpb.
+
+        Run dirs live on the machines that made them, out of the store's sight: a caller takes the first run whose
+        run dir has a checkpoint where it runs."""
+        e, t, r, d = schema.entries.c, schema.tracks.c, schema.runs.c, schema.decisions.c
+
+        def work(conn: sa.Connection):
+            stmt = (sa.select(schema.entries, t.metric.label("track_metric"), t.depth.label("track_depth"))
+                    .select_from(schema.entries.join(schema.tracks, t.name == e.track)))
+            if track is not None:
+                stmt = stmt.where(e.track == track)
+            entries = _rows(conn.execute(stmt))
+            ids = sorted({i for x in entries for i in (x["run_ids"] or []) if isinstance(i, int)})
+            entry_runs = {}
+            for i in range(0, len(ids), 500):  # bounded IN lists (SQLite caps bound parameters)
+                for row in _rows(conn.execute(sa.select(*_RUN_SUMMARY_COLUMNS).where(
+                        r.id.in_(ids[i:i + 500]), r.status == "ok", r.run_dir.is_not(None)))):
+                    entry_runs[row["id"]] = row
+            searches = {row.id: (row.name, row.config) for row in conn.execute(
+                sa.select(schema.searches.c.id, schema.searches.c.name, schema.searches.c.config))}
+            baselines = {str(c["baseline_experiment_id"]) for _, c in searches.values()
+                         if isinstance(c, dict) and c.get("baseline_experiment_id")}
+            promoted = {row.experiment_id for row in conn.execute(
+                sa.select(d.experiment_id).where(d.verdict == "promote").distinct())}
+            search_runs = _rows(conn.execute(sa.select(*_RUN_SUMMARY_COLUMNS).where(
+                r.search_id.is_not(None), r.status == "ok", r.val_bpb.is_not(None), r.run_dir.is_not(None),
+                r.experiment_id.in_(sorted(baselines | promoted)))))
+            return entries, entry_runs, searches, baselines, search_runs
+
+        entries, entry_runs, searches, baselines, search_runs = self._read(work)
+
+        def entry_order(x: dict[str, Any]) -> tuple:
+            ttt = x["time_to_target_mean"]
+            depth = 0 if track is not None else -(x["track_depth"] or 0)
+            return (not x["is_record"], depth, ttt is None, ttt or 0.0, -x["created_at"].timestamp(), x["id"])
+
+        out: list[dict[str, Any]] = []
+        seen: set[int] = set()  # a run in two entries, or in an entry and a search, is listed once (its best place)
+        for x in sorted(entries, key=entry_order):
+            metric = x["track_metric"]
+            column = metric.lower()
+            sign = -1.0 if column == "core" else 1.0  # CORE: higher is better; val_bpb: lower
+            ranked = sorted(((run.get(column) is None, sign * (run.get(column) or 0.0), run["seed"], run["id"]), run)
+                            for i in (x["run_ids"] or []) if (run := entry_runs.get(i)) is not None)
+            runs = [run for _, run in ranked]
+            ttt = x["time_to_target_mean"]
+            timing = (f"mean time to target {ttt:.1f} s over {x['seeds']} seeds" if ttt is not None
+                      else "target not reached")
+            for run in runs:
+                if run["id"] in seen:
+                    continue
+                seen.add(run["id"])
+                value = run.get(column)
+                shown = f"{value:.4f}" if value is not None else "not measured"
+                why = (f"{'record' if x['is_record'] else 'entry'} #{x['id']} ({x['recipe']}) on track {x['track']}: "
+                       f"{timing}; seed {run['seed']} ({metric} {shown})")
+                out.append({**run, "why": why, "track": x["track"], "entry_id": x["id"]})
+
+        for run in sorted(search_runs, key=lambda run: (-(run["depth"] or 0), run["val_bpb"], run["id"])):
+            if run["id"] in seen:
+                continue
+            role = "baseline" if run["experiment_id"] in baselines else "promoted experiment"
+            name = searches.get(run["search_id"], ("?", None))[0]
+            why = (f"search result: {role} {run['experiment_id']} of search {name!r}, seed {run['seed']}: "
+                   f"val_bpb {run['val_bpb']:.4f} at rung {run['rung']} (depth {run['depth']})")
+            out.append({**run, "why": why, "track": None, "entry_id": None})
+        return out
