@@ -89,6 +89,32 @@ class Job:
         return command
 
 
+def pid_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / ".train.pid"
+
+
+def stop_training(run_dir: str | Path, grace_s: float = 60.0) -> bool:
+    """SIGTERM the training process group of a run dir (model.train checkpoints and exits), SIGKILL after grace_s.
+    True if something was running."""
+    try:
+        pid = int(pid_file(run_dir).read_text())
+        os.killpg(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        return False
+    deadline = time.time() + grace_s
+    while time.time() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except OSError:
+            return True
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    return True
+
+
 class TrainingJob:
     """Runs a job's command to completion under a wall-clock limit; returns what happened (the run dir holds
     the results). Picklable, so submitit can ship it to a worker process or a SLURM node."""
@@ -115,15 +141,20 @@ class TrainingJob:
         with open(self.log_path, "ab") as log:
             log.write(f"\n$ {' '.join(self.command)}\n".encode())
             log.flush()
-            # A new session: the whole process tree (torchrun and its workers) can be signalled at once.
+            # A new session: the whole process tree (torchrun and its workers) can be signalled at once, by this
+            # job or, through the pid file, by the search that launched it.
             self._proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                           env=clean_env(self.env), start_new_session=True)
+            pid_file(self.run_dir).write_text(str(self._proc.pid))
             timed_out = False
             try:
                 returncode = self._proc.wait(timeout=self.timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
                 returncode = self.stop()
+            except BaseException:  # interrupted or cancelled: never leave the training running unsupervised
+                self.stop()
+                raise
         return {"returncode": returncode, "timed_out": timed_out, "wall_s": time.time() - start,
                 "log": str(self.log_path)}
 

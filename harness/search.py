@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -28,7 +29,7 @@ from pathlib import Path
 from experiments.catalog import CatalogError, Rung, Tier, load_recipe, load_tier
 from harness.executors import EXECUTORS, Executor, SlurmOptions
 from harness.experiment import Experiment
-from harness.jobs import Job
+from harness.jobs import Job, stop_training
 from harness.ladder import NoiseFloor, Verdict, decide
 from harness.proposers import Proposal
 from harness.runs import Outcome, read_outcome, run_row
@@ -303,7 +304,13 @@ class Search:
         job = self.make_job(exp, index, slot)
         started = datetime.now(UTC)
         self.store.record_run(run_row(job, None, self.search_id, started))
-        handle = self.executor.submit(job)
+        # Jobs ignore Ctrl-C (an ignored signal stays ignored across exec): the search alone handles it and stops
+        # each job's training cleanly, instead of every worker process dying with a traceback of its own.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            handle = self.executor.submit(job)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         self.running[(exp.id, job.rung.name, slot)] = Running(job, handle, started, slot)
         self.say(f"start {job.rung.name} seed {job.seed} of {self.label(exp)}")
 
@@ -495,16 +502,23 @@ class Search:
                 while not self.collect():
                     time.sleep(POLL_S)
         except KeyboardInterrupt:
-            for r in self.running.values():
-                r.handle.cancel()
-            self.say("interrupted: running jobs stopped (their checkpoints are kept); rerun the same command to resume")
+            self.say("interrupted: stopping the running jobs (each saves a checkpoint first)")
+            self.stop_running()
+            self.say("stopped; rerun the same command to resume")
             return "interrupted"
         if self.failed:
-            for r in self.running.values():
-                r.handle.cancel()
+            self.stop_running()
             self.say(f"search stopped: {self.failed}")
             return "failed"
         return "finished"
+
+    def stop_running(self) -> None:
+        for r in self.running.values():
+            if self.executor.kind == "slurm":
+                r.handle.cancel()  # SLURM signals the job's processes; model.train checkpoints on SIGTERM
+            else:
+                stop_training(r.job.run_dir)
+                r.handle.cancel(check=False)
 
     # --- the end -----------------------------------------------------------------------------------------------
     def summary(self, status: str) -> str:

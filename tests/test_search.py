@@ -194,3 +194,27 @@ def test_enqueue_file_is_validated_against_the_space(workdir, shared_data):
     proc = run_search(workdir, shared_data, "--enqueue", str(bad), "--space", "architecture", timeout=120)
     assert proc.returncode == 2 and "item 0: knob 'qk_scale'=99" in proc.stderr
     assert not (workdir / "lb.db").exists() or not Store(f"sqlite:///{workdir / 'lb.db'}").runs()
+
+
+def test_ctrl_c_stops_the_training_cleanly(workdir, shared_data):
+    tier = write_tier(workdir, iterations=5000)  # long enough to be interrupted mid-run
+    cmd = search_cmd(workdir, shared_data, "--tier", str(tier), "--rungs", "1", "--trials", "1", "--name", "ctrlc")
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**env(), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    run_dirs = lambda: list((workdir / "runs" / "ctrlc").glob("*/d1/seed*"))  # noqa: E731
+    deadline = time.time() + 120
+    def training() -> bool:  # past setup: model.train prints its header just before the loop
+        return any("train: cpu" in (d / "train.log").read_text() for d in run_dirs() if (d / "train.log").exists())
+    while time.time() < deadline and not training():
+        time.sleep(0.2)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "interrupted" in out and "Traceback" not in out, out[-2000:]
+    running = subprocess.run(["pgrep", "-f", str(workdir / "runs")], capture_output=True, text=True).stdout
+    assert not running.strip(), f"training processes left behind: {running}"
+    statuses = [json.loads((d / "result.json").read_text())["status"] for d in run_dirs()]
+    assert statuses == ["timeout"]  # the one job running was stopped by SIGTERM and checkpointed
+    assert (run_dirs()[0] / "checkpoints" / "LATEST").exists()
+    store = Store(f"sqlite:///{workdir / 'lb.db'}")
+    assert store.find_search("ctrlc")["status"] == "interrupted"
