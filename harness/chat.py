@@ -3,6 +3,13 @@
 
     python -m harness.chat --run runs/d4 -p "What is 12*7?"     # one shot: print the answer, exit
     python -m harness.chat --run runs/d4                        # REPL: `> ` prompt, /reset, /quit or EOF
+    python -m harness.chat --best [--track cpu]                 # the best run found so far (see below)
+
+--best asks the leaderboard (--db, else NANORESEARCH_DB) which run is best (`Store.best_runs`): the best seed of
+the fastest record entry of the track (without --track: of every track, the deepest model's first), else of the
+other entries, else the best search result (the lowest val_bpb at the deepest rung among experiments a search
+promoted or passed, and the searches' baselines). Run dirs live where they were made: the first of those runs whose
+run dir has a checkpoint on this machine is loaded, and a line on stderr says which and why.
 
 Which model: RUN_DIR itself when it is a chat run (config.json has "chat": true), else its chat run RUN_DIR/chat/
 when there is one (made by `python -m model.sft --from RUN_DIR`), else the base model of RUN_DIR. A line on
@@ -22,9 +29,9 @@ from typing import TextIO
 
 import torch
 
-from model.checkpoint import RunDirError, load_model
+from model.checkpoint import RunDirError, latest_checkpoint, load_model
 from model.cli import ArgumentParser
-from model.engine import Engine
+from model.engine import Engine, ReplyStream
 
 
 def resolve_run(run_dir: Path) -> tuple[Path, bool]:
@@ -45,99 +52,6 @@ def _is_chat(config_path: Path) -> bool:
         return json.loads(config_path.read_text()).get("chat") is True
     except (json.JSONDecodeError, AttributeError) as e:
         raise RunDirError(f"{config_path}: malformed ({e})") from None
-
-
-class ReplyStream:
-    """Turns the engine's (token, mask) stream of one reply into display text, and into the assistant message's
-    parts (text, python call, python output) so the reply can be put back into the conversation faithfully.
-
-    Text is decoded incrementally: a byte-level token can end in the middle of a UTF-8 character, so the
-    undecodable tail (U+FFFD) is held back until the next token completes it."""
-
-    def __init__(self, tokenizer):
-        self.tok = tokenizer
-        sid = tokenizer.special_id
-        self.python_start, self.python_end = sid("<|python_start|>"), sid("<|python_end|>")
-        self.output_start, self.output_end = sid("<|output_start|>"), sid("<|output_end|>")
-        self.parts: list[dict] = []
-        self._text: list[int] = []   # tokens of the current text part
-        self._shown = 0              # characters of the current text part already displayed
-        self._python: list[int] | None = None
-        self._output: list[int] | None = None
-        self._pending_call: str | None = None  # a finished python call whose output may follow
-        self._display: list[str] = []
-
-    def feed(self, token: int, mask: int) -> str:
-        """Consume one token; return the text to display now."""
-        delta = self._feed(token, mask)
-        self._display.append(delta)
-        return delta
-
-    def finish(self) -> str:
-        """End of the reply: flush whatever is still held back."""
-        delta = ""
-        if self._pending_call is not None or self._output is not None:
-            delta += self._close_call(None if self._output is None else self.tok.decode(self._output))
-        if self._python is not None:  # a call the reply never closed
-            delta += self._abandon_call()
-        delta += self._flush_text(final=True)
-        self._display.append(delta)
-        return delta
-
-    @property
-    def text(self) -> str:
-        """Everything displayed so far: the reply as plain text, calls shown as [calc ...]."""
-        return "".join(self._display)
-
-    def _feed(self, token: int, mask: int) -> str:
-        if self._output is not None:  # inside the tool's forced output block
-            if token == self.output_end:
-                return self._close_call(self.tok.decode(self._output))
-            self._output.append(token)
-            return ""
-        shown = ""
-        if self._pending_call is not None:
-            if token == self.output_start and mask == 0:
-                self._output = []
-                return ""
-            shown = self._close_call(None)  # no output followed the call: the calculator refused it
-        if self._python is not None:
-            if token == self.python_end:
-                self._pending_call, self._python = self.tok.decode(self._python), None
-            elif token == self.python_start:  # a new call before this one ended: the engine drops this one too
-                shown += self._abandon_call()
-                self._python = []
-            else:
-                self._python.append(token)
-            return shown
-        if token == self.python_start:
-            self._python = []
-            return shown + self._flush_text(final=True)
-        self._text.append(token)
-        return shown + self._flush_text(final=False)
-
-    def _flush_text(self, final: bool) -> str:
-        text = self.tok.decode(self._text)
-        end = len(text) if final else len(text.rstrip("\ufffd"))
-        delta, self._shown = text[self._shown:end], max(self._shown, end)
-        if final:
-            if text:
-                self.parts.append({"type": "text", "text": text})
-            self._text, self._shown = [], 0
-        return delta
-
-    def _abandon_call(self) -> str:
-        expression, self._python = self.tok.decode(self._python), None
-        self.parts.append({"type": "python", "text": expression})
-        return f"[calc {expression} ...]"
-
-    def _close_call(self, output: str | None) -> str:
-        expression, self._pending_call, self._output = self._pending_call, None, None
-        self.parts.append({"type": "python", "text": expression})
-        if output is None:
-            return f"[calc {expression} = refused]"
-        self.parts.append({"type": "python_output", "text": output})
-        return f"[calc {expression} = {output}]"
 
 
 @dataclass
@@ -227,7 +141,11 @@ def repl(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m harness.chat", description="Chat with (or complete text from) a trained model.")
-    p.add_argument("--run", required=True, help="a run dir: its chat model when it has one, else its base model")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="a run dir: its chat model when it has one, else its base model")
+    which.add_argument("--best", action="store_true", help="the best run in the leaderboard with a checkpoint here")
+    p.add_argument("--track", default=None, help="with --best: the best of this leaderboard track")
+    p.add_argument("--db", default=None, help="with --best: database URL (env NANORESEARCH_DB; default sqlite:///nanoresearch.db)")
     p.add_argument("-p", "--prompt", default=None, help="one prompt: print the reply and exit")
     p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (0 = all)")
@@ -238,7 +156,35 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    return any((d / "config.json").is_file() and latest_checkpoint(d) is not None for d in (run_dir, run_dir / "chat"))
+
+
+def best_run(db: str | None, track: str | None) -> tuple[Path, dict, int]:
+    """(run dir, its leaderboard row with `why`, how many better-ranked runs have no checkpoint on this machine)."""
+    from leaderboard import LeaderboardError, Store
+    try:
+        with Store(db, read_only=True) as store:
+            if store.schema_version == 0:
+                raise ValueError(f"--best: {store.url_text} holds no leaderboard yet (run a search or a speedrun first)")
+            tracks = [t["name"] for t in store.tracks()]
+            if track is not None and track not in tracks:
+                raise ValueError(f"--track {track!r}: no such track in {store.url_text} (expected one of "
+                                 f"{', '.join(tracks) or 'none: run a speedrun first'})")
+            candidates = store.best_runs(track)
+    except LeaderboardError as e:
+        raise ValueError(f"--best: {e}") from None
+    for skipped, row in enumerate(candidates):
+        if has_checkpoint(Path(row["run_dir"])):
+            return Path(row["run_dir"]), row, skipped
+    raise RunDirError(f"--best: none of the {len(candidates)} ranked runs{f' of track {track!r}' if track else ''} in "
+                      f"{store.url_text} has a checkpoint on this machine (expected run dirs made here; or use --run)")
+
+
 def load_session(args: argparse.Namespace) -> ChatSession:
+    best, track = getattr(args, "best", False), getattr(args, "track", None)  # callers may build args by hand
+    if track is not None and not best:
+        raise ValueError(f"--track {track}: only with --best")
     if not (args.temperature >= 0):
         raise ValueError(f"--temperature {args.temperature}: expected a number >= 0")
     if args.top_k < 0:
@@ -248,6 +194,12 @@ def load_session(args: argparse.Namespace) -> ChatSession:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
+    if best:
+        run_dir, row, skipped = best_run(getattr(args, "db", None), track)
+        print(f"chat: best run {run_dir} (experiment {row['experiment_id']}, rung {row['rung']}, seed {row['seed']}): "
+              f"{row['why']}" + (f"; {skipped} better-ranked runs have no checkpoint here" if skipped else ""),
+              file=sys.stderr)
+        args.run = str(run_dir)
     run_dir, chat = resolve_run(Path(args.run))
     try:
         model, tokenizer, meta = load_model(run_dir, device)

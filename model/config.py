@@ -190,7 +190,7 @@ class TrainConfig:
     eval_every: int = 250            # steps between val bpb evaluations (and at the end)
     eval_tokens: int = 10485760      # val tokens per evaluation
     core_every: int = 0              # steps between CORE evaluations (0 = off)
-    core_max_per_task: int = 500     # examples per CORE task during training
+    core_max_per_task: int = 500     # examples per CORE task during training (0 = all)
     save_every: int = 0              # steps between checkpoints (0 = only at the end)
     compile: bool = False            # torch.compile the model
     scale_wd_to_horizon: bool = True  # rescale weight decay from d12's horizon to this run's (T_epoch rule)

@@ -22,6 +22,9 @@ passed to `model.calculator.run_calculator`. If it returns a result, `<|output_s
 like any other token (the model's own prediction at those steps is discarded). A refused or failing expression
 forces nothing: the sample just continues after `<|python_end|>`, and the model sees no output block.
 
+`ReplyStream` turns one sample's (token, mask) stream into display text (calls shown as `[calc 12*7 = 84]`) and
+into the assistant message's parts, for whatever shows replies (the chat CLI, the dashboard's Chat page).
+
 `python -m model.engine bench --run RUN_DIR [--depth 4 --sequence-len 512]` measures decode tokens/s with and
 without the KV cache.
 """
@@ -174,6 +177,103 @@ class Engine:
                 results[i].append(token)
                 masks[i].append(mask)
         return results, masks
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Showing a reply: the CLI (harness.chat) and the dashboard's Chat page both stream through this.
+
+
+class ReplyStream:
+    """Turns the engine's (token, mask) stream of one reply into display text, and into the assistant message's
+    parts (text, python call, python output) so the reply can be put back into the conversation faithfully.
+
+    Text is decoded incrementally: a byte-level token can end in the middle of a UTF-8 character, so the
+    undecodable tail (U+FFFD) is held back until the next token completes it."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        sid = tokenizer.special_id
+        self.python_start, self.python_end = sid("<|python_start|>"), sid("<|python_end|>")
+        self.output_start, self.output_end = sid("<|output_start|>"), sid("<|output_end|>")
+        self.parts: list[dict] = []
+        self._text: list[int] = []   # tokens of the current text part
+        self._shown = 0              # characters of the current text part already displayed
+        self._python: list[int] | None = None
+        self._output: list[int] | None = None
+        self._pending_call: str | None = None  # a finished python call whose output may follow
+        self._display: list[str] = []
+
+    def feed(self, token: int, mask: int) -> str:
+        """Consume one token; return the text to display now."""
+        delta = self._feed(token, mask)
+        self._display.append(delta)
+        return delta
+
+    def finish(self) -> str:
+        """End of the reply: flush whatever is still held back."""
+        delta = ""
+        if self._pending_call is not None or self._output is not None:
+            delta += self._close_call(None if self._output is None else self.tok.decode(self._output))
+        if self._python is not None:  # a call the reply never closed
+            delta += self._abandon_call()
+        delta += self._flush_text(final=True)
+        self._display.append(delta)
+        return delta
+
+    @property
+    def text(self) -> str:
+        """Everything displayed so far: the reply as plain text, calls shown as [calc ...]."""
+        return "".join(self._display)
+
+    def _feed(self, token: int, mask: int) -> str:
+        if self._output is not None:  # inside the tool's forced output block
+            if token == self.output_end:
+                return self._close_call(self.tok.decode(self._output))
+            self._output.append(token)
+            return ""
+        shown = ""
+        if self._pending_call is not None:
+            if token == self.output_start and mask == 0:
+                self._output = []
+                return ""
+            shown = self._close_call(None)  # no output followed the call: the calculator refused it
+        if self._python is not None:
+            if token == self.python_end:
+                self._pending_call, self._python = self.tok.decode(self._python), None
+            elif token == self.python_start:  # a new call before this one ended: the engine drops this one too
+                shown += self._abandon_call()
+                self._python = []
+            else:
+                self._python.append(token)
+            return shown
+        if token == self.python_start:
+            self._python = []
+            return shown + self._flush_text(final=True)
+        self._text.append(token)
+        return shown + self._flush_text(final=False)
+
+    def _flush_text(self, final: bool) -> str:
+        text = self.tok.decode(self._text)
+        end = len(text) if final else len(text.rstrip("\ufffd"))
+        delta, self._shown = text[self._shown:end], max(self._shown, end)
+        if final:
+            if text:
+                self.parts.append({"type": "text", "text": text})
+            self._text, self._shown = [], 0
+        return delta
+
+    def _abandon_call(self) -> str:
+        expression, self._python = self.tok.decode(self._python), None
+        self.parts.append({"type": "python", "text": expression})
+        return f"[calc {expression} ...]"
+
+    def _close_call(self, output: str | None) -> str:
+        expression, self._pending_call, self._output = self._pending_call, None, None
+        self.parts.append({"type": "python", "text": expression})
+        if output is None:
+            return f"[calc {expression} = refused]"
+        self.parts.append({"type": "python_output", "text": output})
+        return f"[calc {expression} = {output}]"
 
 
 # ----------------------------------------------------------------------------------------------------------------

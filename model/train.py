@@ -397,7 +397,7 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
             core_bundle = resolve_eval_bundle(args.eval_bundle)
         result = None
         if master:
-            result = evaluate_core(model, tokenizer, core_bundle, max_per_task=train.core_max_per_task, device=device,
+            result = evaluate_core(model, tokenizer, core_bundle, max_per_task=train.core_max_per_task or None, device=device,
                                    progress=False)
         if world > 1:
             box = [result["core"] if master else None]

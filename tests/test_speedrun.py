@@ -1,0 +1,278 @@
+"""`python -m harness.speedrun`: a 2-seed speedrun on a tiny track records an entry whose statistics are those of its
+runs' result.json files (recomputed here with scipy), references are recorded once, a rerun never repeats a finished
+seed, a failed seed is recorded and counts against the entry, the record rule, the track's job shape, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from experiments.catalog import load_recipe, load_tier, load_track
+from harness.executors import Executor
+from harness.experiment import Experiment
+from harness.jobs import Job
+from harness.speedrun import CORE_AT_END_ONLY, main, summarize, track_overrides, track_rung
+from leaderboard import Store
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = 4.2       # measured: 30 steps at depth 1 end near val_bpb 4.05-4.09 and pass 4.2 by step 20
+REFERENCE_S = 1e6  # a published reference entry far slower than any tiny run
+
+TIER = """
+name = "tiny"
+description = "test tier: a few dozen steps at depth 1"
+train_tier = "cpu"
+[baseline]
+vocab_size = 1024
+tokenizer_max_chars = 2500000
+sequence_len = 64
+head_dim = 64
+device_batch_size = 4
+total_batch_size = 256
+eval_tokens = 2048
+eval_every = 0
+log_every = 0
+warmup_steps = 2
+embedding_lr = 3.0
+unembedding_lr = 0.1
+scalar_lr = 8.0
+matrix_lr = 0.32
+[[rungs]]
+name = "d1"
+depth = 1
+num_iterations = 30
+seeds = 2
+"""
+
+TRACK = """
+name = "tiny"
+description = "test track"
+tier = "{tier}"
+depth = 1
+metric = "val_bpb"
+target = {target}
+hardware = "cpu (test)"
+num_iterations = 30
+[overrides]
+eval_every = 10
+[[references]]
+name = "published tiny"
+date = "2026-01-01"
+seeds = 1
+val_bpb = 4.25
+total_training_time = {reference}
+source = "a test reference"
+"""
+
+
+def speedrun(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    data = (root / "data").read_text()
+    cmd = [sys.executable, "-m", "harness.speedrun", "--db", f"sqlite:///{root / 'lb.db'}", "--runs-dir",
+           str(root / "runs"), "--data", data, *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory, shared_data, tiny_tokenizer):
+    """The track files and a finished 2-seed speedrun of the baseline recipe."""
+    root = tmp_path_factory.mktemp("speedrun")
+    (root / "data").write_text(str(shared_data))  # where speedrun() finds the pretraining shards
+    (root / "tier.toml").write_text(TIER)
+    (root / "track.toml").write_text(TRACK.format(tier=root / "tier.toml", target=TARGET, reference=REFERENCE_S))
+    proc = speedrun(root, "--track", str(root / "track.toml"), "--recipe", "baseline", "--seeds", "2", "--parallel", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root, proc
+
+
+def count_launches(run_dir: Path) -> int:
+    log = Path(run_dir) / "train.log"
+    return log.read_text().count("\n$ ") if log.exists() else 0
+
+
+def entries(root) -> list[dict]:
+    return Store(f"sqlite:///{root / 'lb.db'}").leaderboard("tiny")
+
+
+def test_entry_statistics_are_those_of_the_runs(first):
+    root, proc = first
+    store = Store(f"sqlite:///{root / 'lb.db'}")
+    mine = [e for e in entries(root) if e["experiment_id"] is not None]
+    assert len(mine) == 1
+    entry = mine[0]
+    runs = sorted(store.runs(rung="track:tiny"), key=lambda r: r["seed"])
+    assert [r["seed"] for r in runs] == [0, 1] and all(r["status"] == "ok" for r in runs)
+    assert sorted(entry["run_ids"]) == sorted(r["id"] for r in runs)
+    results = [json.loads((Path(r["run_dir"]) / "result.json").read_text()) for r in runs]
+    val = np.array([x["val_bpb"] for x in results])
+    times = np.array([x["time_to_target"] for x in results])
+    assert (times > 0).all() and (times < np.array([x["total_training_time"] for x in results])).all()  # met mid-run
+    assert entry["metric_mean"] == pytest.approx(val.mean()) and entry["metric_std"] == pytest.approx(val.std(ddof=1))
+    assert entry["time_to_target_mean"] == pytest.approx(times.mean())
+    assert entry["time_to_target_std"] == pytest.approx(times.std(ddof=1))
+    p = stats.ttest_1samp(val, TARGET, alternative="less").pvalue
+    assert entry["p_value"] == pytest.approx(p)
+    assert entry["is_record"] == bool(p < 0.01 and times.mean() < REFERENCE_S)  # the reference is the record to beat
+    assert entry["seeds"] == 2 and entry["recipe"] == "baseline (baseline)"  # every seed reached it: no note
+    assert "--track" in entry["command"] and "--recipe baseline --seeds 2" in entry["command"]
+    config = json.loads((Path(runs[0]["run_dir"]) / "config.json").read_text())
+    assert entry["code_version"] == config["code_version"]
+    assert config["depth"] == 1 and str(config["overrides"]["eval_every"]) == "10" and config["target"] == f"val_bpb<={TARGET}"
+    experiment = store.experiment(entry["experiment_id"])
+    assert experiment["proposer"] == "baseline" and experiment["extra"]["recipe"] == "baseline"
+    assert experiment["extra"]["tier"] == "tiny"
+    assert f"p = {p:.3g}" in proc.stdout and ("RECORD" if entry["is_record"] else "no record") in proc.stdout
+    references = [e for e in entries(root) if e["source"] == "a test reference"]
+    assert len(references) == 1 and references[0]["is_record"] and references[0]["time_to_target_mean"] == REFERENCE_S
+
+
+def test_rerun_repeats_no_finished_seed_and_more_seeds_add_only_the_new_ones(first):
+    root, _ = first
+    track = str(root / "track.toml")
+    runs_before = {r["seed"]: r for r in Store(f"sqlite:///{root / 'lb.db'}").runs(rung="track:tiny")}
+    n_entries = len(entries(root))
+    again = speedrun(root, "--track", track, "--recipe", "baseline", "--seeds", "2")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "2 already finished" in again.stdout and "already records these runs" in again.stdout
+    assert len(entries(root)) == n_entries  # no second entry for the same runs
+    assert all(count_launches(r["run_dir"]) == 1 for r in runs_before.values())
+
+    more = speedrun(root, "--track", track, "--recipe", "baseline", "--seeds", "3")
+    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
+    runs = {r["seed"]: r for r in Store(f"sqlite:///{root / 'lb.db'}").runs(rung="track:tiny")}
+    assert sorted(runs) == [0, 1, 2] and all(count_launches(runs_before[s]["run_dir"]) == 1 for s in (0, 1))
+    assert count_launches(runs[2]["run_dir"]) == 1
+    latest = entries(root)
+    assert len(latest) == n_entries + 1
+    three = next(e for e in latest if e["seeds"] == 3)
+    assert sorted(three["run_ids"]) == sorted(r["id"] for r in runs.values())
+    assert len([e for e in latest if e["source"] == "a test reference"]) == 1  # the reference is never duplicated
+
+
+def test_a_failed_seed_is_recorded_and_the_entry_is_no_record(first):
+    root, _ = first
+    store = Store(f"sqlite:///{root / 'lb.db'}")
+    # One attention head at depth 1 (dim 64, head_dim 64) cannot have two kv heads: the run fails at start-up.
+    broken = Experiment(tweaks={"n_kv_head": 2}, tier="tiny", code_version="an older commit", name="two kv heads")
+    store.record_experiment(broken.record())
+    proc = speedrun(root, "--track", str(root / "track.toml"), "--experiment", broken.id[:10], "--seeds", "1")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "proposed on code an older commit" in proc.stdout
+    run = store.runs(experiment_id=broken.id, details=True)
+    assert len(run) == 1 and run[0]["status"] == "crash" and run[0]["reason"] and run[0]["rung"] == "track:tiny"
+    assert "n_kv_head" in (run[0]["log_tail"] or "")
+    entry = next(e for e in entries(root) if e["experiment_id"] == broken.id)
+    assert not entry["is_record"] and entry["metric_mean"] is None and entry["time_to_target_mean"] is None
+    assert entry["recipe"] == "two kv heads [0/1 seeds reached the target, 1 failed]"
+    assert "not a record: 1 of 1 seeds failed (seed 0 crash" in proc.stdout
+
+
+# --- the record rule ---------------------------------------------------------------------------------------------
+
+def rows(values, times, statuses=None):
+    statuses = statuses or ["ok"] * len(values)
+    return [{"seed": i, "status": s, "reason": None if s == "ok" else "boom", "val_bpb": v, "core": v,
+             "time_to_target": t} for i, (v, t, s) in enumerate(zip(values, times, statuses))]
+
+
+def test_a_significant_entry_is_the_first_record_or_must_beat_the_record():
+    values = [2.20, 2.21, 2.19]
+    s = summarize(rows(values, [10.0, 12.0, 11.0]), 3, "val_bpb", 2.3, record=None)
+    assert s.p_value == pytest.approx(stats.ttest_1samp(values, 2.3, alternative="less").pvalue)
+    assert s.p_value < 0.01 and s.is_record and "first record" in s.why
+    assert (s.time_to_target_mean, s.time_to_target_std) == (pytest.approx(11.0), pytest.approx(1.0))
+    slower = summarize(rows(values, [10.0, 12.0, 11.0]), 3, "val_bpb", 2.3,
+                       record={"id": 7, "recipe": "ref", "time_to_target_mean": 11.0})
+    assert not slower.is_record and "does not beat the record's 11.0 s (entry #7, ref)" in slower.why
+    faster = summarize(rows(values, [10.0, 12.0, 11.0]), 3, "val_bpb", 2.3,
+                       record={"id": 7, "recipe": "ref", "time_to_target_mean": 11.5})
+    assert faster.is_record and "beats the record's 11.5 s" in faster.why
+
+
+def test_core_is_tested_upwards_and_noise_is_not_a_record():
+    values = [0.270, 0.268, 0.269]
+    s = summarize(rows(values, [5.0] * 3), 3, "core", 0.2565, record=None)
+    assert s.p_value == pytest.approx(stats.ttest_1samp(values, 0.2565, alternative="greater").pvalue) and s.is_record
+    noisy = [0.25, 0.27, 0.258]
+    n = summarize(rows(noisy, [5.0] * 3), 3, "core", 0.2565, record=None)
+    assert n.p_value == pytest.approx(stats.ttest_1samp(noisy, 0.2565, alternative="greater").pvalue)
+    assert n.p_value > 0.01 and not n.is_record and "not significantly > the target" in n.why
+
+
+def test_seeds_that_fail_or_miss_the_target_count_against_the_entry():
+    missed = summarize(rows([2.20, 2.21, 2.25], [10.0, 12.0, None]), 3, "val_bpb", 2.3, record=None)
+    assert not missed.is_record and "1 of 3 seeds never reached the target" in missed.why
+    assert missed.time_to_target_mean == pytest.approx(11.0) and missed.reached == 2 and missed.metric_n == 3
+    assert missed.note() == " [2/3 seeds reached the target]"
+    failed = summarize(rows([2.20, 2.21, None], [10.0, 12.0, None], ["ok", "ok", "diverged"]), 3, "val_bpb", 2.3, None)
+    assert not failed.is_record and failed.why.startswith("not a record: 1 of 3 seeds failed (seed 2 diverged: boom)")
+    assert failed.metric_n == 2 and failed.metric_mean == pytest.approx(2.205)
+    single = summarize(rows([2.0], [3.0]), 1, "val_bpb", 2.3, record=None)
+    assert single.p_value is None and not single.is_record and "at least 2 seeds" in single.why
+
+
+# --- the track's jobs --------------------------------------------------------------------------------------------
+
+def test_the_gpt2_track_runs_torchrun_on_one_8_gpu_node_with_core_during_training(tmp_path):
+    track = load_track("gpt2-8xh100")
+    tier = load_tier(track.tier)
+    exp = Experiment(tweaks={"smear": False}, tier=tier.name)
+    overrides = track_overrides(track, tier, load_recipe("baseline"), exp)
+    assert overrides["core_max_per_task"] == 0 and overrides["smear"] is False
+    rung = track_rung(track, seeds=3)
+    job = Job(experiment_id=exp.id, rung=rung, slot=1, seed=1, run_dir=tmp_path / "seed1", train_tier=tier.train_tier,
+              overrides=overrides)
+    command = job.command()
+    assert f"--nproc_per_node={track.devices}" in command and command[0].endswith("torchrun")
+    flags = dict(zip(command, command[1:]))
+    assert flags["--depth"] == "24" and flags["--param-data-ratio"] == "12" and flags["--rung"] == "track:gpt2-8xh100"
+    assert flags["--target"] == "core>=0.256525" and flags["--core-every"] == "3000" and flags["--seed"] == "1"
+    script = Executor("slurm", tmp_path / "submitit").sbatch_script(job)
+    assert "#SBATCH --gpus-per-node=8" in script and "#SBATCH --nodes=1" in script
+
+
+def test_a_core_track_without_a_period_evaluates_core_at_the_end_only():
+    cpu = load_track("cpu")
+    assert track_rung(cpu, 2).core_every is None  # val_bpb track without a CORE subset: no CORE at all
+    from dataclasses import replace
+    assert track_rung(replace(cpu, core_max_per_task=100), 2).core_every == CORE_AT_END_ONLY
+
+
+# --- the tracks and their references; bad input --------------------------------------------------------------------
+
+def test_list_records_the_published_references_once(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'lb.db'}"
+    assert main(["--list", "--db", url]) == 0
+    assert main(["--list", "--db", url]) == 0
+    out = capsys.readouterr().out
+    assert "gpt2-8xh100" in out and "4 published references recorded now" in out and out.count("recorded now") == 1
+    board = Store(url).leaderboard("gpt2-8xh100")
+    references = load_track("gpt2-8xh100").references
+    assert len(board) == len(references) and all(e["is_record"] and e["source"] for e in board)
+    run4 = next(e for e in board if e["recipe"].startswith("nanochat Run 4"))
+    assert (run4["time_to_target_mean"], run4["metric_mean"], run4["seeds"]) == (8976, 0.26775, 2)
+    assert board[0]["rank"] == 1 and board[0]["recipe"] == run4["recipe"]  # the fastest published run leads
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--track", "moon"], "unknown track 'moon'"),
+    (["--track", "cpu", "--seeds", "0"], "--seeds 0"),
+    (["--track", "cpu", "--recipe", "nope"], "unknown recipe 'nope'"),
+    (["--track", "cpu", "--experiment", "deadbeef0000"], "--experiment 'deadbeef0000'"),
+    (["--seeds", "2"], "--track is required"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, argv, needle):
+    assert main([*argv, "--db", f"sqlite:///{tmp_path / 'lb.db'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and "\n" not in err, err
+
+
+def test_recipe_and_experiment_together_are_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--track", "cpu", "--recipe", "baseline", "--experiment", "abc"])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
