@@ -3,6 +3,8 @@
 Each proposer turns the search's state into `Proposal`s (tweaks + a rationale) and is told how they did:
 - optuna (harness/proposers/optuna_tpe.py): TPE over the search space, its study stored in the same database;
   every proposal from anywhere is entered into the same study, so TPE learns from all of them.
+- agent (harness/proposers/agent.py): Claude, through the Anthropic API, proposes from the search's own history;
+  its proposals enter the Optuna study too.
 - aa (harness/proposers/aa.py): null proposals identical to the baseline, to measure the ladder's
   false-promotion rate.
 """
