@@ -35,6 +35,36 @@ class SlurmOptions:
     setup: list[str] = field(default_factory=list)  # shell lines before the job (module load, venv activation)
     extra: dict[str, str] = field(default_factory=dict)  # any other sbatch option: {"mem": "0", "exclusive": ""}
 
+    # submitit asks SLURM for USR2 this long before the time limit, to checkpoint and requeue; a limit shorter than
+    # that would be signalled (and requeued) at once, again and again.
+    SIGNAL_DELAY_S = 120
+    MIN_TIME_MIN = 3
+
+    @classmethod
+    def add_arguments(cls, parser, what: str = "rung") -> None:
+        """The --slurm-* flags, the same for every command that submits jobs."""
+        parser.add_argument("--slurm-partition", default=None)
+        parser.add_argument("--slurm-account", default=None)
+        parser.add_argument("--slurm-time", type=int, default=None, help=f"minutes per job (default: from the {what}'s budget)")
+        parser.add_argument("--slurm-gpus-per-node", type=int, default=None, help=f"default: the {what}'s devices")
+        parser.add_argument("--slurm-cpus-per-task", type=int, default=None)
+        parser.add_argument("--slurm-setup", action="append", default=[], help="shell line run before each job (repeatable)")
+        parser.add_argument("--slurm-arg", action="append", default=[], help="extra sbatch option, e.g. mem=64G (repeatable)")
+
+    @classmethod
+    def from_args(cls, args) -> SlurmOptions:
+        """SlurmOptions from the --slurm-* flags; a bad value is a one-line ValueError naming the flag."""
+        if args.slurm_time is not None and args.slurm_time < cls.MIN_TIME_MIN:
+            raise ValueError(f"--slurm-time {args.slurm_time}: expected at least {cls.MIN_TIME_MIN} minutes (jobs are "
+                             f"warned {cls.SIGNAL_DELAY_S} s before their limit to checkpoint and requeue)")
+        for flag in ("slurm_gpus_per_node", "slurm_cpus_per_task"):
+            value = getattr(args, flag)
+            if value is not None and value < 0:
+                raise ValueError(f"--{flag.replace('_', '-')} {value}: expected a non-negative integer")
+        return cls(partition=args.slurm_partition, account=args.slurm_account, time_min=args.slurm_time,
+                   gpus_per_node=args.slurm_gpus_per_node, cpus_per_task=args.slurm_cpus_per_task,
+                   setup=list(args.slurm_setup), extra=cls.parse_extra(args.slurm_arg))
+
     @classmethod
     def parse_extra(cls, items: list[str]) -> dict[str, str]:
         """['mem=64G', 'exclusive'] -> {'mem': '64G', 'exclusive': ''} (sbatch option names without --)."""
@@ -80,7 +110,7 @@ class Executor:
         gpus = s.gpus_per_node if s.gpus_per_node is not None else (job.rung.devices if job.train_tier == "gpu" else 0)
         params = dict(time=s.time_min or timeout_min + 5, nodes=job.rung.nodes, ntasks_per_node=1,
                       job_name=f"nanoresearch-{job.experiment_id}-{job.rung.name}-s{job.seed}",
-                      signal_delay_s=120, use_srun=True)
+                      signal_delay_s=SlurmOptions.SIGNAL_DELAY_S, use_srun=True)
         if gpus:
             params["gpus_per_node"] = gpus
         for key in ("partition", "account", "cpus_per_task", "qos", "constraint"):

@@ -89,6 +89,14 @@ class Job:
         return command
 
 
+def ignore_slurm_warning() -> None:
+    """In the training process, before exec: ignore SIGUSR2. SLURM sends its time-limit warning (submitit asks for
+    USR2 before the limit) to every process of the job, and USR2's default action would kill model.train (and
+    torchrun's workers: an ignored signal stays ignored across exec) before TrainingJob.checkpoint can stop it
+    gracefully with SIGTERM, so nothing would be saved for the requeued job to resume."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 def pid_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / ".train.pid"
 
@@ -144,7 +152,8 @@ class TrainingJob:
             # A new session: the whole process tree (torchrun and its workers) can be signalled at once, by this
             # job or, through the pid file, by the search that launched it.
             self._proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                          env=clean_env(self.env), start_new_session=True)
+                                          env=clean_env(self.env), start_new_session=True,
+                                          preexec_fn=ignore_slurm_warning)
             pid_file(self.run_dir).write_text(str(self._proc.pid))
             timed_out = False
             try:

@@ -74,13 +74,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--agent-batch", type=int, default=2, metavar="K", help="proposals asked of the agent per call")
     p.add_argument("--allow-patches", action="store_true",
                    help="the agent may also propose code patches to model/*.py (tried in git worktrees, never in your tree)")
-    p.add_argument("--slurm-partition", default=None)
-    p.add_argument("--slurm-account", default=None)
-    p.add_argument("--slurm-time", type=int, default=None, help="minutes per job (default: from the rung's budget)")
-    p.add_argument("--slurm-gpus-per-node", type=int, default=None, help="default: the rung's devices")
-    p.add_argument("--slurm-cpus-per-task", type=int, default=None)
-    p.add_argument("--slurm-setup", action="append", default=[], help="shell line run before each job (repeatable)")
-    p.add_argument("--slurm-arg", action="append", default=[], help="extra sbatch option, e.g. mem=64G (repeatable)")
+    SlurmOptions.add_arguments(p, "rung")
     return p
 
 
@@ -631,6 +625,10 @@ def run(args) -> int:
                           f"{existing.get('space')!r}; use another --name for a different search")
 
     # Data and tokenizer once, here, so parallel jobs never race to train the same tokenizer.
+    try:
+        slurm = SlurmOptions.from_args(args)
+    except ValueError as e:
+        raise SearchError(str(e)) from None
     source = prepare_data(args.data, tier)
     from model.config import TIERS, TrainConfig
     tier_values = {**TIERS[tier.train_tier], **baseline_values}
@@ -644,9 +642,6 @@ def run(args) -> int:
     config = {**{k: v for k, v in vars(args).items() if k not in ("slurm_setup",)}, "baseline_experiment_id": baseline_id,
               "rungs": [r.name for r in tier.rungs]}
     search_id = store.start_search(name, tier=tier.name, space=args.space, proposer=proposer_kind, config=config)
-    slurm = SlurmOptions(partition=args.slurm_partition, account=args.slurm_account, time_min=args.slurm_time,
-                         gpus_per_node=args.slurm_gpus_per_node, cpus_per_task=args.slurm_cpus_per_task,
-                         setup=list(args.slurm_setup), extra=SlurmOptions.parse_extra(args.slurm_arg))
     env = {}
     if tier.train_tier == "cpu" and args.executor == "local" and args.parallel > 1:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.parallel))  # jobs share the cores

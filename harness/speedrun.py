@@ -83,13 +83,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--parallel", type=int, default=None,
                    help="seeds running at once (default: all of them on SLURM, else 1: runs sharing a machine would "
                         "slow each other's clock)")
-    p.add_argument("--slurm-partition", default=None)
-    p.add_argument("--slurm-account", default=None)
-    p.add_argument("--slurm-time", type=int, default=None, help="minutes per job (default: from the track's horizon)")
-    p.add_argument("--slurm-gpus-per-node", type=int, default=None, help="default: the track's devices")
-    p.add_argument("--slurm-cpus-per-task", type=int, default=None)
-    p.add_argument("--slurm-setup", action="append", default=[], help="shell line run before each job (repeatable)")
-    p.add_argument("--slurm-arg", action="append", default=[], help="extra sbatch option, e.g. mem=64G (repeatable)")
+    SlurmOptions.add_arguments(p, "track")
     return p
 
 
@@ -409,6 +403,10 @@ def run(args) -> int:
         raise SpeedrunError(f"--seeds {args.seeds}: expected a positive integer")
     if args.parallel is not None and args.parallel < 1:
         raise SpeedrunError(f"--parallel {args.parallel}: expected a positive integer")
+    try:
+        slurm = SlurmOptions.from_args(args)
+    except ValueError as e:
+        raise SpeedrunError(str(e)) from None
     track = load_track(args.track)
     tier = load_tier(track.tier)
     rung = track_rung(track, args.seeds)
@@ -452,9 +450,6 @@ def run(args) -> int:
             env["NANORESEARCH_EVAL_BUNDLE"] = str(Path(args.eval_bundle).resolve())
         if tier.train_tier == "cpu" and args.executor == "local" and parallel > 1:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))  # seeds share the cores
-        slurm = SlurmOptions(partition=args.slurm_partition, account=args.slurm_account, time_min=args.slurm_time,
-                             gpus_per_node=args.slurm_gpus_per_node, cpus_per_task=args.slurm_cpus_per_task,
-                             setup=list(args.slurm_setup), extra=SlurmOptions.parse_extra(args.slurm_arg))
         executor = Executor(args.executor, runs_root / "submitit", slurm, env)
         estimate = rung.time_budget * 1.5 + 60 if rung.time_budget is not None else None
         if not run_jobs(jobs, executor, store, parallel, estimate):

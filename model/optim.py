@@ -81,6 +81,10 @@ def orthogonalize(G: Tensor, method: str = "polar_express", steps: int = 5, safe
     return X.to(G.dtype)
 
 
+def _undecorated(fn):
+    return getattr(fn, "__wrapped__", fn)
+
+
 class MuonAdamW(torch.optim.Optimizer):
     """param_groups: dicts with 'params', 'kind' ('adamw' | 'muon'), 'lr', 'weight_decay' and:
     adamw: 'betas', 'eps';  muon: 'momentum' and the Muon variant switches (see build_optimizer).
@@ -95,6 +99,17 @@ class MuonAdamW(torch.optim.Optimizer):
                 shapes = {tuple(p.shape) for p in group["params"]}
                 assert len(shapes) == 1 and len(next(iter(shapes))) == 2, f"a Muon group needs one 2-D shape, got {shapes}"
         super().__init__(param_groups, defaults={})
+
+    # torch wraps these in torch._disable_dynamo, whose first call imports all of torch._dynamo: 1.4 s of every
+    # training process's start-up on a CPU, for an optimizer that is never compiled. Call the plain functions.
+    def add_param_group(self, param_group: dict) -> None:
+        _undecorated(torch.optim.Optimizer.add_param_group)(self, param_group)
+
+    def state_dict(self) -> dict:
+        return _undecorated(torch.optim.Optimizer.state_dict)(self)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        _undecorated(torch.optim.Optimizer.load_state_dict)(self, state_dict)
 
     @torch.no_grad()
     def step(self) -> None:

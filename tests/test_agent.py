@@ -21,7 +21,7 @@ import pytest
 from experiments.catalog import load_recipe, load_tier
 from harness.experiment import Experiment
 from harness.jobs import Job, TrainingJob
-from harness.patches import SmokeTest, worktrees_root
+from harness.patches import SmokeTest, remove_worktree, worktrees_root
 from harness.proposers.agent import AgentConfig, AgentProposer, SearchContext
 from harness.proposers.optuna_tpe import OptunaProposer
 from harness.proposers.prices import cost_usd
@@ -512,6 +512,7 @@ def test_a_good_patch_is_tried_in_a_worktree_and_its_jobs_run_there(tmp_path, cl
     log = (run_dir / "train.log").read_text()
     assert returned["returncode"] == 0, log[-2000:]
     assert "PATCHED-MARKER" in log and json.loads((run_dir / "result.json").read_text())["status"] == "ok"
+    remove_worktree(repo, worktree)  # a checkout of the repo: it would hold this file's fake key for later scans
 
 
 # -----------------------------------------------------------------------------------------------------------

@@ -172,7 +172,7 @@ def test_a_crash_is_recorded_as_failed_with_its_reason(tmp_path, shared_data, to
 
 def test_a_second_process_on_the_same_run_dir_waits_for_the_first(tmp_path, shared_data, tokenizer_dir):
     out = tmp_path / "shared-dir"
-    cmd = train_cmd(out, shared_data, tokenizer_dir, "--num-iterations", "60", "--eval-every", "30", "--resume")
+    cmd = train_cmd(out, shared_data, tokenizer_dir, "--num-iterations", "800", "--eval-every", "400", "--resume")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
@@ -182,4 +182,4 @@ def test_a_second_process_on_the_same_run_dir_waits_for_the_first(tmp_path, shar
     assert first.wait(timeout=120) == 0
     assert second.returncode == 0, second.stderr[-2000:]
     assert "waiting for it to finish" in second.stderr and "nothing to do" in second.stderr
-    assert [p["step"] for p in metrics(out)] == [0, 30, 60]
+    assert [p["step"] for p in metrics(out)] == [0, 400, 800]
