@@ -100,6 +100,32 @@ def leaderboard_table(entries: list[dict[str, Any]], metric: str) -> tuple[pd.Da
     return pd.DataFrame(rows), unit
 
 
+BEST_RUNS_PER_DEPTH = 10
+
+
+def best_runs_table(runs: list[dict[str, Any]], names: Mapping[str, str],
+                    per_depth: int = BEST_RUNS_PER_DEPTH) -> pd.DataFrame:
+    """Every finished run competes here, whoever made it (a search, a speedrun, or `model.train` by hand then
+    `python -m leaderboard ingest`): the lowest final val_bpb first, within each depth (depth sets the model, so
+    only same-depth numbers compare). Training budgets differ between runs; the training time column says so."""
+    def group(r) -> str:  # runs recorded without a depth are grouped by their rung name
+        return f"d{r['depth']}" if r.get("depth") is not None else r["rung"]
+
+    ok = [r for r in runs if r["status"] == "ok" and _finite(r["val_bpb"])]
+    rows = []
+    for depth in sorted({group(r) for r in ok}, key=rung_key):
+        ranked = sorted((r for r in ok if group(r) == depth), key=lambda r: (r["val_bpb"], r["id"]))[:per_depth]
+        for rank, r in enumerate(ranked, 1):
+            rows.append({
+                "depth": depth, "#": rank, "run": names.get(r["experiment_id"], r["experiment_id"]),
+                "rung": r["rung"], "seed": r["seed"], "val_bpb": number(r["val_bpb"]), "CORE": number(r["core"]),
+                "training time": duration(r["total_training_time"]), "time to target": duration(r["time_to_target"]),
+                "date": date(r.get("finished_at") or r.get("started_at")), "details": experiment_link(r["experiment_id"]),
+            })
+    return pd.DataFrame(rows, columns=["depth", "#", "run", "rung", "seed", "val_bpb", "CORE", "training time",
+                                       "time to target", "date", "details"])
+
+
 # ------------------------------------------------------------------------------------------------ search
 
 def search_baseline(search: Mapping[str, Any], decisions: list[dict[str, Any]]) -> str | None:

@@ -13,46 +13,68 @@ url = db.current_url()
 st.title("Leaderboard")
 
 tracks = db.tracks(url)
-if not tracks:
-    db.empty_state(url, "No leaderboard tracks yet: a speedrun submission (`python -m harness.speedrun`) creates "
-                        "its track and first entry.")
+runs = db.runs(url, statuses=("ok",))
+if not tracks and not runs:
+    db.empty_state(url, "Nothing on the board yet: a speedrun submission (`python -m harness.speedrun`) creates a "
+                        "track and its first entry; runs from `python -m harness.search` or "
+                        "`python -m leaderboard ingest RUN_DIR` appear under Best runs.")
     st.stop()
 
-names = [t["name"] for t in tracks]
-wanted = st.query_params.get("track")
-name = st.selectbox("Track", names, index=names.index(wanted) if wanted in names else 0)
-st.query_params["track"] = name
-track = next(t for t in tracks if t["name"] == name)
 
-facts = [f"target: {fmt.metric_label(track['metric'])}"
-         + (f" {'≥' if track['metric'].lower() == 'core' else '≤'} {track['target']:g}" if track["target"] is not None else "")]
-if track["depth"] is not None:
-    facts.append(f"depth d{track['depth']}")
-if track["hardware"]:
-    facts.append(f"hardware: {track['hardware']}")
-if track["timing_rule"]:
-    facts.append(f"timing: {track['timing_rule']}")
-if track["description"]:
-    st.markdown(track["description"])
-st.caption(" · ".join(facts))
+def show_track() -> None:
+    names = [t["name"] for t in tracks]
+    wanted = st.query_params.get("track")
+    name = st.selectbox("Track", names, index=names.index(wanted) if wanted in names else 0)
+    st.query_params["track"] = name
+    track = next(t for t in tracks if t["name"] == name)
 
-entries = db.leaderboard(url, name)
-if not entries:
-    st.info(f"Track {name!r} has no entries yet.")
-    st.stop()
+    facts = [f"target: {fmt.metric_label(track['metric'])}"
+             + (f" {'≥' if track['metric'].lower() == 'core' else '≤'} {track['target']:g}" if track["target"] is not None else "")]
+    if track["depth"] is not None:
+        facts.append(f"depth d{track['depth']}")
+    if track["hardware"]:
+        facts.append(f"hardware: {track['hardware']}")
+    if track["timing_rule"]:
+        facts.append(f"timing: {track['timing_rule']}")
+    if track["description"]:
+        st.markdown(track["description"])
+    st.caption(" · ".join(facts))
 
-table, unit = fmt.leaderboard_table(entries, track["metric"])
-st.dataframe(
-    table, hide_index=True, placeholder=fmt.MISSING, width="stretch",
-    column_config={
-        "#": st.column_config.NumberColumn("#", help="rank by mean time to target (entries without one last)"),
-        f"time to target ({unit})": st.column_config.TextColumn(help="mean ± std over the entry's seeds"),
-        "record": st.column_config.TextColumn(help="★: a new record when it was submitted"),
-        "source": st.column_config.TextColumn(help="where a reference entry was published"),
-        "details": st.column_config.LinkColumn("details", display_text="experiment ↗",
-                                               help="the entry's experiment: its runs, decisions and patch"),
-    },
-)
-records = sum(1 for e in entries if e["is_record"])
-st.caption(f"{len(entries)} entries · {records} records · times are training time to the target "
-           "(mean ± std over seeds)")
+    entries = db.leaderboard(url, name)
+    if not entries:
+        st.info(f"Track {name!r} has no entries yet.")
+        return
+    table, unit = fmt.leaderboard_table(entries, track["metric"])
+    st.dataframe(
+        table, hide_index=True, placeholder=fmt.MISSING, width="stretch",
+        column_config={
+            "#": st.column_config.NumberColumn("#", help="rank by mean time to target (entries without one last)"),
+            f"time to target ({unit})": st.column_config.TextColumn(help="mean ± std over the entry's seeds"),
+            "record": st.column_config.TextColumn(help="★: a new record when it was submitted"),
+            "source": st.column_config.TextColumn(help="where a reference entry was published"),
+            "details": st.column_config.LinkColumn("details", display_text="experiment ↗",
+                                                   help="the entry's experiment: its runs, decisions and patch"),
+        },
+    )
+    records = sum(1 for e in entries if e["is_record"])
+    st.caption(f"{len(entries)} entries · {records} records · times are training time to the target "
+               "(mean ± std over seeds)")
+
+
+if tracks:
+    show_track()
+else:
+    st.info("No leaderboard tracks yet: a speedrun submission (`python -m harness.speedrun`) creates its track "
+            "and first entry.")
+
+st.subheader("Best runs")
+if runs:
+    st.dataframe(
+        fmt.best_runs_table(runs, db.experiment_names(url)), hide_index=True, placeholder=fmt.MISSING, width="stretch",
+        column_config={"details": st.column_config.LinkColumn("details", display_text="experiment ↗")},
+    )
+    st.caption(f"every finished run, from searches, speedruns or `model.train` by hand (`python -m leaderboard "
+               f"ingest RUN_DIR`): the lowest val_bpb first within each depth, top {fmt.BEST_RUNS_PER_DEPTH}; "
+               "budgets differ, see the training time")
+else:
+    st.info("No finished runs yet.")

@@ -176,6 +176,17 @@ def test_leaderboard_track_from_query_param_in_minutes(monkeypatch, seeded):
     assert list(table["val_bpb"]) == ["1.7550 ± 0.0070"]  # the track's metric is val_bpb: one column
 
 
+def test_best_runs_board_ranks_every_run_within_its_depth(monkeypatch, seeded):
+    at = render(monkeypatch, seeded)
+    board = frame_with(at, "training time")
+    assert list(board["depth"]) == ["d2"] * 7 + ["d4"] * 4  # the lone run has no depth: grouped by its rung, d2
+    d2 = board[board["depth"] == "d2"]
+    assert list(d2["run"]) == ["smear", "smear", "lone run", "baseline", "baseline", "backout", "backout"]
+    assert list(d2["val_bpb"]) == ["1.9500", "1.9600", "1.9900", "2.0000", "2.0100", "2.0200", "2.0300"]
+    assert list(d2["#"]) == [1, 2, 3, 4, 5, 6, 7] and "untested idea" not in set(board["run"])  # diverged: not ranked
+    assert list(board[board["depth"] == "d4"]["run"]) == ["smear", "smear", "baseline", "baseline"]
+
+
 # ------------------------------------------------------------------------------------------------ search
 
 def test_search_page_funnel_decisions_trials_and_agent_spend(monkeypatch, seeded):

@@ -157,3 +157,37 @@ def test_bench_command_reports_rates_and_query_times(db_url, capsys):
     # It refuses a database that already has runs: it would mix synthetic runs into real ones.
     assert main(["bench", "--db", db_url, "--runs", "12", "--points", "50"]) == 2
     assert "expected a database without runs" in capsys.readouterr().err
+
+
+def test_a_run_made_by_hand_is_ingested_and_shows_on_the_dashboard(tmp_path, shared_data, tiny_tokenizer, monkeypatch):
+    """The issue's path: `python -m model.train` outside the harness, `python -m leaderboard ingest`, then the
+    Leaderboard page (Best runs) and the Runs page show it."""
+    from streamlit.testing.v1 import AppTest
+
+    repo = Path(__file__).resolve().parents[1]
+    tokenizer_dir = tmp_path / "tokenizer"
+    tiny_tokenizer.save(tokenizer_dir)
+    run_dir = tmp_path / "my-tiny-run"
+    subprocess.run([sys.executable, "-m", "model.train", "--depth", "1", "--set", "vocab_size=1024", "--set",
+                    "sequence_len=64", "--set", "head_dim=32", "--set", "device_batch_size=4", "--set",
+                    "total_batch_size=256", "--set", "eval_tokens=2048", "--data", str(shared_data), "--tokenizer",
+                    str(tokenizer_dir), "--out", str(run_dir), "--num-iterations", "8", "--eval-every", "4"],
+                   cwd=repo, check=True, capture_output=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url = f"sqlite:///{tmp_path / 'board.db'}"
+    assert main(["ingest", str(run_dir), "--db", url]) == 0
+    val_bpb = json.loads((run_dir / "result.json").read_text())["val_bpb"]
+
+    monkeypatch.setenv("NANORESEARCH_DB", url)
+    app = repo / "leaderboard" / "app.py"
+    board = AppTest.from_file(app, default_timeout=60).run()
+    assert not board.exception
+    best = next(d.value for d in board.dataframe if "training time" in d.value.columns)
+    assert list(best["run"]) == ["my-tiny-run"] and list(best["depth"]) == ["d1"]
+    assert list(best["val_bpb"]) == [f"{val_bpb:.4f}"]
+
+    runs = AppTest.from_file(app, default_timeout=60).run()
+    runs.switch_page("dashboard_runs.py").run()
+    assert not runs.exception
+    table = next(d.value for d in runs.dataframe if "experiment" in d.value.columns and "status" in d.value.columns)
+    assert list(table["experiment"]) == ["my-tiny-run"] and list(table["status"]) == ["ok"]
+    assert list(table["val_bpb"]) == [val_bpb]
