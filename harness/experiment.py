@@ -6,9 +6,10 @@ calibration replicas only) a replica number. The same change proposed twice, by 
 the same id, so its finished runs are found and never repeated.
 
 Seeds are paired by *slot*: slot s of a candidate is compared with slot s of the baseline, which runs seed s.
-A normal candidate also runs seed s (same init, same data order: the paired design). An A/A replica runs
-seed s + seed_offset instead: the baseline's own recipe on independent seeds, so the ladder's false-promotion
-rate on it is an honest (conservative) calibration.
+A normal candidate also runs seed s (same init, same data order: the paired design). A *replica* of the baseline
+(the search's noise-floor runs, and A/A calibration proposals) runs the baseline's own recipe with the same data
+order (data seed s) but another initialisation (seed s + seed_offset): a change that does nothing still perturbs
+the trajectory, and that is the noise a paired comparison has to see through.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 
 from leaderboard import experiment_id
 
-AA_SEED_STRIDE = 1000  # replica r runs seeds r * 1000 + slot
+AA_SEED_STRIDE = 1000  # replica r initialises with seed r * 1000 + slot
+NOISE_FLOOR_REPLICA = 999  # the search's own noise-floor replica of the baseline
 
 
 @dataclass
@@ -57,9 +59,16 @@ class Experiment:
         return self.replica * AA_SEED_STRIDE
 
     def seed(self, slot: int) -> int:
+        """The init seed of this experiment's run on a slot (the run key's seed)."""
         return slot + self.seed_offset
 
+    def data_seed(self, slot: int) -> int:
+        """The data order of a slot: the same for every experiment, so runs on a slot see the same batches."""
+        return slot
+
     def describe(self) -> str:
+        if self.replica == NOISE_FLOOR_REPLICA:
+            return "baseline, another init (noise floor)"
         if self.replica:
             return f"A/A replica {self.replica}"
         if self.is_baseline:

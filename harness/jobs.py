@@ -56,6 +56,7 @@ class Job:
     target: str | None = None
     timeout_s: float = 3600.0
     workdir: Path | None = None    # where the command runs (a patched experiment's worktree); None: the repo
+    data_seed: int | None = None   # the data order, when it differs from the init seed (replicas)
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -64,7 +65,9 @@ class Job:
 
     def command(self) -> list[str]:
         args = ["-m", "model.train", "--depth", str(self.rung.depth), "--tier", self.train_tier,
-                "--out", str(self.run_dir), "--seed", str(self.seed), *self.rung.horizon_args(), "--resume",
+                "--out", str(self.run_dir), "--seed", str(self.seed),
+                *(["--data-seed", str(self.data_seed)] if self.data_seed not in (None, self.seed) else []),
+                *self.rung.horizon_args(), "--resume",
                 "--experiment-id", self.experiment_id, "--rung", self.rung.name]
         for key, value in sorted(self.overrides.items()):
             args += ["--set", format_set(key, value)]

@@ -7,10 +7,12 @@ paired design), and the decision looks at the per-slot differences d = val_bpb(c
 
 - H0: mean(d) >= -min_effect (no improvement of at least min_effect); H1: mean(d) < -min_effect.
 - One-sided paired t-test: t = (mean(d) + min_effect) / (s / sqrt(n)), p = P(T_{df} <= t).
-- s is the sample standard deviation of d, but never less than the rung's *noise floor*: the seed-to-seed
-  standard deviation of the baseline, measured from its repeated runs and stored. With two or three seeds a
-  sample spread can be tiny by luck; the floor keeps such a result from looking significant. When the floor is
-  what sets s, the test borrows the floor's degrees of freedom.
+- s is the sample standard deviation of d, but never less than the rung's *noise floor*: the spread of the
+  paired differences a change that does nothing produces. The search measures it at every rung it uses, from
+  repeated baseline runs: the baseline against a replica of itself with the same data order and another
+  initialisation (the root mean square of those differences; their mean is zero by construction). With two or
+  three seeds a sample spread can be tiny by luck; the floor keeps such a result from looking significant. When
+  the floor is what sets s, the test borrows the floor's degrees of freedom.
 - promote when p < alpha; reject when p > futility (the estimate is not even an improvement of min_effect) or
   any candidate run failed; otherwise the result is borderline: add a seed (to both) and decide again, up to
   max_seeds, then reject.
@@ -43,13 +45,15 @@ class Verdict:
 @dataclass
 class NoiseFloor:
     std: float
-    n: int                          # baseline runs it was measured from
+    n: int                          # paired null differences it was measured from (its degrees of freedom)
 
     @classmethod
-    def measure(cls, baseline_values: list[float]) -> NoiseFloor | None:
-        if len(baseline_values) < 2:
+    def from_null_pairs(cls, differences: list[float]) -> NoiseFloor | None:
+        """The spread of paired differences between runs that differ by nothing but their initialisation: a root
+        mean square around zero (the true mean of a null difference is zero), with n degrees of freedom."""
+        if not differences:
             return None
-        return cls(statistics.stdev(baseline_values), len(baseline_values))
+        return cls(math.sqrt(statistics.fmean(d * d for d in differences)), len(differences))
 
 
 def paired_test(deltas: list[float], min_effect: float, floor: NoiseFloor | None) -> tuple[float, float | None, float | None]:
@@ -59,7 +63,7 @@ def paired_test(deltas: list[float], min_effect: float, floor: NoiseFloor | None
     mean = statistics.fmean(deltas)
     sd, df = (statistics.stdev(deltas), n - 1) if n >= 2 else (0.0, 0)
     if floor is not None and floor.std > sd:
-        sd, df = floor.std, max(df, floor.n - 1)
+        sd, df = floor.std, max(df, floor.n)
     if df < 1:
         return mean, None, None
     if sd == 0.0:  # identical deltas on every slot (deterministic runs): the sign decides

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from experiments.catalog import CatalogError, Rung, Tier, load_recipe, load_tier
 from harness.executors import EXECUTORS, Executor, SlurmOptions
-from harness.experiment import Experiment
+from harness.experiment import NOISE_FLOOR_REPLICA, Experiment
 from harness.jobs import Job, stop_training
 from harness.ladder import NoiseFloor, Verdict, decide
 from harness.proposers import Proposal
@@ -173,6 +173,10 @@ class Search:
         self.parallel, self.code_version, self.out = parallel, code_version, out
         self.baseline = Experiment(tweaks={}, tier=tier.name, recipe=recipe.name, code_version=code_version,
                                    proposer="baseline", name=f"baseline ({recipe.name})")
+        # The baseline again with another initialisation (same data order): its paired differences with the
+        # baseline are the noise a change that does nothing produces, the ladder's noise floor at each rung.
+        self.noise = Experiment(tweaks={}, tier=tier.name, recipe=recipe.name, code_version=code_version,
+                                proposer="noise-floor", replica=NOISE_FLOOR_REPLICA)
         self.candidates: dict[str, Candidate] = {}
         self.results: dict[tuple[str, str, int], Outcome | dict] = {}  # (experiment, rung, slot) -> outcome
         self.running: dict[tuple[str, str, int], Running] = {}
@@ -187,7 +191,11 @@ class Search:
         print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=self.out, flush=True)
 
     def experiment_of(self, experiment_id: str) -> Experiment:
-        return self.baseline if experiment_id == self.baseline.id else self.candidates[experiment_id].experiment
+        if experiment_id == self.baseline.id:
+            return self.baseline
+        if experiment_id == self.noise.id:
+            return self.noise
+        return self.candidates[experiment_id].experiment
 
     def result(self, experiment: Experiment, rung: Rung, slot: int):
         return self.results.get((experiment.id, rung.name, slot))
@@ -209,9 +217,10 @@ class Search:
     # --- restore a previous session's state from the database --------------------------------------------------
     def restore(self) -> None:
         self.store.record_experiment(self.baseline.record(), search_id=self.search_id)
+        self.store.record_experiment(self.noise.record())  # not a proposal of the search: no search link
         rows = sorted(self.store.experiments(search_id=self.search_id), key=lambda r: str(r.get("created_at") or ""))
         for row in rows:
-            if row["id"] == self.baseline.id:
+            if row["id"] in (self.baseline.id, self.noise.id):
                 continue
             extra = dict(row.get("extra") or {})
             exp = Experiment(tweaks=row["tweaks"] or {}, tier=extra.pop("tier", self.tier.name),
@@ -228,7 +237,8 @@ class Search:
                 continue
             self.apply_verdict(cand, d["from_rung"], d["verdict"], d.get("n") or 0)
         for run in self.store.runs(search_id=self.search_id):
-            if run["status"] == "running" or run["experiment_id"] not in self.candidates and run["experiment_id"] != self.baseline.id:
+            known = run["experiment_id"] in self.candidates or run["experiment_id"] in (self.baseline.id, self.noise.id)
+            if run["status"] == "running" or not known:
                 continue
             exp = self.experiment_of(run["experiment_id"])
             self.results[(exp.id, run["rung"], run["seed"] - exp.seed_offset)] = run
@@ -270,6 +280,9 @@ class Search:
         for index in range(len(self.tier.rungs)):
             for slot in range(self.baseline_slots(index)):
                 out.append((self.baseline, index, slot))
+            if self.baseline_slots(index):  # the noise floor of every rung in use, on its first seed slots
+                for slot in range(self.tier.rungs[index].seeds):
+                    out.append((self.noise, index, slot))
         for cand in sorted(self.candidates.values(), key=lambda c: (-c.rung, c.order)):
             if cand.state == "active":
                 for slot in range(cand.slots):
@@ -284,7 +297,7 @@ class Search:
                    run_dir=self.runs_root / self.name / exp.id / rung.name / f"seed{seed}",
                    train_tier=self.tier.train_tier, overrides=exp.overrides(self.tier.baseline, self.recipe.overrides),
                    data=self.data, tokenizer=self.tokenizer, timeout_s=job_timeout(rung),
-                   workdir=self.worktree(exp) if exp.patch else None)
+                   workdir=self.worktree(exp) if exp.patch else None, data_seed=exp.data_seed(slot))
 
     def worktree(self, exp: Experiment) -> Path:
         """The git worktree a patched experiment's jobs run in (checked when proposed; made again if it is gone)."""
@@ -391,6 +404,8 @@ class Search:
             delta = f" (d {outcome.val_bpb - base:+.4f} vs baseline)" if (outcome.ok and base is not None) else ""
             what = f"val_bpb {outcome.val_bpb:.4f}{delta}" if outcome.ok else f"{outcome.status}: {outcome.reason}"
             self.say(f"done  {r.job.rung.name} seed {r.job.seed} of {self.label(exp)}: {what} | {self.progress()}")
+            if exp is self.noise:
+                self.update_noise_floor(r.job.rung)
             if exp is self.baseline:
                 if not outcome.ok:
                     self.failed = (f"the baseline failed at {r.job.rung.name} seed {r.job.seed} ({outcome.status}: "
@@ -399,15 +414,28 @@ class Search:
         return len(finished)
 
     def update_noise_floor(self, rung: Rung, quiet: bool = False) -> None:
-        values = [self.val(r) for (e, name, _), r in self.results.items()
-                  if e == self.baseline.id and name == rung.name and self.status(r) == "ok"]
-        floor = NoiseFloor.measure([v for v in values if v is not None])
+        """The rung's noise floor: paired differences between the noise replica and the baseline, slot by slot."""
+        differences = []
+        for slot in range(rung.seeds):
+            base, null = self.result(self.baseline, rung, slot), self.result(self.noise, rung, slot)
+            if self.status(base) == "ok" and self.status(null) == "ok":
+                differences.append(self.val(null) - self.val(base))
+        floor = NoiseFloor.from_null_pairs(differences)
         if floor is None or (rung.name in self.floors and self.floors[rung.name].n == floor.n):
             return
         self.floors[rung.name] = floor
         self.store.record_noise_floor(self.name, rung.name, floor.std, floor.n, self.baseline.id)
         if not quiet:
-            self.say(f"noise floor at {rung.name}: baseline val_bpb std {floor.std:.4f} over {floor.n} seeds")
+            self.say(f"noise floor at {rung.name}: {floor.std:.4f} bpb (paired differences of the baseline and itself "
+                     f"with another init, {floor.n} seeds)")
+
+    def floor_pending(self, rung: Rung) -> bool:
+        """Are noise-floor runs of this rung still to finish? Decisions wait for them, so each uses the floor."""
+        for slot in range(rung.seeds):
+            for exp in (self.baseline, self.noise):
+                if self.result(exp, rung, slot) is None:
+                    return True
+        return False
 
     def decide_ready(self) -> None:
         for cand in sorted(self.candidates.values(), key=lambda c: c.order):
@@ -419,8 +447,8 @@ class Search:
             failures = [f"seed {cand.experiment.seed(s)} {self.status(r)}" for s, r in mine.items()
                         if r is not None and self.status(r) != "ok"]
             base = {s: self.result(self.baseline, rung, s) for s in slots}
-            if not failures and any(r is None for r in [*mine.values(), *base.values()]):
-                continue  # still waiting for a run of the candidate or of the baseline
+            if not failures and (any(r is None for r in [*mine.values(), *base.values()]) or self.floor_pending(rung)):
+                continue  # still waiting for a run of the candidate, of the baseline, or of the noise floor
             if not failures and any(self.status(r) != "ok" for r in base.values()):
                 continue  # the baseline failed: the search stops (see collect)
             verdict = decide({s: self.val(r) for s, r in mine.items() if r is not None},
@@ -523,7 +551,7 @@ class Search:
             base = [self.val(r) for (e, n, _), r in self.results.items() if e == self.baseline.id and n == rung.name and self.status(r) == "ok"]
             if base:
                 lines.append(f"  baseline at {rung.name}: val_bpb {sum(base) / len(base):.4f} over {len(base)} seeds"
-                             + (f", noise floor {floor.std:.4f}" if floor else ""))
+                             + (f", noise floor {floor.std:.4f} ({floor.n} null pairs)" if floor else ""))
         header = f"  {'experiment':10} {'proposer':9} {'furthest':9} {'state':9} mean d (p)   change"
         lines.append(header)
         for c in sorted(self.candidates.values(), key=lambda c: c.order):

@@ -87,7 +87,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--tier", choices=sorted(TIERS), default=None, help="cpu or gpu defaults (default: from the device)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any ModelConfig/OptimConfig/TrainConfig field (repeatable)")
-    p.add_argument("--seed", type=int, default=0, help="model init and data order")
+    p.add_argument("--seed", type=int, default=0, help="model init (and data order, unless --data-seed is given)")
+    p.add_argument("--data-seed", type=int, default=None,
+                   help="data order only (default: --seed); the harness pairs runs on it while varying the init")
     horizon = p.add_mutually_exclusive_group()
     horizon.add_argument("--num-iterations", type=int, default=None, help="optimizer steps")
     horizon.add_argument("--param-data-ratio", type=float, default=None, help="tokens = ratio x scaling params")
@@ -260,6 +262,7 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
         dist.barrier()  # every rank has checked the run dir before rank 0 writes into it
 
     model_config, optim, train = setup.model_config, setup.optim, setup.train
+    data_seed = args.seed if args.data_seed is None else args.data_seed
     torch.manual_seed(args.seed)
     with torch.device(device):
         model = GPT(model_config)
@@ -300,7 +303,7 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
         train_model = torch.compile(train_model, dynamic=False)
 
     loader = BestFitLoader(tokenizer, source, "train", train.device_batch_size, T, rank=rank, world_size=world,
-                           device=device, seed=args.seed)
+                           device=device, seed=data_seed)
     val_batches = validation_batches(tokenizer, source, train.device_batch_size, T, train.eval_tokens, rank=rank,
                                      world_size=world, device=device)
     token_bytes = tokenizer.token_bytes().to(device)
@@ -310,7 +313,8 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
                  last_val_bpb=None, last_core=None)
     checkpoint = latest_checkpoint(run_dir) if args.resume else None
     config_record = {
-        "depth": args.depth, "tier": setup.tier, "seed": args.seed, "device": device.type, "world_size": world,
+        "depth": args.depth, "tier": setup.tier, "seed": args.seed, "data_seed": data_seed, "device": device.type,
+        "world_size": world,
         "overrides": {k: v for k, v in setup.overrides.items()},
         "model": dataclasses.asdict(model_config), "optim": dataclasses.asdict(optim), "train": dataclasses.asdict(train),
         "data": source.name, "data_fingerprint": source.fingerprint(), "budget": horizon,
@@ -321,7 +325,8 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
         "weight_decay_used": weight_decay,
     }
     if resuming_config is not None:
-        changed = [k for k in ("depth", "seed", "model", "optim", "train", "budget", "data_fingerprint")
+        resuming_config.setdefault("data_seed", resuming_config.get("seed"))  # run dirs from before --data-seed
+        changed = [k for k in ("depth", "seed", "data_seed", "model", "optim", "train", "budget", "data_fingerprint")
                    if resuming_config.get(k) != config_record[k]]
         if changed:
             raise BadInput(f"--resume {run_dir}: the run was started with different settings ({', '.join(changed)})")

@@ -30,12 +30,19 @@ def test_paired_test_is_a_one_sided_t_test_against_the_minimum_effect():
 def test_noise_floor_bounds_a_lucky_small_spread():
     deltas = [-0.0050, -0.0051]  # n=2 with a tiny spread: alone, wildly significant
     _, _, p_alone = paired_test(deltas, 0.0, floor=None)
-    floor = NoiseFloor.measure([2.30, 2.31, 2.32])  # std 0.01 from three baseline seeds
+    floor = NoiseFloor.from_null_pairs([0.01, -0.01])  # the baseline against itself with another init: rms 0.01
     _, se, p_floored = paired_test(deltas, 0.0, floor=floor)
     assert p_alone < 0.01 and p_floored > 0.1  # significant alone, not once the floor applies
     assert se == pytest.approx(0.01 / 2 ** 0.5)
     # With the floor's 2 degrees of freedom: t = -0.00505 / (0.01 / sqrt 2)
     assert p_floored == pytest.approx(scipy_stats.t.cdf(-0.00505 / (0.01 / 2 ** 0.5), 2))
+
+
+def test_the_noise_floor_is_the_rms_of_null_differences():
+    # A null difference has mean zero by construction: a consistent offset is noise too, not a zero spread.
+    assert NoiseFloor.from_null_pairs([0.02, 0.02]).std == pytest.approx(0.02)
+    assert NoiseFloor.from_null_pairs([0.03, -0.04]).std == pytest.approx((0.0009 + 0.0016) ** 0.5 / 2 ** 0.5)
+    assert NoiseFloor.from_null_pairs([0.01, 0.0, -0.02]).n == 3 and NoiseFloor.from_null_pairs([]) is None
 
 
 def test_decisions():

@@ -109,8 +109,13 @@ def test_planted_changes_are_promoted_or_rejected_and_failures_do_not_stop_the_s
     assert crashed and all(r["status"] == "crash" for r in crashed)
     assert any("n_kv_head=2" in (r.get("log_tail") or "") for r in crashed)  # why it failed is recorded
     noise = store.noise_floor("planted", "d1")
-    assert noise and noise["n"] == 2 and noise["std"] > 0
-    base_runs = [r for r in store.runs(search_id=search["id"]) if r["experiment_id"] not in (good, bad, broken)]
+    assert noise and noise["n"] == 2 and noise["std"] > 0  # two null pairs: the baseline and itself, other init
+    null_runs = [r for r in store.runs(search_id=search["id"]) if r["seed"] >= 999000]
+    assert {(r["rung"], r["seed"]) for r in null_runs} >= {("d1", 999000), ("d1", 999001)}
+    null_config = json.loads((Path(null_runs[0]["run_dir"]) / "config.json").read_text())
+    assert null_config["data_seed"] == null_config["seed"] - 999000  # same data order as the baseline's slot
+    base_runs = [r for r in store.runs(search_id=search["id"]) if r["experiment_id"] not in (good, bad, broken)
+                 and r["seed"] < 999000]
     assert {(r["rung"], r["seed"]) for r in base_runs} >= {("d1", 0), ("d1", 1), ("d2", 0), ("d2", 1)}
     assert all(r["status"] != "running" for r in store.runs(search_id=search["id"]))
     assert "promotions: 1 of 3" in out
@@ -170,10 +175,13 @@ def test_aa_mode_reports_the_false_promotion_rate(workdir, shared_data):
     store = Store(f"sqlite:///{workdir / 'lb.db'}")
     replicas = [e for e in store.experiments() if e["proposer"] == "aa"]
     assert len(replicas) == 2
-    for e in replicas:  # each replica runs its own seeds, never the baseline's (0, 1, ...)
+    for e in replicas:  # each replica initialises with its own seeds but reads the baseline's data order
         replica = e["extra"]["replica"]
-        seeds = sorted(r["seed"] for r in store.runs(experiment_id=e["id"]))
+        runs = store.runs(experiment_id=e["id"])
+        seeds = sorted(r["seed"] for r in runs)
         assert seeds[:2] == [1000 * replica, 1000 * replica + 1] and all(s // 1000 == replica for s in seeds)
+        for r in runs:
+            assert json.loads((Path(r["run_dir"]) / "config.json").read_text())["data_seed"] == r["seed"] % 1000
 
 
 @pytest.mark.parametrize("extra,needle", [
