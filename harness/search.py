@@ -235,6 +235,9 @@ class Search:
             cand = self.candidates.get(d["experiment_id"])
             if cand is None:
                 continue
+            deltas = {int(seed) - cand.experiment.seed_offset: v for seed, v in (d.get("deltas") or {}).items()}
+            cand.verdicts[d["from_rung"]] = Verdict(d["verdict"], deltas, d.get("mean_delta"), d.get("std_error"),
+                                                    d.get("p_value"), d.get("n") or 0, "(from the previous session)")
             self.apply_verdict(cand, d["from_rung"], d["verdict"], d.get("n") or 0)
         for run in self.store.runs(search_id=self.search_id):
             known = run["experiment_id"] in self.candidates or run["experiment_id"] in (self.baseline.id, self.noise.id)
@@ -427,7 +430,7 @@ class Search:
         self.store.record_noise_floor(self.name, rung.name, floor.std, floor.n, self.baseline.id)
         if not quiet:
             self.say(f"noise floor at {rung.name}: {floor.std:.4f} bpb (paired differences of the baseline and itself "
-                     f"with another init, {floor.n} seeds)")
+                     f"with another init, {floor.n} seed{'s' if floor.n != 1 else ''})")
 
     def floor_pending(self, rung: Rung) -> bool:
         """Are noise-floor runs of this rung still to finish? Decisions wait for them, so each uses the floor."""

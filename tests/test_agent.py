@@ -172,7 +172,8 @@ def test_the_request_carries_the_goal_the_space_schema_the_baseline_and_the_hist
     assert item["required"] == ["tweaks", "rationale", "falsification"] and "patch" not in item["properties"]
     prompt = user_text(body)
     assert "untrusted" in body["system"].lower() and "propose_experiments" in body["system"]
-    for needle in ("first rung, d2", "val_bpb<=2.3",                      # the goal and the top rung's target
+    top_target = s.tier.rungs[-1].target
+    for needle in ("first rung, d2", top_target,                          # the goal and the top rung's target
                    "0.0123 over 3 seeds",                                 # the measured noise floor
                    '"matrix_lr": 0.08',                                   # the cpu tier's baseline recipe
                    "Baseline: True", "(log scale)",                       # knob docs with baseline values

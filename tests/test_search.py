@@ -165,6 +165,9 @@ def test_kill_and_resume_leaves_no_duplicates_and_no_holes(workdir, shared_data)
     assert {c["id"] for c in candidates} <= decided
     for r in finished_before:  # a run finished before the kill was never launched again
         assert count_launches(Path(r["run_dir"])) == 1, r["run_dir"]
+    for c in candidates:  # the summary knows every decision, including those made before the kill
+        line = next(line for line in again.stdout.splitlines() if line.strip().startswith(c["id"][:10]))
+        assert "(" in line and " - " not in line, line
 
 
 def test_aa_mode_reports_the_false_promotion_rate(workdir, shared_data):
