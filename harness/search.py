@@ -33,6 +33,7 @@ from harness.jobs import Job, stop_training
 from harness.ladder import NoiseFloor, Verdict, decide
 from harness.proposers import Proposal
 from harness.runs import Outcome, read_outcome, run_row
+from leaderboard.schema import NOISE_FLOOR_PROPOSER
 from model.cli import ArgumentParser
 from search_spaces import SPACES, SearchSpaceError, Space
 
@@ -176,7 +177,7 @@ class Search:
         # The baseline again with another initialisation (same data order): its paired differences with the
         # baseline are the noise a change that does nothing produces, the ladder's noise floor at each rung.
         self.noise = Experiment(tweaks={}, tier=tier.name, recipe=recipe.name, code_version=code_version,
-                                proposer="noise-floor", replica=NOISE_FLOOR_REPLICA)
+                                proposer=NOISE_FLOOR_PROPOSER, replica=NOISE_FLOOR_REPLICA)
         self.candidates: dict[str, Candidate] = {}
         self.results: dict[tuple[str, str, int], Outcome | dict] = {}  # (experiment, rung, slot) -> outcome
         self.running: dict[tuple[str, str, int], Running] = {}

@@ -16,8 +16,14 @@ def _y(field: str, title: str) -> alt.Y:
 
 def trials_over_time(trials: pd.DataFrame) -> alt.Chart:
     """Each finished trial's val_bpb against when it finished, one colour per rung."""
+    # 24-hour labels (Vega's default is 12-hour without am/pm): seconds for a short search, the date once it
+    # spans days.
+    finished = pd.to_datetime(trials["finished"], utc=True)
+    span = finished.max() - finished.min()
+    labels = "%H:%M:%S" if span < pd.Timedelta(hours=1) else "%H:%M" if span < pd.Timedelta(days=1) else "%b %d %H:%M"
     return alt.Chart(trials).mark_circle(size=40).encode(
-        x=alt.X("finished:T", title="finished at (UTC)", scale=alt.Scale(type="utc")), y=_y("val_bpb", "val_bpb"),
+        x=alt.X("finished:T", title="finished at (UTC)", scale=alt.Scale(type="utc"), axis=alt.Axis(format=labels)),
+        y=_y("val_bpb", "val_bpb"),
         color=alt.Color("rung:N"), tooltip=["experiment", "rung", "seed", "proposer", "val_bpb", "finished"])
 
 

@@ -103,7 +103,8 @@ else:
         "std error": st.column_config.NumberColumn(format="%.4f"),
         "p-value": st.column_config.NumberColumn(format="%.4f", help="one-sided test of an improvement"),
         "min effect": st.column_config.NumberColumn(format="%.4f"),
-        "noise floor": st.column_config.NumberColumn(format="%.4f", help="std of repeated baseline runs at the rung"),
+        "noise floor": st.column_config.NumberColumn(format="%.4f", help="RMS of the paired differences between the baseline and itself with another init at the rung: "
+                                                     "the least spread a decision assumes"),
         "details": st.column_config.LinkColumn(display_text="experiment ↗"),
     })
 

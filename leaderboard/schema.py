@@ -21,6 +21,9 @@ SCHEMA_VERSION = 3
 
 RUN_STATUSES = ("running", "ok", "diverged", "failed", "timeout", "oom", "crash")
 VERDICTS = ("promote", "reject", "more_seeds")
+# The proposer of a search's noise-floor replica (the baseline with another init): its runs measure noise,
+# so summaries leave them out of "best" and of the funnel.
+NOISE_FLOOR_PROPOSER = "noise-floor"
 
 
 class UTCDateTime(sa.TypeDecorator):

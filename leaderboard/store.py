@@ -554,6 +554,8 @@ class Store:
         - `funnel`: per rung in ladder order (search config "rungs", else first-run order):
           proposed (first rung: proposals, else promotions into the rung), run (experiments with a finished
           run there, baseline included), promoted and rejected (experiments with that verdict from it).
+        The noise-floor replica's runs are trials (they cost compute) but never the best, nor in the funnel:
+        they are the baseline again, and a lucky init of it is noise, not progress.
         """
         r, d = schema.runs.c, schema.decisions.c
 
@@ -569,12 +571,14 @@ class Store:
                                     .where(d.search_id == search_id).distinct()).all()
             n_proposed = conn.execute(sa.select(sa.func.count()).select_from(schema.proposals)
                                       .where(schema.proposals.c.search_id == search_id)).scalar_one()
-            return found[0], runs, verdicts, n_proposed
+            e = schema.experiments.c
+            noise = set(conn.execute(sa.select(e.id).where(e.proposer == schema.NOISE_FLOOR_PROPOSER)).scalars())
+            return found[0], runs, verdicts, n_proposed, noise
 
         fetched = self._read(work)
         if fetched is None:
             return None
-        search, runs, verdicts, n_proposed = fetched
+        search, runs, verdicts, n_proposed, noise = fetched
 
         runs_by_status: dict[str, int] = {}
         trials, best_so_far = [], {}
@@ -584,8 +588,10 @@ class Store:
             runs_by_status[run["status"]] = runs_by_status.get(run["status"], 0) + 1
             if run["finished_at"] is None:
                 continue
-            ran_at.setdefault(run["rung"], set()).add(run["experiment_id"])
-            if run["status"] == "ok" and run["val_bpb"] is not None:
+            counts = run["experiment_id"] not in noise
+            if counts:
+                ran_at.setdefault(run["rung"], set()).add(run["experiment_id"])
+            if counts and run["status"] == "ok" and run["val_bpb"] is not None:
                 ok_values.setdefault((run["rung"], run["experiment_id"]), []).append(run["val_bpb"])
                 best_so_far[run["rung"]] = min(best_so_far.get(run["rung"], math.inf), run["val_bpb"])
             trials.append({"run_id": run["id"], "experiment_id": run["experiment_id"], "rung": run["rung"],

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from leaderboard import Decision, Entry, Experiment, LeaderboardError, Run, SchemaError, Store, Track
-from leaderboard.schema import SCHEMA_VERSION
+from leaderboard.schema import NOISE_FLOOR_PROPOSER, SCHEMA_VERSION
 from leaderboard.store import resolve_url
 
 PG_URL = os.environ.get("NANORESEARCH_TEST_PG_URL")
@@ -371,6 +371,20 @@ def test_search_summary_trials_best_funnel_and_compute(store):
         {"rung": "d2", "proposed": 4, "run": 3, "promoted": 1, "rejected": 1},
         {"rung": "d4", "proposed": 1, "run": 2, "promoted": 0, "rejected": 0}]
     assert store.search_summary(search_id + 100) is None
+
+
+def test_search_summary_leaves_the_noise_floor_replica_out_of_best_and_funnel(store):
+    search_id, _ = build_search(store)
+    before = store.search_summary(search_id)
+    # The search's noise-floor replica (the baseline with another init) lands a lucky low val_bpb at d2.
+    store.record_experiment(Experiment(id="noise", name="baseline, another init", proposer=NOISE_FLOOR_PROPOSER))
+    store.record_run(finished_run("noise", "d2", 0, val_bpb=1.0, search_id=search_id, total_training_time=100.0,
+                                  finished_at=T0 + timedelta(hours=1)))
+    summary = store.search_summary(search_id)
+    assert summary["best"] == before["best"] and summary["funnel"] == before["funnel"]
+    assert summary["trials"][-1]["experiment_id"] == "noise"  # it is a trial: it cost compute
+    assert summary["trials"][-1]["best_val_bpb"] == pytest.approx(1.70)  # the best real d2 run, not the replica's 1.0
+    assert summary["training_hours"] == pytest.approx(before["training_hours"] + 100 / 3600)
 
 
 def test_run_and_experiment_queries(store):
