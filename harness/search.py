@@ -487,7 +487,7 @@ class Search:
         decided = sum(1 for c in self.candidates.values() if c.state != "active")
         promoted = sum(1 for c in self.candidates.values() if c.rung > 0 or c.state == "passed")
         best = self.best()
-        best_text = f" | best {best[0].experiment.id[:8]} d {best[1]:+.4f} at {best[2]}" if best else ""
+        best_text = f" | best {best[0].experiment.id[:8]} d {best[1]:+.4f} at {best[2]}" if self.beats_baseline(best) else ""
         return (f"trials {self.proposals_made}/{self.trials} ({decided} decided, {promoted} promoted) | running "
                 f"{len(self.running)}, queued {len(self.needed())}{best_text} | compute {self.compute_s / 3600:.2f} h")
 
@@ -504,6 +504,10 @@ class Search:
             return None
         _, c, d, rung = min(scored, key=lambda s: s[0])
         return c, d, rung
+
+    def beats_baseline(self, best) -> bool:
+        """Is `best` (from best()) worth the name: promoted past the first rung, or better on average there?"""
+        return best is not None and (best[2] != self.tier.rungs[0].name or best[1] < 0)
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> str:
@@ -566,8 +570,11 @@ class Search:
         promoted = [c for c in self.candidates.values() if c.rung > 0 or c.state == "passed"]
         lines.append(f"  promotions: {len(promoted)} of {self.proposals_made}")
         best = self.best()
-        if best:
+        if self.beats_baseline(best):
             lines.append(f"  best: {best[0].experiment.id} ({best[0].experiment.describe()}), mean d {best[1]:+.4f} at {best[2]}")
+        elif best:
+            lines.append(f"  best: none beat the baseline (closest: {best[0].experiment.id[:12]}, "
+                         f"{best[0].experiment.describe()}, mean d {best[1]:+.4f} at {best[2]})")
         for c in self.candidates.values():
             if c.state == "passed":
                 lines.append(f"  passed the ladder: {c.experiment.id}. Submit it as a speedrun:\n"

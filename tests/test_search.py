@@ -118,7 +118,7 @@ def test_planted_changes_are_promoted_or_rejected_and_failures_do_not_stop_the_s
                  and r["seed"] < 999000]
     assert {(r["rung"], r["seed"]) for r in base_runs} >= {("d1", 0), ("d1", 1), ("d2", 0), ("d2", 1)}
     assert all(r["status"] != "running" for r in store.runs(search_id=search["id"]))
-    assert "promotions: 1 of 3" in out
+    assert "promotions: 1 of 3" in out and f"  best: {good} " in out  # the promoted change is the best
     # The Optuna study learned from the planted proposals (they went in with enqueue_trial).
     import optuna
     study = optuna.load_study(study_name="nanoresearch:planted", storage=f"sqlite:///{workdir / 'lb.db'}")
