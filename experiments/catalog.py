@@ -101,6 +101,9 @@ class Track:
     param_data_ratio: float | None = None
     core_every: int | None = None
     core_max_per_task: int | None = None
+    # One data order for every seed (nanochat's loader has no seed), so seeds vary the initialisation only and
+    # an entry measures the recipe rather than which documents came first. None: each seed its own order.
+    data_seed: int | None = None
     overrides: dict = field(default_factory=dict)
     references: tuple[dict, ...] = ()  # published entries, each with its source
     path: str = ""
@@ -203,4 +206,6 @@ def load_track(name_or_path: str) -> Track:
         raise CatalogError(f"{path}: {e}") from None
     if track.metric not in ("val_bpb", "core"):
         raise CatalogError(f"{path}: metric {track.metric!r}: expected val_bpb or core")
+    if track.data_seed is not None and (type(track.data_seed) is not int or track.data_seed < 0):
+        raise CatalogError(f"{path}: data_seed {track.data_seed!r}: expected an integer >= 0")
     return track

@@ -441,7 +441,7 @@ def run(args) -> int:
         get_tokenizer(source, vocab, max_chars=chars)
         tokenizer_dir = cached_tokenizer_dir(source, vocab, chars)
         workdir = patch_worktree(exp, experiment_id)
-        jobs = [Job(experiment_id=experiment_id, rung=rung, slot=seed, seed=seed,
+        jobs = [Job(experiment_id=experiment_id, rung=rung, slot=seed, seed=seed, data_seed=track.data_seed,
                     run_dir=runs_root / experiment_id / f"seed{seed}", train_tier=tier.train_tier, overrides=overrides,
                     data=args.data or source.name, tokenizer=str(tokenizer_dir), timeout_s=job_timeout(rung),
                     workdir=workdir) for seed in todo]

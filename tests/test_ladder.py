@@ -144,6 +144,16 @@ def test_bad_catalog_files_name_the_file(tmp_path):
         load_tier("tpu")
 
 
+def test_track_data_seed_is_checked(tmp_path):
+    track = tmp_path / "t.toml"
+    body = 'name = "t"\ndescription = "d"\ntier = "cpu"\ndepth = 2\nmetric = "val_bpb"\ntarget = 2.5\nhardware = "cpu"\ntime_budget = 60\n'
+    track.write_text(body + "data_seed = 0\n")
+    assert load_track(str(track)).data_seed == 0
+    track.write_text(body + 'data_seed = "0"\n')
+    with pytest.raises(CatalogError, match="t.toml: data_seed '0': expected an integer >= 0"):
+        load_track(str(track))
+
+
 # --- jobs and executors ------------------------------------------------------------------------------------
 
 def make_job(tmp_path, devices=1, **rung_kw):

@@ -58,6 +58,7 @@ metric = "val_bpb"
 target = {target}
 hardware = "cpu (test)"
 num_iterations = 30
+data_seed = 0
 [overrides]
 eval_every = 10
 [[references]]
@@ -120,7 +121,9 @@ def test_entry_statistics_are_those_of_the_runs(first):
     assert entry["is_record"] == bool(p < 0.01 and times.mean() < REFERENCE_S)  # the reference is the record to beat
     assert entry["seeds"] == 2 and entry["recipe"] == "baseline (baseline)"  # every seed reached it: no note
     assert "--track" in entry["command"] and "--recipe baseline --seeds 2" in entry["command"]
-    config = json.loads((Path(runs[0]["run_dir"]) / "config.json").read_text())
+    configs = [json.loads((Path(r["run_dir"]) / "config.json").read_text()) for r in runs]
+    assert sorted((c["seed"], c["data_seed"]) for c in configs) == [(0, 0), (1, 0)]  # one data order, two inits
+    config = configs[0]
     assert entry["code_version"] == config["code_version"]
     assert config["depth"] == 1 and str(config["overrides"]["eval_every"]) == "10" and config["target"] == f"val_bpb<={TARGET}"
     experiment = store.experiment(entry["experiment_id"])
