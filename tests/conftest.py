@@ -39,9 +39,37 @@ def shared_data() -> Path:
     return path
 
 
+TINY_VOCAB, TINY_CHARS = 1024, 2_500_000
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer(shared_data, nanoresearch_home):
     """One small tokenizer (vocab 1024, 2.5M training characters) shared by every test; trains in ~2 s."""
     from model.tokenizer import get_tokenizer
 
-    return get_tokenizer(str(shared_data), vocab_size=1024, max_chars=2_500_000, progress=False)
+    return get_tokenizer(str(shared_data), vocab_size=TINY_VOCAB, max_chars=TINY_CHARS, progress=False)
+
+
+def tiny_tier(description: str, rest: str, unembedding_lr: float = 0.1) -> str:
+    """A tier TOML for harness tests: its [baseline] trains depth-1/2 models in a few seconds with the tokenizer
+    settings of `tiny_tokenizer` (so runs reuse that cached tokenizer); `rest` adds [statistics] and [[rungs]]."""
+    return f"""
+name = "tiny"
+description = "{description}"
+train_tier = "cpu"
+[baseline]
+vocab_size = {TINY_VOCAB}
+tokenizer_max_chars = {TINY_CHARS}
+sequence_len = 64
+head_dim = 64
+device_batch_size = 4
+total_batch_size = 256
+eval_tokens = 2048
+eval_every = 0
+log_every = 0
+warmup_steps = 2
+embedding_lr = 3.0
+unembedding_lr = {unembedding_lr}
+scalar_lr = 8.0
+matrix_lr = 0.32
+""" + rest

@@ -27,6 +27,7 @@ from harness.proposers.optuna_tpe import OptunaProposer
 from harness.proposers.prices import cost_usd
 from leaderboard import Decision, RejectedProposal, Run, Store
 from search_spaces import Space
+from tests.conftest import tiny_tier
 from tests.fake_anthropic import FakeAnthropic, error, refusal, text, tool_use
 
 REPO = Path(__file__).resolve().parents[1]
@@ -519,25 +520,7 @@ def test_a_good_patch_is_tried_in_a_worktree_and_its_jobs_run_there(tmp_path, cl
 # -----------------------------------------------------------------------------------------------------------
 # End to end: python -m harness.search --proposer agent
 
-TINY_TIER = """
-name = "tiny"
-description = "test tier: depth 1, a few steps, one seed (the ladder is tested in test_search.py)"
-train_tier = "cpu"
-[baseline]
-vocab_size = 1024
-tokenizer_max_chars = 2500000
-sequence_len = 64
-head_dim = 64
-device_batch_size = 4
-total_batch_size = 256
-eval_tokens = 2048
-eval_every = 0
-log_every = 0
-warmup_steps = 2
-embedding_lr = 3.0
-unembedding_lr = 0.1
-scalar_lr = 8.0
-matrix_lr = 0.32
+TINY_TIER = tiny_tier("test tier: depth 1, a few steps, one seed (the ladder is tested in test_search.py)", """
 [statistics]
 alpha = 0.05
 min_effect = 0.0
@@ -548,7 +531,7 @@ depth = 1
 num_iterations = 10
 seeds = 1
 target = "val_bpb<=4.5"
-"""
+""")
 
 
 def test_search_with_the_agent_end_to_end_records_its_proposals_and_never_the_key(tmp_path, shared_data, tiny_tokenizer,

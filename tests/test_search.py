@@ -13,28 +13,12 @@ from pathlib import Path
 import pytest
 
 from leaderboard import Store
+from tests.conftest import tiny_tier
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_TIER = """
-name = "tiny"
-description = "test tier: depth 1 then 2, a few dozen steps"
-train_tier = "cpu"
-[baseline]
-vocab_size = 1024
-tokenizer_max_chars = 2500000
-sequence_len = 64
-head_dim = 64
-device_batch_size = 4
-total_batch_size = 256
-eval_tokens = 2048
-eval_every = 0
-log_every = 0
-warmup_steps = 2
-embedding_lr = 3.0
-unembedding_lr = {unembedding_lr}
-scalar_lr = 8.0
-matrix_lr = 0.32
+# The ladder's part of the tier; the [baseline] (with the unembedding LR a test cripples) comes from tiny_tier.
+TINY_RUNGS = """
 [statistics]
 alpha = 0.05
 min_effect = 0.0
@@ -60,7 +44,8 @@ def workdir(tmp_path, tiny_tokenizer):  # tiny_tokenizer: the cached tokenizer t
 
 def write_tier(dirpath: Path, unembedding_lr=0.1, iterations=30) -> Path:
     path = dirpath / "tiny.toml"
-    path.write_text(TINY_TIER.format(unembedding_lr=unembedding_lr, iterations=iterations))
+    path.write_text(tiny_tier("test tier: depth 1 then 2, a few dozen steps", TINY_RUNGS.format(iterations=iterations),
+                              unembedding_lr=unembedding_lr))
     return path
 
 

@@ -20,6 +20,7 @@ from experiments.catalog import Rung
 from harness.executors import Executor, SlurmOptions
 from harness.jobs import Job, TrainingJob
 from harness.runs import read_outcome
+from tests.conftest import tiny_tier
 
 REPO = Path(__file__).resolve().parents[1]
 # tests/test_train.py's TINY as overrides: seconds per run on 2 cores. Evaluation only at the end.
@@ -183,25 +184,7 @@ def test_a_job_out_of_time_is_signalled_checkpointed_requeued_and_resumed(partit
     assert read_outcome(job, returned).status == "ok"
 
 
-TINY_TIER = """
-name = "tiny"
-description = "test tier: depth 1, a few dozen steps"
-train_tier = "cpu"
-[baseline]
-vocab_size = 1024
-tokenizer_max_chars = 2500000
-sequence_len = 64
-head_dim = 64
-device_batch_size = 4
-total_batch_size = 256
-eval_tokens = 2048
-eval_every = 0
-log_every = 0
-warmup_steps = 2
-embedding_lr = 3.0
-unembedding_lr = 0.1
-scalar_lr = 8.0
-matrix_lr = 0.32
+TINY_TIER = tiny_tier("test tier: depth 1, a few dozen steps", """
 [statistics]
 alpha = 0.05
 min_effect = 0.0
@@ -211,7 +194,7 @@ name = "d1"
 depth = 1
 num_iterations = 20
 seeds = 2
-"""
+""")
 
 
 def test_a_search_runs_on_slurm_end_to_end(partition, tmp_path, shared_data, tiny_tokenizer):

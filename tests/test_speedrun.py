@@ -18,36 +18,19 @@ from harness.experiment import Experiment
 from harness.jobs import Job
 from harness.speedrun import CORE_AT_END_ONLY, main, summarize, track_overrides, track_rung
 from leaderboard import Store
+from tests.conftest import tiny_tier
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 4.2       # measured: 30 steps at depth 1 end near val_bpb 4.05-4.09 and pass 4.2 by step 20
 REFERENCE_S = 1e6  # a published reference entry far slower than any tiny run
 
-TIER = """
-name = "tiny"
-description = "test tier: a few dozen steps at depth 1"
-train_tier = "cpu"
-[baseline]
-vocab_size = 1024
-tokenizer_max_chars = 2500000
-sequence_len = 64
-head_dim = 64
-device_batch_size = 4
-total_batch_size = 256
-eval_tokens = 2048
-eval_every = 0
-log_every = 0
-warmup_steps = 2
-embedding_lr = 3.0
-unembedding_lr = 0.1
-scalar_lr = 8.0
-matrix_lr = 0.32
+TIER = tiny_tier("test tier: a few dozen steps at depth 1", """
 [[rungs]]
 name = "d1"
 depth = 1
 num_iterations = 30
 seeds = 2
-"""
+""")
 
 TRACK = """
 name = "tiny"
