@@ -62,6 +62,7 @@ class ModelConfig:
     embedding_init_std: float = 0.8
     lm_head_init_std: float = 0.001
     fc_init_scale: float = 0.4       # MLP input projection init relative to the other matrices
+    init_per_param: bool = False     # draw each parameter's init from its own (seed, name) generator (see GPT)
     # --- numerics ---
     dtype: str = "auto"              # auto (bf16 on CUDA SM80+, else fp32) | float32 | bfloat16
 
@@ -189,6 +190,7 @@ class TrainConfig:
     param_data_ratio: float = 10.5   # tokens = ratio * scaling params, when no other horizon is given
     eval_every: int = 250            # steps between val bpb evaluations (and at the end)
     eval_tokens: int = 10485760      # val tokens per evaluation
+    eval_spread: bool = False        # val documents in a fixed shuffled order (a small set spans many documents)
     core_every: int = 0              # steps between CORE evaluations (0 = off)
     core_max_per_task: int = 500     # examples per CORE task during training (0 = all)
     save_every: int = 0              # steps between checkpoints (0 = only at the end)
@@ -219,8 +221,10 @@ class TrainConfig:
 
 TIERS: dict[str, dict[str, object]] = {
     # Measured on a 2-core CPU: at seq 256 and batch 8 x 256 tokens a depth-2 step takes a fraction of a second.
+    # Its 32k-token val set is spread over the val shard's documents: the first 32k tokens of a shard of book
+    # chunks are one or two books, and runs then differ by how well they predict those books (model/data.py).
     "cpu": dict(vocab_size=8192, sequence_len=256, head_dim=64, device_batch_size=8, total_batch_size=8 * 256,
-                eval_every=50, eval_tokens=16 * 256 * 8, log_every=10, compile=False,
+                eval_every=50, eval_tokens=16 * 256 * 8, eval_spread=True, log_every=10, compile=False,
                 # d12's horizon says nothing about minutes-long CPU runs: weight decay is used as given.
                 scale_wd_to_horizon=False,
                 # BPE at vocab 8192 needs far less than nanochat's 2B characters; 100M train in about a minute here.

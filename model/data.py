@@ -425,14 +425,15 @@ class BestFitLoader:
     """BOS-aligned best-fit packing of a split into (inputs, targets) int64 batches of shape (B, T).
 
     The train split loops forever: epoch e visits shards in a seeded random order and shuffles documents inside
-    each block (seed, e); validation is a single pass in file order and raises StopIteration at its end (the last,
-    partial batch is dropped). Tokenization runs in a background thread a few chunks ahead of packing.
+    each block (seed, e); validation is a single pass in file order (or, with `val_seed`, with the documents of each
+    block in a fixed shuffled order) and raises StopIteration at its end (the last, partial batch is dropped).
+    `doc_pieces` keeps at most that many row-sized pieces of each document (None: all of it). Tokenization runs in a background thread a few chunks ahead of packing.
     `state_dict()` records the buffer as document addresses, so a restored loader yields exactly the same batches.
     """
 
     def __init__(self, tokenizer, source: DataSource | str | None, split: str, batch_size: int, seq_len: int, *,
                  rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu", buffer_docs: int = 1000,
-                 seed: int = 0):
+                 seed: int = 0, val_seed: int | None = None, doc_pieces: int | None = None):
         _check_split(split)
         if not isinstance(source, DataSource):
             source = resolve_source(source)
@@ -446,7 +447,8 @@ class BestFitLoader:
         self.batch_size, self.seq_len, self.rank, self.world_size = batch_size, seq_len, rank, world_size
         self.device, self.buffer_docs, self.seed = torch.device(device), buffer_docs, seed
         self._bos = tokenizer.bos_id
-        self._shuffle_seed = seed if split == "train" else None
+        self._shuffle_seed = seed if split == "train" else val_seed
+        self.doc_pieces = doc_pieces
         # Buffer entries (length, -seq, start, end, doc), kept sorted: bisect finds the largest piece that fits, and
         # among equal lengths the oldest (largest -seq) wins. A piece is BOS + doc.toks[start:end].
         self._buffer: list[tuple[int, int, int, int, _Doc]] = []
@@ -552,7 +554,8 @@ class BestFitLoader:
 
     def _add_doc(self, doc: _Doc) -> None:
         n, T = len(doc.toks), self.seq_len
-        for start in range(0, n, T):  # row-sized pieces: BOS + at most T tokens
+        starts = range(0, n, T)  # row-sized pieces: BOS + at most T tokens
+        for start in starts[:self.doc_pieces] if self.doc_pieces is not None else starts:
             self._add_piece(start, min(start + T, n), doc)
 
     def _fill_row(self, row: np.ndarray) -> bool:
@@ -638,13 +641,23 @@ class BestFitLoader:
         self._exhausted = bool(state["exhausted"])
 
 
+VAL_SEED = 0  # the fixed shuffle of a spread validation set: the same documents in every run
+
+
 def validation_batches(tokenizer, source: DataSource | str | None, batch_size: int, seq_len: int, num_tokens: int, *,
                        rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
-                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                       spread: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed validation set: the first ceil(num_tokens / (B*T*world_size)) batches of this rank's val stream.
 
     `num_tokens` counts all ranks together, so the set covers about the same text whatever the world size. If the
     split is smaller, every full batch it has is returned (with a warning on stderr).
+
+    `spread`: the first row-sized piece of each document, the documents of each block in a fixed shuffled order
+    (VAL_SEED), instead of whole documents in file order. A small set (the cpu tier's 32k tokens: 128 rows) then
+    samples ~128 documents from all over the block instead of the first few, which in a shard of consecutive book
+    chunks are one or two books (and one long document can fill most rows). Measured on the shared Gutenberg shards
+    at depth 2: a run and its replica with another init differed by 0.044 bpb on the first 32k tokens and by 0.002
+    on the first 262k, whose mean both missed by 0.3 bpb.
     """
     if num_tokens < 1:
         raise ValueError(f"num_tokens must be positive, got {num_tokens}")
@@ -652,7 +665,7 @@ def validation_batches(tokenizer, source: DataSource | str | None, batch_size: i
         source = resolve_source(source)
     wanted = math.ceil(num_tokens / (batch_size * seq_len * world_size))
     loader = BestFitLoader(tokenizer, source, "val", batch_size, seq_len, rank=rank, world_size=world_size,
-                           device=device)
+                           device=device, val_seed=VAL_SEED if spread else None, doc_pieces=1 if spread else None)
     batches = []
     try:
         for batch in loader:

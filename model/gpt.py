@@ -7,13 +7,16 @@ Always on (the architecture itself):
 - ReLU^2 MLP; untied token embedding and lm_head
 Switches and values (see ModelConfig): rotary base, post-QK-norm scale, logit soft-cap, grouped-query attention,
 sliding windows from a pattern string, value embeddings with a per-head gate, smear, backout, per-layer
-resid/x0 lambdas, zero-initialised output projections, attention backend, compute dtype.
+resid/x0 lambdas, zero-initialised output projections, attention backend, compute dtype, and where each
+parameter's initial values are drawn from (one random stream, or one per parameter name).
 
 Precision: parameters stay fp32 (the optimizer's master weights); on CUDA SM80+ activations run in bf16 and each
 Linear casts its weight to the activation dtype at use. Logits and the loss are always fp32.
 """
 
 from __future__ import annotations
+
+import zlib
 
 import torch
 import torch.nn as nn
@@ -157,22 +160,24 @@ class GPT(nn.Module):
         """nanochat's init. Matrices are uniform with the std of N(0, 1/model_dim) (no outliers); output
         projections start at zero so every block starts as the identity; lm_head starts tiny."""
         c = self.config
-        nn.init.normal_(self.wte.weight, mean=0.0, std=c.embedding_init_std)
-        nn.init.normal_(self.lm_head.weight, mean=0.0, std=c.lm_head_init_std)
+        rng = self._init_generators()
+        nn.init.normal_(self.wte.weight, mean=0.0, std=c.embedding_init_std, generator=rng(self.wte.weight))
+        nn.init.normal_(self.lm_head.weight, mean=0.0, std=c.lm_head_init_std, generator=rng(self.lm_head.weight))
         s = 3 ** 0.5 * c.model_dim ** -0.5
         for block in self.blocks:
             for w in (block.attn.c_q.weight, block.attn.c_k.weight, block.attn.c_v.weight):
-                nn.init.uniform_(w, -s, s)
-            nn.init.uniform_(block.mlp.c_fc.weight, -s * c.fc_init_scale, s * c.fc_init_scale)
+                nn.init.uniform_(w, -s, s, generator=rng(w))
+            w = block.mlp.c_fc.weight
+            nn.init.uniform_(w, -s * c.fc_init_scale, s * c.fc_init_scale, generator=rng(w))
             for w in (block.attn.c_proj.weight, block.mlp.c_proj.weight):
                 if c.zero_init_proj:
                     nn.init.zeros_(w)
                 else:
-                    nn.init.uniform_(w, -s, s)
-            if block.attn.ve_gate is not None:
-                nn.init.uniform_(block.attn.ve_gate.weight, 0.0, 0.02)  # gates start just above neutral
+                    nn.init.uniform_(w, -s, s, generator=rng(w))
+            if block.attn.ve_gate is not None:  # gates start just above neutral
+                nn.init.uniform_(block.attn.ve_gate.weight, 0.0, 0.02, generator=rng(block.attn.ve_gate.weight))
         for ve in self.value_embeds.values():
-            nn.init.uniform_(ve.weight, -s, s)
+            nn.init.uniform_(ve.weight, -s, s, generator=rng(ve.weight))
         if c.layer_lambdas:
             frac = torch.arange(c.depth, dtype=torch.float32) / max(c.depth - 1, 1)
             self.resid_lambdas.copy_(c.resid_lambda_init + (c.resid_lambda_final - c.resid_lambda_init) * frac)
@@ -182,6 +187,24 @@ class GPT(nn.Module):
             self.smear_lambda.zero_()
         if c.backout:
             self.backout_lambda.fill_(c.backout_init)
+
+    def _init_generators(self):
+        """Where each parameter's initial values come from. By default the global random stream in a fixed order
+        (nanochat's): a change that adds, removes or reshapes a parameter shifts the stream for every parameter
+        drawn after it. With init_per_param, each parameter draws from its own generator seeded by (the global
+        seed, its name), so the parameters two configs share start identical (common random numbers)."""
+        if not self.config.init_per_param:
+            return lambda w: None
+        names = {id(p): n for n, p in self.named_parameters()}
+        base = torch.initial_seed()
+
+        def rng(w: torch.Tensor) -> torch.Generator | None:
+            if w.device.type == "meta":
+                return None
+            g = torch.Generator(device=w.device)
+            g.manual_seed((base * 1_000_003 + zlib.crc32(names[id(w)].encode())) % (2 ** 63))
+            return g
+        return rng
 
     # ------------------------------------------------------------------------------------------------
     @property

@@ -11,8 +11,11 @@ result.json and on stderr); 2 = bad input (one line on stderr, nothing written);
 
 What the depth dial does not set comes from the tier (--tier cpu|gpu, default from the device): vocab,
 sequence length, head dim, batch. Any ModelConfig/OptimConfig/TrainConfig field can be overridden with
---set key=value. The horizon is one of --num-iterations, --param-data-ratio (tokens = ratio x scaling params)
-or --time-budget SECONDS of training time; schedules run on the fraction of that horizon done.
+--set key=value. The horizon is one of --num-iterations, --token-budget N, --flops-budget F (training FLOPs: a
+model that costs fewer FLOPs per token trains on more tokens), --param-data-ratio (tokens = ratio x scaling
+params) or --time-budget SECONDS of training time; schedules run on the fraction of that horizon done. Every
+horizon but the time budget is compute: the same on a quiet machine and a loaded one. result.json records the
+throughput (tok_per_s, step_time_s) so speed is measured apart from the result.
 
 total_training_time follows the nanochat leaderboard rule: synchronized step time only, excluding evaluation,
 checkpointing, compilation warm-up and the first 10 steps. time_to_target is total_training_time at the first
@@ -92,6 +95,9 @@ def build_parser() -> ArgumentParser:
                    help="data order only (default: --seed); the harness pairs runs on it while varying the init")
     horizon = p.add_mutually_exclusive_group()
     horizon.add_argument("--num-iterations", type=int, default=None, help="optimizer steps")
+    horizon.add_argument("--token-budget", type=int, default=None, help="training tokens (rounded up to whole steps)")
+    horizon.add_argument("--flops-budget", type=float, default=None,
+                         help="training FLOPs (model FLOPs per token x tokens; rounded to whole steps)")
     horizon.add_argument("--param-data-ratio", type=float, default=None, help="tokens = ratio x scaling params")
     horizon.add_argument("--time-budget", type=float, default=None, help="seconds of training time")
     p.add_argument("--target", default=None, help="val_bpb<=X or core>=X: record time_to_target")
@@ -138,6 +144,10 @@ def resolve_setup(args: argparse.Namespace, device: torch.device, world: int = 1
         raise BadInput(f"--time-budget {args.time_budget}: expected a positive number of seconds")
     if args.param_data_ratio is not None and not args.param_data_ratio > 0:
         raise BadInput(f"--param-data-ratio {args.param_data_ratio}: expected a positive number")
+    if args.token_budget is not None and args.token_budget < 1:
+        raise BadInput(f"--token-budget {args.token_budget}: expected a positive number of tokens")
+    if args.flops_budget is not None and not (args.flops_budget > 0 and math.isfinite(args.flops_budget)):
+        raise BadInput(f"--flops-budget {args.flops_budget}: expected a positive number of FLOPs, e.g. 4.7e12")
     target = Target.parse(args.target) if args.target else None
     if args.stop_at_target and target is None:
         raise BadInput("--stop-at-target needs --target")
@@ -272,19 +282,13 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
     T = model_config.sequence_len
     grad_accum = train.total_batch_size // (train.device_batch_size * T * world)
 
-    # Horizon.
+    # Horizon: steps from a compute budget, or a time budget checked as training goes.
     num_iterations, budget = None, None
     if args.time_budget is not None:
         budget = args.time_budget
         horizon = {"time_budget": budget}
     else:
-        if args.num_iterations is not None:
-            num_iterations = args.num_iterations
-            horizon = {"num_iterations": num_iterations}
-        else:
-            ratio = args.param_data_ratio or train.param_data_ratio
-            num_iterations = max(1, round(ratio * counts["scaling"] / train.total_batch_size))
-            horizon = {"param_data_ratio": ratio}
+        num_iterations, horizon = compute_horizon(args, train, counts["scaling"], flops_per_token)
     # Weight decay: nanochat's value is tuned at d12's compute-optimal horizon and batch 2^19 tokens. It is
     # rescaled (T_epoch rule: wd ~ sqrt(B / B_ref) * D_ref / D) when the horizon is known in tokens and the
     # tier asks for it; otherwise it is used as given.
@@ -305,7 +309,7 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
     loader = BestFitLoader(tokenizer, source, "train", train.device_batch_size, T, rank=rank, world_size=world,
                            device=device, seed=data_seed)
     val_batches = validation_batches(tokenizer, source, train.device_batch_size, T, train.eval_tokens, rank=rank,
-                                     world_size=world, device=device)
+                                     world_size=world, device=device, spread=train.eval_spread)
     token_bytes = tokenizer.token_bytes().to(device)
 
     # Loop state (restored on resume).
@@ -500,12 +504,12 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
         save(state["step"])
         if master:
             write_result(run_dir, "timeout", "terminated by SIGTERM (preempted or out of time); rerun with --resume",
-                         state, flops_per_token, device)
+                         state, flops_per_token, device, train.total_batch_size)
             print("train: terminated; checkpoint saved, rerun with --resume", file=sys.stderr)
         return EXIT_TERMINATED
     except Exception as e:  # noqa: BLE001 - any crash is recorded as a failed run, then re-raised for the log
         if master:
-            write_result(run_dir, "failed", f"{type(e).__name__}: {e}".splitlines()[0], state, flops_per_token, device)
+            write_result(run_dir, "failed", f"{type(e).__name__}: {e}".splitlines()[0], state, flops_per_token, device, train.total_batch_size)
             print(f"error: training failed: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
         import traceback
         traceback.print_exc()
@@ -514,7 +518,7 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
     if status == "ok":
         save(state["step"])
     if master:
-        write_result(run_dir, status, reason, state, flops_per_token, device)
+        write_result(run_dir, status, reason, state, flops_per_token, device, train.total_batch_size)
         summary = f"train: {status} | steps {state['step']} | val_bpb {state['last_val_bpb']}"
         if state["time_to_target"] is not None:
             summary += f" | time_to_target {state['time_to_target']:.1f}s"
@@ -539,6 +543,23 @@ def acquire_run_lock(run_dir: Path) -> None:
     except BlockingIOError:
         print(f"train: another process is training {run_dir}; waiting for it to finish", file=sys.stderr, flush=True)
         fcntl.flock(_RUN_LOCK, fcntl.LOCK_EX)
+
+
+def compute_horizon(args, train: TrainConfig, scaling: int, flops_per_token: int) -> tuple[int, dict]:
+    """(optimizer steps, the horizon as recorded) for a horizon given in compute: steps, tokens, FLOPs or a
+    param/data ratio. A FLOPs budget buys fewer steps for a model that costs more per token, and more for one
+    that costs less, so a change that saves compute is credited with the tokens it saves."""
+    step_tokens = train.total_batch_size
+    if args.num_iterations is not None:
+        return args.num_iterations, {"num_iterations": args.num_iterations}
+    if args.token_budget is not None:
+        steps = max(1, -(-args.token_budget // step_tokens))
+        return steps, {"token_budget": args.token_budget, "num_iterations": steps}
+    if args.flops_budget is not None:
+        steps = max(1, round(args.flops_budget / (flops_per_token * step_tokens)))
+        return steps, {"flops_budget": args.flops_budget, "num_iterations": steps}
+    ratio = args.param_data_ratio or train.param_data_ratio
+    return max(1, round(ratio * scaling / step_tokens)), {"param_data_ratio": ratio}
 
 
 def scaling_params(config: ModelConfig) -> int:
@@ -566,14 +587,24 @@ def atomic_write_json_lines(path: Path, lines: list[str]) -> None:
     atomic_write_bytes(path, lambda f: f.write("".join(line + "\n" for line in lines).encode()))
 
 
+def throughput(state: dict, tokens_per_step: int) -> dict:
+    """Training speed over the timed steps (nanochat's rule: the first UNTIMED_STEPS are not timed): tokens per
+    second and seconds per optimizer step; None when no step was timed."""
+    timed = state["step"] - UNTIMED_STEPS
+    if timed <= 0 or state["train_time"] <= 0:
+        return {"tok_per_s": None, "step_time_s": None}
+    return {"tok_per_s": round(timed * tokens_per_step / state["train_time"], 1),
+            "step_time_s": round(state["train_time"] / timed, 6)}
+
+
 def write_result(run_dir: Path, status: str, reason: str | None, state: dict, flops_per_token: int,
-                 device: torch.device) -> None:
+                 device: torch.device, tokens_per_step: int) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     result = {
         "status": status, "val_bpb": state["last_val_bpb"], "min_val_bpb": state["min_val_bpb"], "core": state["last_core"],
         "total_training_time": round(state["train_time"], 3), "time_to_target": state["time_to_target"],
         "tokens": state["tokens"], "flops": flops_per_token * state["tokens"], "steps": state["step"],
-        "peak_memory_bytes": peak_memory_bytes(device),
+        "peak_memory_bytes": peak_memory_bytes(device), **throughput(state, tokens_per_step),
     }
     if reason:
         result["reason"] = reason

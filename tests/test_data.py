@@ -397,6 +397,34 @@ def test_validation_batches_are_fixed(tiny_tokenizer, shared_data):
     assert len(rank1) == 3 and not torch.equal(rank1[0][0], first[0][0])
 
 
+def test_a_spread_validation_set_spans_the_block_instead_of_its_first_documents(tiny_tokenizer, shared_data):
+    """The shared val shard is consecutive chunks of books: its first 16k tokens are a handful of neighbouring
+    documents. Spread, the same number of tokens comes from documents all over the first block, the same ones in
+    every run."""
+    source = resolve_source(str(shared_data))
+    texts = source.read_block(source.shards("val")[0], 0)
+
+    def documents(batches) -> list[int]:
+        found = []
+        for x, _ in batches:
+            for row in x:
+                ids = row.tolist()
+                starts = [i for i, t in enumerate(ids) if t == tiny_tokenizer.bos_id]
+                for a, b in zip(starts, starts[1:] + [len(ids)]):
+                    piece = tiny_tokenizer.decode(ids[a + 1:b])[:40]
+                    if len(piece) >= 40:
+                        found.append(next(j for j, t in enumerate(texts) if piece in t))
+        return found
+
+    head = documents(validation_batches(tiny_tokenizer, source, 4, 256, 16384))
+    spread = validation_batches(tiny_tokenizer, source, 4, 256, 16384, spread=True)
+    again = validation_batches(tiny_tokenizer, source, 4, 256, 16384, spread=True)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(spread, again))
+    where = documents(spread)
+    assert max(head) < 0.05 * len(texts)
+    assert max(where) - min(where) > 0.5 * len(texts) and len(set(where)) > len(set(head))
+
+
 def test_validation_batches_when_the_split_is_short(tmp_path, capsys):
     docs, _ = numbered_docs([10] * 3)
     src = write_parquet_source(tmp_path / "d", {"a.parquet": ["1"], "b.parquet": docs})

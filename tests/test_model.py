@@ -135,6 +135,25 @@ def test_each_init_switch_changes_the_initial_weights(field, value, param):
     assert not torch.allclose(before, after)
 
 
+def test_per_parameter_init_keeps_shared_parameters_identical_across_a_structural_change():
+    """Common random numbers: with init_per_param, removing value embeddings or a kv head leaves every parameter
+    the two models share exactly as it was; from the one global stream (nanochat's), every draw after the first
+    added or reshaped module shifts. Either way the init is a function of the seed, and its scale is the same."""
+    def init(seed=0, **kw):
+        return dict(build(tiny_config(depth=4, **kw), seed=seed).named_parameters())
+
+    for change in ({"value_embeds": False}, {"n_kv_head": 1}):
+        a, b = init(init_per_param=True), init(init_per_param=True, **change)
+        shared = [n for n in a if n in b and a[n].shape == b[n].shape]
+        assert all(torch.equal(a[n], b[n]) for n in shared) and len(shared) >= 10
+        c, d = init(), init(**change)
+        assert not torch.equal(c["wte.weight"], d["wte.weight"])
+    assert torch.equal(init(init_per_param=True)["wte.weight"], init(init_per_param=True)["wte.weight"])
+    assert not torch.equal(init(init_per_param=True)["wte.weight"], init(seed=1, init_per_param=True)["wte.weight"])
+    for name in ("wte.weight", "blocks.2.attn.c_q.weight", "blocks.0.mlp.c_fc.weight"):
+        assert init(init_per_param=True)[name].std().item() == pytest.approx(init()[name].std().item(), rel=0.1)
+
+
 def test_zero_init_changes_the_initial_function():
     x = tokens()
     assert not torch.allclose(build(tiny_config())(x), build(tiny_config(zero_init_proj=False))(x), atol=1e-5)

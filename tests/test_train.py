@@ -72,6 +72,49 @@ def test_time_budget_stops_on_training_time(tmp_path, shared_data, tokenizer_dir
     assert [p["step"] for p in metrics(out)] == [result["steps"]]  # eval-every 0: only the final evaluation
 
 
+def cpu_hog(processes: int = 2) -> list[subprocess.Popen]:
+    """Busy loops on every core: a loaded machine."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+
+
+def test_a_compute_budget_trains_the_same_tokens_and_result_on_a_loaded_machine(tmp_path, shared_data, tokenizer_dir):
+    """The same config and seed give the same val_bpb on CPU, and a FLOPs budget gives the same steps and tokens
+    whatever the load (a time budget would not); only the measured throughput drops."""
+    budget = ["--flops-budget", "3e9", "--eval-every", "10", "--seed", "3"]
+    quiet = run(train_cmd(tmp_path / "quiet", shared_data, tokenizer_dir, *budget))
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    hogs = cpu_hog()
+    try:
+        loaded = run(train_cmd(tmp_path / "loaded", shared_data, tokenizer_dir, *budget))
+    finally:
+        for h in hogs:
+            h.kill()
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    a, b = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("quiet", "loaded"))
+    config = json.loads((tmp_path / "quiet" / "config.json").read_text())
+    steps = round(3e9 / (config["flops_per_token"] * 256))
+    assert a["steps"] == b["steps"] == steps and a["tokens"] == b["tokens"] == steps * 256
+    assert config["budget"] == {"flops_budget": 3e9, "num_iterations": steps}
+    assert a["val_bpb"] == b["val_bpb"]  # bit-identical: the load changed the speed, not the result
+    assert [p["val_bpb"] for p in metrics(tmp_path / "quiet")] == [p["val_bpb"] for p in metrics(tmp_path / "loaded")]
+    assert a["tok_per_s"] > 0 and b["tok_per_s"] > 0 and a["step_time_s"] > 0
+
+
+def test_a_flops_budget_buys_more_tokens_for_a_cheaper_model(tmp_path, shared_data, tokenizer_dir):
+    runs = {}
+    for name, extra in (("mlp4", []), ("mlp2", ["--set", "mlp_ratio=2"])):
+        out = tmp_path / name
+        proc = run(train_cmd(out, shared_data, tokenizer_dir, "--flops-budget", "2e9", "--eval-every", "0", *extra))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[name] = json.loads((out / "result.json").read_text())
+    assert runs["mlp2"]["tokens"] > runs["mlp4"]["tokens"]
+    for r in runs.values():  # each spends the budget to within a step
+        per_step = r["flops"] / r["steps"]
+        assert abs(r["flops"] - 2e9) <= per_step / 2 + 1
+    token = run(train_cmd(tmp_path / "tokens", shared_data, tokenizer_dir, "--token-budget", "2600", "--eval-every", "0"))
+    assert token.returncode == 0 and json.loads((tmp_path / "tokens" / "result.json").read_text())["tokens"] == 11 * 256
+
+
 def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path, shared_data, tokenizer_dir):
     args = ("--num-iterations", "30", "--eval-every", "10", "--save-every", "5")
     straight = tmp_path / "straight"
@@ -135,10 +178,12 @@ def test_divergence_is_its_own_status(tmp_path, shared_data, tokenizer_dir):
     (["--set", "total_batch_size=100"], "total_batch_size=100"),
     (["--stop-at-target"], "--stop-at-target needs --target"),
     (["--time-budget", "5", "--num-iterations", "3"], "not allowed with argument"),
+    (["--flops-budget", "0"], "--flops-budget 0.0: expected a positive number of FLOPs"),
+    (["--token-budget", "-1"], "--token-budget -1: expected a positive number of tokens"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, shared_data, tokenizer_dir, extra, needle):
     out = tmp_path / "never"
-    horizon = [] if "--time-budget" in extra else ["--num-iterations", "2"]
+    horizon = [] if any(flag in extra for flag in ("--time-budget", "--flops-budget", "--token-budget")) else ["--num-iterations", "2"]
     proc = run(train_cmd(out, shared_data, tokenizer_dir, *horizon, *extra))
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
