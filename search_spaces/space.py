@@ -74,14 +74,14 @@ class Space:
         values = {}
         for name in chosen:
             k = KNOBS[name]
-            if k.kind == "bool":
+            if k.type == "bool":
                 values[name] = trial.suggest_categorical(name, [False, True])
-            elif k.kind == "categorical":
+            elif k.type == "categorical":
                 values[name] = trial.suggest_categorical(name, list(k.choices))
-            elif k.kind == "int":
+            elif k.type == "int":
                 values[name] = trial.suggest_int(name, int(k.low), int(k.high))
             else:
-                values[name] = trial.suggest_float(name, k.low, k.high, log=k.kind == "logfloat")
+                values[name] = trial.suggest_float(name, k.low, k.high, log=k.type == "logfloat")
         return self.validate(values)
 
     def params(self, tweaks: dict) -> dict:
@@ -102,14 +102,14 @@ class Space:
         for k in self.knobs:
             base = self.baseline_value(k)
             desc = f"{k.doc}. Baseline: {base!r}."
-            if k.kind == "bool":
+            if k.type == "bool":
                 props[k.name] = {"type": "boolean", "description": desc}
-            elif k.kind == "categorical":
+            elif k.type == "categorical":
                 props[k.name] = {"enum": list(k.choices), "description": desc}
-            elif k.kind == "int":
+            elif k.type == "int":
                 props[k.name] = {"type": "integer", "minimum": int(k.low), "maximum": int(k.high), "description": desc}
             else:
-                scale = " (log scale)" if k.kind == "logfloat" else ""
+                scale = " (log scale)" if k.type == "logfloat" else ""
                 props[k.name] = {"type": "number", "minimum": k.low, "maximum": k.high, "description": desc + scale}
         return {"type": "object", "properties": props, "additionalProperties": False}
 
@@ -119,11 +119,11 @@ def coerce(knob: Knob, value):
     def bad(expected: str):
         return SearchSpaceError(f"knob {knob.name!r}={value!r}: expected {expected}")
 
-    if knob.kind == "bool":
+    if knob.type == "bool":
         if isinstance(value, bool):
             return value
         raise bad("true or false")
-    if knob.kind == "categorical":
+    if knob.type == "categorical":
         for choice in knob.choices:
             if value is None and choice is None:
                 return None
@@ -132,7 +132,7 @@ def coerce(knob: Knob, value):
         raise bad(f"one of {list(knob.choices)}")
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise bad(f"a number in [{knob.low:g}, {knob.high:g}]")
-    if knob.kind == "int":
+    if knob.type == "int":
         if value != int(value):
             raise bad(f"an integer in [{int(knob.low)}, {int(knob.high)}]")
         value = int(value)
