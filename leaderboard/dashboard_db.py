@@ -152,6 +152,12 @@ def run(url: str, run_id: int) -> dict[str, Any] | None:
 
 
 @_cached
+def null_spreads(url: str, scope: str) -> list[dict[str, Any]]:
+    store = open_store(url)
+    return store.null_spreads(scope) if store else []
+
+
+@_cached
 def metric_points(url: str, run_ids: tuple[int, ...]) -> list[dict[str, Any]]:
     store = open_store(url)
     return store.metric_points(run_ids) if store else []

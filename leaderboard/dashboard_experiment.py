@@ -85,6 +85,8 @@ if experiment["runs"]:
                      "core": st.column_config.NumberColumn(format="%.4f"),
                      "time to target (s)": st.column_config.NumberColumn(format="%.1f"),
                      "training time (s)": st.column_config.NumberColumn(format="%.1f"),
+                     "tok/s": st.column_config.NumberColumn(format="%.0f", help=fmt.RUN_SPEED_COLUMNS["tok/s"]),
+                     "loaded": st.column_config.CheckboxColumn(help=fmt.RUN_SPEED_COLUMNS["loaded"]),
                  })
     st.page_link("dashboard_runs.py", label="Curves and config diffs of these runs", icon=":material/show_chart:",
                  query_params={"experiment": experiment_id})
@@ -94,12 +96,6 @@ else:
 st.subheader("Decisions")
 if experiment["decisions"]:
     st.dataframe(fmt.decisions_table(experiment["decisions"], names).drop(columns=["experiment", "experiment_id"]),
-                 hide_index=True, placeholder=fmt.MISSING, column_config={
-                     "mean delta": st.column_config.NumberColumn(format="%.4f"),
-                     "std error": st.column_config.NumberColumn(format="%.4f"),
-                     "p-value": st.column_config.NumberColumn(format="%.4f"),
-                     "min effect": st.column_config.NumberColumn(format="%.4f"),
-                     "noise floor": st.column_config.NumberColumn(format="%.4f"),
-                 })
+                 hide_index=True, placeholder=fmt.MISSING, column_config=fmt.decision_column_config(st))
 else:
     st.caption("No ladder decisions about this experiment yet.")

@@ -191,13 +191,42 @@ def decisions_table(decisions: list[dict[str, Any]], names: Mapping[str, str]) -
         rows.append({
             "experiment": names.get(d["experiment_id"], d["experiment_id"]),
             "from": d["from_rung"], "to": d["to_rung"] or MISSING, "verdict": d["verdict"],
+            "kind": d.get("kind") or MISSING,
             "n": d["n"], "mean delta": d["mean_delta"], "std error": d["std_error"], "p-value": d["p_value"],
-            "alpha": d["alpha"], "min effect": d["min_effect"], "noise floor": d["noise_floor"],
+            "MDE": d.get("mde"), "compute x": d.get("compute_multiplier"),
+            "extrapolated": d.get("multiplier_extrapolated"),
+            "alpha": d["alpha"], "min effect": d["min_effect"], "spread": d.get("spread"), "df": d.get("df"),
+            "null spread": d["noise_floor"],
             "deltas": ", ".join(number(x) for x in deltas or []) or MISSING,
             "baseline": names.get(d["baseline_experiment_id"], d["baseline_experiment_id"]) or MISSING,
             "decided": d["created_at"], "experiment_id": d["experiment_id"],
         })
     return pd.DataFrame(rows)
+
+
+# How the decision tables (Search and Experiment pages) show the ladder's statistics.
+def decision_column_config(st) -> dict:
+    return {
+        "kind": st.column_config.TextColumn(help="parametric (a continuous setting) or structural (a switch, pattern, "
+                                            "algorithm or patch): which noise the change was judged against"),
+        "mean delta": st.column_config.NumberColumn(format="%.4f", help="candidate - baseline val_bpb (negative: better)"),
+        "std error": st.column_config.NumberColumn(format="%.4f"),
+        "p-value": st.column_config.NumberColumn(format="%.4f", help="one-sided moderated paired test of an improvement "
+                                                 "beyond the min effect"),
+        "MDE": st.column_config.NumberColumn(format="%.4f", help="minimum detectable effect: the improvement (bpb) this "
+                                             "test promotes with 80% power at its seeds, alpha and spread"),
+        "compute x": st.column_config.NumberColumn(format="%.3g", help="how much more training compute the baseline "
+                                                   "needs to reach the candidate's val_bpb (above 1: the candidate "
+                                                   "is better)"),
+        "extrapolated": st.column_config.CheckboxColumn(help="the candidate's val_bpb lies past the baseline's "
+                                                        "learning curve: the multiplier extends its last segment"),
+        "min effect": st.column_config.NumberColumn(format="%.4f"),
+        "spread": st.column_config.NumberColumn(format="%.5f", help="the sd of paired differences the test used: the "
+                                                "candidate's own, moderated by the rung's other units of its kind"),
+        "df": st.column_config.NumberColumn(format="%.1f", help="degrees of freedom of that spread"),
+        "null spread": st.column_config.NumberColumn(format="%.5f", help="RMS of paired null differences of the "
+                                                     "change's kind at the rung: the least spread a decision assumes"),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -263,6 +292,23 @@ def runs_table(runs: list[dict[str, Any]], names: Mapping[str, str], rung_order:
         "run": r["id"], "experiment": names.get(r["experiment_id"], r["experiment_id"]), "rung": r["rung"],
         "seed": r["seed"], "status": r["status"], "val_bpb": r["val_bpb"], "core": r["core"],
         "time to target (s)": r["time_to_target"], "training time (s)": r["total_training_time"],
+        "steps": r.get("steps"), "tok/s": r.get("tok_per_s"), "loaded": r.get("loaded"),
         "reason": r.get("reason") or "",
     } for r in ordered], columns=["run", "experiment", "rung", "seed", "status", "val_bpb", "core",
-                                  "time to target (s)", "training time (s)", "reason"])
+                                  "time to target (s)", "training time (s)", "steps", "tok/s", "loaded", "reason"])
+
+
+def null_spreads_table(spreads: list[dict[str, Any]], rung_order: list[str] | None = None) -> pd.DataFrame:
+    """A search's measured null spread per rung and kind of change."""
+    order = {rung: i for i, rung in enumerate(rung_order or [])}
+    rows = sorted(spreads, key=lambda r: (order.get(r["rung"], len(order)), rung_key(r["rung"]), r["kind"]))
+    return pd.DataFrame([{"rung": r["rung"], "kind": r["kind"], "null spread": r["std"], "pairs": r["n"],
+                          "measured": r["updated_at"]} for r in rows],
+                        columns=["rung", "kind", "null spread", "pairs", "measured"])
+
+
+# How run tables show throughput: a compute-budgeted result stands on a loaded machine; its speed does not.
+RUN_SPEED_COLUMNS = {
+    "tok/s": "training throughput over the timed steps",
+    "loaded": "trained below half its rung's calibrated throughput: a loaded or slower machine",
+}

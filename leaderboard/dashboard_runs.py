@@ -68,6 +68,8 @@ if picked:
         "core": st.column_config.NumberColumn(format="%.4f"),
         "time to target (s)": st.column_config.NumberColumn(format="%.1f"),
         "training time (s)": st.column_config.NumberColumn(format="%.1f"),
+        "tok/s": st.column_config.NumberColumn(format="%.0f", help=fmt.RUN_SPEED_COLUMNS["tok/s"]),
+        "loaded": st.column_config.CheckboxColumn(help=fmt.RUN_SPEED_COLUMNS["loaded"]),
     })
 else:
     st.caption("Pick runs above to draw their curves.")

@@ -92,6 +92,20 @@ else:
     st.caption("proposed: proposals (first rung) or promotions into the rung · run: experiments with a finished "
                "run there, baseline included · promoted / rejected: verdicts from the rung")
 
+st.subheader("Noise per kind of change")
+spreads = db.null_spreads(url, name)
+if not spreads:
+    st.info("No null runs finished yet: decisions wait for them.")
+else:
+    st.dataframe(fmt.null_spreads_table(spreads, (search.get("config") or {}).get("rungs")), hide_index=True,
+                 placeholder=fmt.MISSING, column_config={
+                     "null spread": st.column_config.NumberColumn(format="%.5f", help="RMS of the paired differences "
+                                                                  "between the baseline and a null of this kind"),
+                     "measured": st.column_config.DatetimeColumn("measured (UTC)", format="YYYY-MM-DD HH:mm")})
+    st.caption("structural: the baseline against itself with another initialisation (same data order) · parametric: "
+               "the baseline against itself with a learning rate moved by 1e-3 (same seed). A decision's spread is "
+               "never below its kind's.")
+
 st.subheader("Promotion decisions")
 if not decisions:
     st.info("No promotion decisions yet.")
@@ -99,14 +113,7 @@ else:
     table = fmt.decisions_table(decisions, all_names)
     table["details"] = table.pop("experiment_id").map(fmt.experiment_link)
     st.dataframe(table, hide_index=True, placeholder=fmt.MISSING, column_config={
-        "mean delta": st.column_config.NumberColumn(format="%.4f", help="candidate - baseline val_bpb (negative: better)"),
-        "std error": st.column_config.NumberColumn(format="%.4f"),
-        "p-value": st.column_config.NumberColumn(format="%.4f", help="one-sided test of an improvement"),
-        "min effect": st.column_config.NumberColumn(format="%.4f"),
-        "noise floor": st.column_config.NumberColumn(format="%.4f", help="RMS of the paired differences between the baseline and itself with another init at the rung: "
-                                                     "the least spread a decision assumes"),
-        "details": st.column_config.LinkColumn(display_text="experiment ↗"),
-    })
+        **fmt.decision_column_config(st), "details": st.column_config.LinkColumn(display_text="experiment ↗")})
 
 st.subheader("Trials")
 if summary["trials"]:

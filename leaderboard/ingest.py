@@ -130,7 +130,7 @@ def read_run_dir(path: str | Path, *, search_id: int | None = None) -> RunDir:
             config=config, run_dir=str(path.resolve()), val_bpb=result.get("val_bpb"), core=result.get("core"),
             total_training_time=result.get("total_training_time"), time_to_target=result.get("time_to_target"),
             tokens=result.get("tokens"), flops=result.get("flops"), peak_memory_bytes=result.get("peak_memory_bytes"),
-            steps=result.get("steps"), cost=result.get("cost"), search_id=search_id)
+            steps=result.get("steps"), tok_per_s=result.get("tok_per_s"), cost=result.get("cost"), search_id=search_id)
     except LeaderboardError as e:
         raise LeaderboardError(f"{path}: {e}") from None
     return RunDir(path=path, experiment=experiment, run=run, points=points)

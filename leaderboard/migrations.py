@@ -9,6 +9,9 @@ History:
   v1  the run-dir store: experiments, runs, metric_points, tracks, entries.
   v2  the search harness: searches, proposals, decisions, noise_floors; runs.search_id; experiments.extra.
   v3  rejected_proposals: proposals turned away (out of space, duplicate, malformed, failed patch) and why.
+  v4  noise per kind of change and power: null_spreads (scope, rung, kind) replaces noise_floors (its rows kept as
+      structural: they were the baseline against itself with another init); decisions.kind/spread/df/mde/
+      compute_multiplier/multiplier_extrapolated; runs.tok_per_s/loaded.
 """
 
 from collections.abc import Callable
@@ -37,10 +40,25 @@ def _v3_rejected_proposals(conn: sa.Connection) -> None:
     schema.rejected_proposals.create(conn, checkfirst=True)  # a new table only: no existing row changes
 
 
+def _v4_noise_per_kind(conn: sa.Connection) -> None:
+    tables = set(sa.inspect(conn).get_table_names())
+    if "decisions" in tables:  # a v1 database gets the whole table from the schema afterwards
+        for column in ("kind", "spread", "df", "mde", "compute_multiplier", "multiplier_extrapolated"):
+            add_column(conn, schema.decisions.c[column])
+    for column in ("tok_per_s", "loaded"):
+        add_column(conn, schema.runs.c[column])
+    schema.null_spreads.create(conn, checkfirst=True)
+    if "noise_floors" in tables:
+        conn.exec_driver_sql("INSERT INTO null_spreads (scope, rung, kind, std, n, baseline_experiment_id, updated_at) "
+                             "SELECT scope, rung, 'structural', std, n, baseline_experiment_id, updated_at FROM noise_floors")
+        conn.exec_driver_sql("DROP TABLE noise_floors")
+
+
 # version -> the migration that upgrades version-1 to it. Append only; never edit a released one.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     2: _v2_search_harness,
     3: _v3_rejected_proposals,
+    4: _v4_noise_per_kind,
 }
 assert sorted(MIGRATIONS) == list(range(2, schema.SCHEMA_VERSION + 1)), "a migration per version after v1"
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from leaderboard.errors import LeaderboardError
-from leaderboard.schema import RUN_STATUSES, VERDICTS
+from leaderboard.schema import CHANGE_KINDS, RUN_STATUSES, VERDICTS
 
 # Columns of metric_points a caller may give (anything else in a metrics.jsonl line is ignored).
 POINT_FIELDS = ("step", "tokens", "elapsed_train_s", "train_loss", "val_bpb", "core", "tok_per_s", "mfu")
@@ -71,6 +71,8 @@ class Run:
     flops: float | None = None
     peak_memory_bytes: int | None = None
     steps: int | None = None
+    tok_per_s: float | None = None
+    loaded: bool | None = None
     cost: float | None = None
     log_tail: str | None = None
     search_id: int | None = None
@@ -83,10 +85,11 @@ class Run:
         for name in ("depth", "world_size", "tokens", "peak_memory_bytes", "steps", "search_id"):
             value = getattr(self, name)
             _require(value is None or _is_int(value), f"{key} {name} {value!r}: expected an integer or null")
-        for name in ("val_bpb", "core", "total_training_time", "time_to_target", "flops", "cost"):
+        for name in ("val_bpb", "core", "total_training_time", "time_to_target", "flops", "tok_per_s", "cost"):
             value = getattr(self, name)
             _require(value is None or (isinstance(value, int | float) and not isinstance(value, bool)),
                      f"{key} {name} {value!r}: expected a number or null")
+        _require(self.loaded is None or isinstance(self.loaded, bool), f"{key} loaded {self.loaded!r}: expected true, false or null")
 
     @property
     def finished(self) -> bool:
@@ -123,11 +126,19 @@ class Decision:
     n: int | None = None
     alpha: float | None = None
     min_effect: float | None = None
-    noise_floor: float | None = None
+    noise_floor: float | None = None  # the null spread of the change's kind at the rung
+    kind: str | None = None           # parametric | structural
+    spread: float | None = None       # the sd of paired differences the test used
+    df: float | None = None
+    mde: float | None = None          # minimum detectable effect (bpb)
+    compute_multiplier: float | None = None
+    multiplier_extrapolated: bool | None = None
     created_at: datetime | None = None
 
     def __post_init__(self):
         _require(self.verdict in VERDICTS, f"decision verdict {self.verdict!r}: expected one of {', '.join(VERDICTS)}")
+        _require(self.kind is None or self.kind in CHANGE_KINDS,
+                 f"decision kind {self.kind!r}: expected one of {', '.join(CHANGE_KINDS)}")
 
 
 @dataclass

@@ -17,12 +17,13 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 RUN_STATUSES = ("running", "ok", "diverged", "failed", "timeout", "oom", "crash")
 VERDICTS = ("promote", "reject", "more_seeds")
-# The proposer of a search's noise-floor replica (the baseline with another init): its runs measure noise,
-# so summaries leave them out of "best" and of the funnel.
+CHANGE_KINDS = ("parametric", "structural")  # which noise a change is judged against (search_spaces/knobs.py)
+# The proposer of a search's own null runs (the baseline with another init, or with a setting moved by a factor too
+# small to matter): their runs measure noise, so summaries leave them out of "best" and of the funnel.
 NOISE_FLOOR_PROPOSER = "noise-floor"
 
 
@@ -137,6 +138,8 @@ runs = sa.Table(
     sa.Column("flops", Real),  # a d24 speedrun is ~4e19 FLOPs: past BIGINT
     sa.Column("peak_memory_bytes", sa.BigInteger),
     sa.Column("steps", sa.Integer),
+    sa.Column("tok_per_s", Real),  # training throughput (timed steps only): speed, measured apart from the result
+    sa.Column("loaded", sa.Boolean),  # far below its rung's calibrated throughput (NULL: no calibration to judge by)
     sa.Column("cost", Real),
     sa.Column("log_tail", sa.Text),
     sa.Column("search_id", sa.Integer, sa.ForeignKey("searches.id")),
@@ -173,20 +176,28 @@ decisions = sa.Table(
     sa.Column("std_error", Real),
     sa.Column("p_value", Real),
     sa.Column("n", sa.Integer),
-    sa.Column("alpha", Real),
+    sa.Column("alpha", Real),  # the level this look was tested at: the tier's alpha spread over its sequential looks
     sa.Column("min_effect", Real),
-    sa.Column("noise_floor", Real),
+    sa.Column("noise_floor", Real),  # the null spread of the change's kind at the rung: the spread's lower bound
+    sa.Column("kind", sa.String(16)),  # parametric | structural
+    sa.Column("spread", Real),  # the standard deviation of paired differences the test used (moderated, floored)
+    sa.Column("df", Real),  # its degrees of freedom
+    sa.Column("mde", Real),  # minimum detectable effect (bpb) at the test's power, alpha and n
+    sa.Column("compute_multiplier", Real),  # baseline compute to reach the candidate's val_bpb / the candidate's
+    sa.Column("multiplier_extrapolated", sa.Boolean),
     sa.Column("verdict", sa.String(16), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Index("ix_decisions_search", "search_id", "from_rung"),
     sa.Index("ix_decisions_experiment", "experiment_id"),
 )
 
-# The measured spread of repeated baseline runs at a rung, per scope (a search name or a tier).
-noise_floors = sa.Table(
-    "noise_floors", metadata,
+# The measured spread of paired null differences at a rung, per scope (a search name or a tier) and kind of change:
+# a root mean square around zero (harness/noise.py).
+null_spreads = sa.Table(
+    "null_spreads", metadata,
     sa.Column("scope", sa.Text, primary_key=True),
     sa.Column("rung", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
     sa.Column("std", Real, nullable=False),
     sa.Column("n", sa.Integer, nullable=False),
     sa.Column("baseline_experiment_id", sa.String(64), sa.ForeignKey("experiments.id")),

@@ -361,14 +361,16 @@ class Store:
         return self._transact(lambda conn: conn.execute(
             sa.insert(schema.rejected_proposals).values(row).returning(schema.rejected_proposals.c.id)).scalar_one())
 
-    def record_noise_floor(self, scope: str, rung: str, std: float, n: int,
+    def record_null_spread(self, scope: str, rung: str, kind: str, std: float, n: int,
                            baseline_experiment_id: str | None = None) -> None:
-        """Set the noise floor (std of baseline val_bpb over n seeds) of a rung in a scope (a search name
-        or a tier); a later measurement replaces the earlier one."""
+        """Set the null spread of a kind of change (the RMS of n paired null differences) at a rung in a scope (a
+        search name or a tier); a later measurement replaces the earlier one."""
+        if kind not in schema.CHANGE_KINDS:
+            raise LeaderboardError(f"null spread kind {kind!r}: expected one of {', '.join(schema.CHANGE_KINDS)}")
         values = {"std": std, "n": n, "baseline_experiment_id": baseline_experiment_id, "updated_at": schema.utcnow()}
-        stmt = self._insert(schema.noise_floors).values(scope=scope, rung=rung, **values)
+        stmt = self._insert(schema.null_spreads).values(scope=scope, rung=rung, kind=kind, **values)
         self._transact(lambda conn: conn.execute(
-            stmt.on_conflict_do_update(index_elements=["scope", "rung"], set_=values)))
+            stmt.on_conflict_do_update(index_elements=["scope", "rung", "kind"], set_=values)))
 
     def record_track(self, track: Track) -> None:
         """Create or update a leaderboard track (tracks are configuration: the latest definition wins)."""
@@ -513,10 +515,13 @@ class Store:
         return self._select(sa.select(schema.rejected_proposals).where(r.search_id == search_id)
                             .order_by(r.created_at, r.id))
 
-    def noise_floor(self, scope: str, rung: str) -> dict[str, Any] | None:
-        n = schema.noise_floors.c
-        rows = self._select(sa.select(schema.noise_floors).where(n.scope == scope, n.rung == rung))
-        return rows[0] if rows else None
+    def null_spreads(self, scope: str) -> list[dict[str, Any]]:
+        """The null spreads measured in a scope (a search name or a tier), one row per (rung, kind)."""
+        n = schema.null_spreads.c
+        return self._select(sa.select(schema.null_spreads).where(n.scope == scope).order_by(n.rung, n.kind))
+
+    def null_spread(self, scope: str, rung: str, kind: str) -> dict[str, Any] | None:
+        return next((r for r in self.null_spreads(scope) if r["rung"] == rung and r["kind"] == kind), None)
 
     def find_search(self, name: str) -> dict[str, Any] | None:
         rows = self._select(sa.select(schema.searches).where(schema.searches.c.name == name))

@@ -85,7 +85,7 @@ def seed(url: str) -> dict:
                              started_at=finished, finished_at=finished + timedelta(minutes=1), reason="loss is NaN",
                              total_training_time=60.0, config=_config("d2", 0, {}), search_id=search_id))
         common = dict(search_id=search_id, baseline_experiment_id=BASE, n=2, alpha=0.05, min_effect=0.01,
-                      noise_floor=0.004)
+                      noise_floor=0.004, kind="structural", spread=0.004, df=4.0, mde=0.0123)
         store.record_decision(Decision(experiment_id=SMEAR, from_rung="d2", to_rung="d4", verdict="promote",
                                        deltas=[-0.05, -0.05], mean_delta=-0.05, std_error=0.001, p_value=0.003, **common))
         store.record_decision(Decision(experiment_id=BACKOUT, from_rung="d2", to_rung="d4", verdict="reject",
@@ -201,7 +201,8 @@ def test_search_page_funnel_decisions_trials_and_agent_spend(monkeypatch, seeded
     assert dict(zip(decisions["experiment"], decisions["verdict"])) == {"smear": "promote", "backout": "reject"}
     smear = decisions[decisions["experiment"] == "smear"].iloc[0]
     assert (smear["n"], smear["mean delta"], smear["std error"], smear["p-value"]) == (2, -0.05, 0.001, 0.003)
-    assert (smear["alpha"], smear["min effect"], smear["noise floor"]) == (0.05, 0.01, 0.004)
+    assert (smear["alpha"], smear["min effect"], smear["null spread"]) == (0.05, 0.01, 0.004)
+    assert (smear["kind"], smear["MDE"], smear["df"]) == ("structural", 0.0123, 4.0)
     assert smear["deltas"] == "-0.0500, -0.0500" and smear["baseline"] == "baseline"
     assert smear["details"] == f"experiment?id={SMEAR}"
 

@@ -86,7 +86,7 @@ def count(store: Store, table: str) -> int:
 def test_fresh_database_gets_current_schema(store):
     assert store.schema_version == SCHEMA_VERSION
     assert set(store.counts()) >= {"experiments", "runs", "metric_points", "decisions", "searches", "tracks",
-                                   "entries", "noise_floors", "proposals"}
+                                   "entries", "null_spreads", "proposals"}
     assert all(n == 0 for n in store.counts().values())
 
 
@@ -433,12 +433,17 @@ def test_leaderboard_ranks_by_time_to_target(store):
     assert store.leaderboard("no-such-track") == []
 
 
-def test_noise_floor_is_replaced_by_a_new_measurement(store):
-    store.record_noise_floor("cpu", "d2", std=0.02, n=3)
-    store.record_noise_floor("cpu", "d2", std=0.015, n=5)
-    floor = store.noise_floor("cpu", "d2")
+def test_a_null_spread_is_replaced_by_a_new_measurement_of_its_kind(store):
+    store.record_null_spread("cpu", "d2", "structural", std=0.02, n=3)
+    store.record_null_spread("cpu", "d2", "parametric", std=0.0004, n=3)
+    store.record_null_spread("cpu", "d2", "structural", std=0.015, n=5)
+    floor = store.null_spread("cpu", "d2", "structural")
     assert (floor["std"], floor["n"]) == (0.015, 5)
-    assert store.noise_floor("cpu", "d4") is None
+    assert store.null_spread("cpu", "d2", "parametric")["std"] == 0.0004
+    assert [(r["rung"], r["kind"]) for r in store.null_spreads("cpu")] == [("d2", "parametric"), ("d2", "structural")]
+    assert store.null_spread("cpu", "d4", "structural") is None
+    with pytest.raises(LeaderboardError, match="null spread kind 'both'"):
+        store.record_null_spread("cpu", "d2", "both", std=0.1, n=1)
 
 
 # ---------------------------------------------------------------- many writers at once

@@ -15,6 +15,7 @@ from leaderboard import schema as lb_schema
 from leaderboard.schema import SCHEMA_VERSION
 from leaderboard.store import resolve_url
 from tests.test_store import db_url  # noqa: F401
+from tests.test_store_noise import write_v3_schema
 
 
 def test_rejected_proposals_are_kept_per_search_with_reason_and_payload(db_url):
@@ -57,30 +58,30 @@ def test_rejected_proposal_of_an_unknown_search_is_refused(db_url):
 
 
 def _write_v2_database(db_url: str) -> None:
-    """A v2 database: v3 is v2 plus the rejected_proposals table, so v2 is the current tables without it, version 2,
-    with a search, a run and a decision in it."""
+    """A v2 database: v3 is v2 plus the rejected_proposals table, so v2 is v3's tables without it, version 2, with a
+    search, a run and a decision in it."""
     engine = sa.create_engine(resolve_url(db_url))
     t0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     with engine.begin() as conn:
-        tables = [t for t in lb_schema.metadata.sorted_tables if t.name != "rejected_proposals"]
-        lb_schema.metadata.create_all(conn, tables=tables)
+        write_v3_schema(conn)
+        conn.exec_driver_sql("DROP TABLE rejected_proposals")
         conn.execute(sa.insert(lb_schema.schema_info).values(key="version", value="2"))
         conn.execute(sa.insert(lb_schema.searches).values(id=1, name="old", tier="cpu", status="finished", started_at=t0))
         conn.execute(sa.insert(lb_schema.experiments).values(id="base01", name="baseline", tweaks={}, proposer="baseline",
                                                              created_at=t0, extra={"agent": {"cost_usd": 0.5}}))
-        conn.execute(sa.insert(lb_schema.runs).values(experiment_id="base01", rung="d1", seed=0, status="ok",
-                                                      val_bpb=1.75, search_id=1, finished_at=t0))
-        conn.execute(sa.insert(lb_schema.decisions).values(experiment_id="base01", from_rung="d1", verdict="reject",
-                                                           search_id=1, mean_delta=0.01, created_at=t0))
+        conn.exec_driver_sql("INSERT INTO runs (experiment_id, rung, seed, status, val_bpb, search_id) "
+                             "VALUES ('base01', 'd1', 0, 'ok', 1.75, 1)")
+        conn.exec_driver_sql("INSERT INTO decisions (experiment_id, from_rung, verdict, search_id, mean_delta, created_at) "
+                             "VALUES ('base01', 'd1', 'reject', 1, 0.01, '2026-01-02 03:04:05+00')")
     engine.dispose()
 
 
-def test_v2_database_is_upgraded_to_v3_with_data_kept(db_url):
+def test_v2_database_is_upgraded_with_data_kept(db_url):
     _write_v2_database(db_url)
     with pytest.raises(Exception, match="schema version 2, older than"):  # the dashboard never upgrades
         Store(db_url, read_only=True)
     with Store(db_url) as store:
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION
         old = store.find_search("old")
         assert old["status"] == "finished"
         assert store.experiment("base01")["extra"] == {"agent": {"cost_usd": 0.5}}
@@ -93,6 +94,6 @@ def test_v2_database_is_upgraded_to_v3_with_data_kept(db_url):
         assert [r["reason"] for r in store.rejected_proposals(old["id"])] == ["late"]
         upgraded = store.counts()
     with Store(db_url) as again:  # reopening an up-to-date database changes nothing
-        assert again.counts() == upgraded and again.schema_version == 3
+        assert again.counts() == upgraded and again.schema_version == SCHEMA_VERSION
     with Store(db_url, read_only=True) as reader:
         assert [r["reason"] for r in reader.rejected_proposals(old["id"])] == ["late"]
