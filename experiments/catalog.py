@@ -2,8 +2,10 @@
 Tiers, recipes and tracks are data (TOML files in this package); this module loads and checks them.
 
 - A *tier* is a class of machine: which `model.train --tier` defaults it uses, its baseline recipe (overrides on
-  top of nanochat's defaults), the rungs of its depth ladder (depth, budget, seeds, devices) and the statistics
-  the ladder uses to promote (alpha, minimum effect, seed cap).
+  top of nanochat's defaults), the rungs of its depth ladder (depth, budget, seeds, devices, calibrated
+  throughput) and the statistics the ladder uses to promote (alpha, minimum effect, power, seed cap).
+  Screening rungs are budgeted in compute (FLOPs, tokens, steps or a param/data ratio): the same on a quiet
+  machine and a loaded one. A wall-clock budget is allowed but turns load into noise.
 - A *recipe* is a named set of overrides (the baseline is nanochat's recipe: no overrides).
 - A *track* (leaderboard speedruns) fixes depth, hardware, metric, target and timing rule.
 
@@ -31,21 +33,36 @@ class Rung:
     name: str
     depth: int
     seeds: int                      # seeds for the baseline and for every candidate (before adaptive extras)
-    time_budget: float | None = None
+    flops_budget: float | None = None    # training FLOPs (model FLOPs per token x tokens): the preferred horizon
+    token_budget: int | None = None
     num_iterations: int | None = None
     param_data_ratio: float | None = None
+    time_budget: float | None = None     # seconds of training: only comparable on an unloaded machine
+    # Calibrated training throughput of the baseline at this rung on the tier's reference machine (one job at a
+    # time): a run far below it ran on a loaded (or slower) machine and is flagged; also sizes job time limits.
+    tok_per_s: float | None = None
     devices: int = 1                # processes (GPUs) per run: > 1 launches torchrun
     nodes: int = 1
     target: str | None = None       # top rung: "val_bpb<=X" / "core>=X", time-to-target is measured
     core_every: int | None = None
     timeout_s: float | None = None  # wall-clock limit for one job (default: derived from the budget)
 
+    HORIZONS = ("flops_budget", "token_budget", "num_iterations", "param_data_ratio", "time_budget")
+
+    def horizon(self) -> tuple[str, float]:
+        """(field, value) of the one horizon this rung sets."""
+        return next((h, getattr(self, h)) for h in self.HORIZONS if getattr(self, h) is not None)
+
     def horizon_args(self) -> list[str]:
-        if self.time_budget is not None:
-            return ["--time-budget", f"{self.time_budget:g}"]
-        if self.num_iterations is not None:
-            return ["--num-iterations", str(self.num_iterations)]
-        return ["--param-data-ratio", f"{self.param_data_ratio:g}"]
+        name, value = self.horizon()
+        text = f"{value:.6g}" if name == "flops_budget" else f"{value:g}" if isinstance(value, float) else str(value)
+        return ["--" + name.replace("_", "-"), text]
+
+    def describe_horizon(self) -> str:
+        name, value = self.horizon()
+        return {"flops_budget": f"{value:.3g} FLOPs", "token_budget": f"{value:,} tokens",
+                "num_iterations": f"{value} steps", "param_data_ratio": f"ratio {value:g}",
+                "time_budget": f"{value:g} s"}[name]
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,7 @@ class Statistics:
     min_effect: float = 0.0         # the improvement (in val_bpb) a change must beat, not just zero
     max_seeds: int = 6              # adaptive seeds stop here
     futility: float = 0.5           # a p-value above this rejects at once (the change is not better)
+    power: float = 0.8              # the power at which minimum detectable effects are stated
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,8 @@ class Tier:
     statistics: Statistics = Statistics()
     data_shards: int = 8            # train shards of the default corpus to fetch when none are downloaded
     track: str | None = None        # the leaderboard track whose speedrun the top rung feeds
+    # A run whose throughput is below this fraction of its rung's calibrated tok_per_s is flagged as loaded.
+    loaded_fraction: float = 0.5
     why: str = ""
     path: str = ""
 
@@ -101,6 +121,10 @@ class Track:
     param_data_ratio: float | None = None
     core_every: int | None = None
     core_max_per_task: int | None = None
+    # Calibrated training throughput of the baseline on the track's hardware, quiet: a seed far below it ran on a
+    # loaded machine, and its time to target says so instead of counting as a slow recipe.
+    tok_per_s: float | None = None
+    loaded_fraction: float = 0.5
     # One data order for every seed (nanochat's loader has no seed), so seeds vary the initialisation only and
     # an entry measures the recipe rather than which documents came first. None: each seed its own order.
     data_seed: int | None = None
@@ -162,11 +186,15 @@ def load_tier(name_or_path: str) -> Tier:
             rung = Rung(**raw)
         except TypeError as e:
             raise CatalogError(f"{where}: {e}") from None
-        horizons = [h for h in (rung.time_budget, rung.num_iterations, rung.param_data_ratio) if h is not None]
+        horizons = [h for h in Rung.HORIZONS if getattr(rung, h) is not None]
         if len(horizons) != 1:
-            raise CatalogError(f"{where}: expected exactly one of time_budget, num_iterations, param_data_ratio")
+            raise CatalogError(f"{where}: expected exactly one of {', '.join(Rung.HORIZONS)}")
+        if not getattr(rung, horizons[0]) > 0:
+            raise CatalogError(f"{where}: {horizons[0]} = {getattr(rung, horizons[0])!r}: expected a positive number")
         if rung.depth < 1 or rung.seeds < 1 or rung.devices < 1:
             raise CatalogError(f"{where}: depth, seeds and devices must be positive")
+        if rung.tok_per_s is not None and not rung.tok_per_s > 0:
+            raise CatalogError(f"{where}: tok_per_s = {rung.tok_per_s!r}: expected a positive throughput")
         rungs.append(rung)
     if not rungs:
         raise CatalogError(f"{path}: a tier needs at least one [[rungs]] entry")
@@ -175,13 +203,18 @@ def load_tier(name_or_path: str) -> Tier:
     stats_raw = data.get("statistics", {})
     _check_keys(stats_raw, _fields(Statistics), f"{path}: [statistics]")
     stats = Statistics(**stats_raw)
-    if not 0 < stats.alpha < 1 or stats.min_effect < 0 or stats.max_seeds < 1:
-        raise CatalogError(f"{path}: [statistics] needs 0 < alpha < 1, min_effect >= 0, max_seeds >= 1")
+    if not 0 < stats.alpha < 1 or stats.min_effect < 0 or stats.max_seeds < 1 or not 0 < stats.power < 1:
+        raise CatalogError(f"{path}: [statistics] needs 0 < alpha < 1, min_effect >= 0, max_seeds >= 1, 0 < power < 1")
+    if max(r.seeds for r in rungs) > stats.max_seeds:
+        raise CatalogError(f"{path}: a rung's seeds exceed [statistics] max_seeds = {stats.max_seeds}")
+    loaded_fraction = data.get("loaded_fraction", 0.5)
+    if not isinstance(loaded_fraction, int | float) or not 0 < loaded_fraction <= 1:
+        raise CatalogError(f"{path}: loaded_fraction = {loaded_fraction!r}: expected a fraction in (0, 1]")
     return Tier(name=data.get("name", path.stem), description=data.get("description", ""),
                 train_tier=data.get("train_tier", "cpu"),
                 baseline=_check_overrides(data.get("baseline", {}), f"{path}: [baseline]"),
                 rungs=tuple(rungs), statistics=stats, data_shards=int(data.get("data_shards", 8)), track=data.get("track"),
-                why=data.get("why", ""), path=str(path))
+                loaded_fraction=float(loaded_fraction), why=data.get("why", ""), path=str(path))
 
 
 def load_recipe(name_or_path: str) -> Recipe:

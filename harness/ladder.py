@@ -6,29 +6,28 @@ paired design), and the decision looks at the per-slot differences d = val_bpb(c
 (negative = better):
 
 - H0: mean(d) >= -min_effect (no improvement of at least min_effect); H1: mean(d) < -min_effect.
-- One-sided paired t-test: t = (mean(d) + min_effect) / (s / sqrt(n)), p = P(T_{df} <= t).
-- s is the sample standard deviation of d, but never less than the rung's *noise floor*: the spread of the
-  paired differences a change that does nothing produces. The search measures it at every rung it uses, from
-  repeated baseline runs: the baseline against a replica of itself with the same data order and another
-  initialisation (the root mean square of those differences; their mean is zero by construction). With two or
-  three seeds a sample spread can be tiny by luck; the floor keeps such a result from looking significant. When
-  the floor is what sets s, the test borrows the floor's degrees of freedom.
-- promote when p < alpha; reject when p > futility (the estimate is not even an improvement of min_effect) or
-  any candidate run failed; otherwise the result is borderline: add a seed (to both) and decide again, up to
-  max_seeds, then reject.
+- A one-sided moderated paired t-test (harness/noise.py): the candidate's own paired spread, shrunk towards what
+  the rung has measured for changes of its kind (its null and the other candidates of that kind) by empirical
+  Bayes, and never below the kind's null spread. With nothing to pool it is the plain paired t-test.
+- promote when p < the per-look alpha; reject when p > futility (the estimate is not even an improvement of
+  min_effect) or any candidate run failed; otherwise the result is borderline: add a seed (to both) and decide
+  again, up to max_seeds, then reject. The tier's alpha is the false-promotion rate of this whole sequence of
+  looks, so each look tests at the lower level that holds it there (harness/noise.py, `per_look_alpha`).
 
-`python -m harness.search --aa N` measures how often this procedure promotes a change that does nothing.
+Each verdict carries its minimum detectable effect (the improvement this test would promote with the tier's
+power, 80%, at the seeds it used) so a rejection says what it could not have seen.
+
+`python -m harness.search --aa N` measures how often this procedure promotes a change that does nothing, per kind.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
-from dataclasses import dataclass
-
-from scipy import stats as scipy_stats
+from dataclasses import dataclass, field
 
 from experiments.catalog import Statistics
+from harness.compute_multiplier import ComputeMultiplier
+from harness.noise import PairedTest, Prior, Spread, paired_test, per_look_alpha
 
 
 @dataclass
@@ -40,59 +39,48 @@ class Verdict:
     p_value: float | None
     n: int
     reason: str
+    kind: str | None = None         # parametric | structural: which noise it was judged against
+    test: PairedTest | None = None  # the spread, degrees of freedom and MDE behind the p-value
+    multiplier: ComputeMultiplier | None = field(default=None)
+    alpha: float | None = None      # the level this look tested at
+
+    @property
+    def mde(self) -> float | None:
+        return self.test.mde if self.test else None
 
 
-@dataclass
-class NoiseFloor:
-    std: float
-    n: int                          # paired null differences it was measured from (its degrees of freedom)
-
-    @classmethod
-    def from_null_pairs(cls, differences: list[float]) -> NoiseFloor | None:
-        """The spread of paired differences between runs that differ by nothing but their initialisation: a root
-        mean square around zero (the true mean of a null difference is zero), with n degrees of freedom."""
-        if not differences:
-            return None
-        return cls(math.sqrt(statistics.fmean(d * d for d in differences)), len(differences))
-
-
-def paired_test(deltas: list[float], min_effect: float, floor: NoiseFloor | None) -> tuple[float, float | None, float | None]:
-    """(mean delta, standard error, one-sided p-value) for H1: mean(d) < -min_effect. The p-value is None when
-    there is no spread to judge by (a single pair and no noise floor yet)."""
-    n = len(deltas)
-    mean = statistics.fmean(deltas)
-    sd, df = (statistics.stdev(deltas), n - 1) if n >= 2 else (0.0, 0)
-    if floor is not None and floor.std > sd:
-        sd, df = floor.std, max(df, floor.n)
-    if df < 1:
-        return mean, None, None
-    if sd == 0.0:  # identical deltas on every slot (deterministic runs): the sign decides
-        return mean, 0.0, 0.0 if mean < -min_effect else 1.0
-    se = sd / math.sqrt(n)
-    return mean, se, float(scipy_stats.t.cdf((mean + min_effect) / se, df))
-
-
-def decide(candidate: dict[int, float | None], baseline: dict[int, float], stats: Statistics,
-           floor: NoiseFloor | None, failed: str | None = None) -> Verdict:
+def decide(candidate: dict[int, float | None], baseline: dict[int, float], stats: Statistics, *,
+           first_n: int | None = None, kind: str | None = None, null: Spread | None = None, prior: Prior | None = None,
+           failed: str | None = None) -> Verdict:
     """The ladder's decision for one candidate at one rung. `candidate` and `baseline` map seed slots to final
-    val_bpb; `failed` is the failure of a candidate run, if any (the candidate is then rejected)."""
+    val_bpb; `first_n` is the rung's seed count (its first look; None: a single look at max_seeds); `null` is the
+    null spread of the candidate's kind at the rung and `prior` what the rung's other units of that kind say about
+    its spread (either may be None); `failed` is the failure of a candidate run, if any (the candidate is then
+    rejected)."""
+    alpha = per_look_alpha(stats.alpha, first_n or stats.max_seeds, stats.max_seeds, stats.futility)
     slots = sorted(s for s in candidate if s in baseline and candidate[s] is not None)
     deltas = {s: candidate[s] - baseline[s] for s in slots}
     if failed:
         mean = statistics.fmean(deltas.values()) if deltas else None
-        return Verdict("reject", deltas, mean, None, None, len(deltas), f"a candidate run failed: {failed}")
+        return Verdict("reject", deltas, mean, None, None, len(deltas), f"a candidate run failed: {failed}", kind,
+                       alpha=alpha)
     if not deltas:
-        return Verdict("more_seeds", deltas, None, None, None, 0, "no paired results yet")
-    mean, se, p = paired_test(list(deltas.values()), stats.min_effect, floor)
-    n = len(deltas)
+        return Verdict("more_seeds", deltas, None, None, None, 0, "no paired results yet", kind, alpha=alpha)
+    test = paired_test(list(deltas.values()), stats.min_effect, alpha, null=null, prior=prior, power=stats.power)
+    n, p = len(deltas), test.p_value
+
+    def verdict(what: str, reason: str) -> Verdict:
+        return Verdict(what, deltas, test.mean, test.std_error, p, n, reason, kind, test, alpha=alpha)
+
     if p is None:
         if n < stats.max_seeds:
-            return Verdict("more_seeds", deltas, mean, se, p, n, "one pair and no noise floor: adding a seed")
-        return Verdict("reject", deltas, mean, se, p, n, "no spread to judge by at the seed cap")
-    if p < stats.alpha:
-        return Verdict("promote", deltas, mean, se, p, n, f"p={p:.3g} < alpha={stats.alpha}")
+            return verdict("more_seeds", "one pair and no noise measured yet: adding a seed")
+        return verdict("reject", "no spread to judge by at the seed cap")
+    if p < alpha:
+        return verdict("promote", f"p={p:.3g} < {alpha:.3g} (alpha {stats.alpha} over up to "
+                                  f"{stats.max_seeds - (first_n or stats.max_seeds) + 1} looks)")
     if p > stats.futility:
-        return Verdict("reject", deltas, mean, se, p, n, f"p={p:.3g} > {stats.futility}: not an improvement of {stats.min_effect}")
+        return verdict("reject", f"p={p:.3g} > {stats.futility}: not an improvement of {stats.min_effect}")
     if n < stats.max_seeds:
-        return Verdict("more_seeds", deltas, mean, se, p, n, f"borderline p={p:.3g}: adding seed {n + 1}")
-    return Verdict("reject", deltas, mean, se, p, n, f"p={p:.3g} still >= alpha={stats.alpha} at the seed cap ({stats.max_seeds})")
+        return verdict("more_seeds", f"borderline p={p:.3g}: adding seed {n + 1}")
+    return verdict("reject", f"p={p:.3g} still >= {alpha:.3g} at the seed cap ({stats.max_seeds})")

@@ -29,6 +29,7 @@ class Outcome:
     points: list[dict] = field(default_factory=list)  # metrics.jsonl
     log_tail: str | None = None
     wall_s: float | None = None
+    loaded: bool | None = None        # trained far below its rung's calibrated throughput (None: no calibration)
 
     @property
     def ok(self) -> bool:
@@ -37,6 +38,18 @@ class Outcome:
     @property
     def val_bpb(self) -> float | None:
         return (self.result or {}).get("val_bpb")
+
+    @property
+    def tok_per_s(self) -> float | None:
+        return (self.result or {}).get("tok_per_s")
+
+
+def is_loaded(tok_per_s: float | None, expected: float | None, fraction: float) -> bool | None:
+    """Did a run train on a loaded (or slower) machine: below `fraction` of the throughput its rung was calibrated
+    at? None when either number is missing. A compute-budgeted result stands either way; its speed does not."""
+    if tok_per_s is None or not expected:
+        return None
+    return tok_per_s < fraction * expected
 
 
 def read_json(path: Path) -> dict | None:
@@ -115,4 +128,5 @@ def run_row(job: Job, outcome: Outcome | None, search_id: int | None, started_at
                val_bpb=result.get("val_bpb"), core=result.get("core"),
                total_training_time=result.get("total_training_time"), time_to_target=result.get("time_to_target"),
                tokens=result.get("tokens"), flops=result.get("flops"), peak_memory_bytes=result.get("peak_memory_bytes"),
-               steps=result.get("steps"), cost=None, log_tail=None if outcome.ok else outcome.log_tail, **common)
+               steps=result.get("steps"), tok_per_s=result.get("tok_per_s"), loaded=outcome.loaded, cost=None,
+               log_tail=None if outcome.ok else outcome.log_tail, **common)

@@ -5,21 +5,24 @@
     python -m harness.search --trials 3 --time-budget 20 --seeds 2
     python -m harness.search --tier gpu --executor slurm --slurm-partition h100 --parallel 8
     python -m harness.search --aa 10                          # calibrate: how often is a null change promoted?
+    python -m harness.search --seed-base 100 --name again     # the same question on disjoint seeds
     ANTHROPIC_API_KEY=... python -m harness.search --proposer agent --trials 3 --agent-budget-usd 2
 
 The data flow: proposer -> Experiment (content-hash id) -> jobs (experiment, rung, seed) -> executor ->
 `python -m model.train` -> run dir -> leaderboard rows -> ladder decision -> next rung / proposer told.
 
 Everything lives in the database (SQLite file by default; PostgreSQL by URL): proposals (and the ones refused,
-with why), runs, decisions, noise floors, and the Optuna study. A search is identified by --name; running the same command again resumes
+with why), runs, decisions, null spreads per kind of change, and the Optuna study. A search is identified by --name; running the same command again resumes
 it: finished runs are never repeated, unfinished ones continue from their checkpoints.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -27,15 +30,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from experiments.catalog import CatalogError, Rung, Tier, load_recipe, load_tier
+from harness.compute_multiplier import ComputeMultiplier, compute_multiplier
 from harness.executors import EXECUTORS, Executor, SlurmOptions
-from harness.experiment import NOISE_FLOOR_REPLICA, Experiment
+from harness.experiment import NOISE_FLOOR_REPLICA, Experiment, parametric_null_tweaks
 from harness.jobs import Job, stop_training
-from harness.ladder import NoiseFloor, Verdict, decide
+from harness.ladder import Verdict, decide
+from harness.noise import Spread, fit_prior, mde, per_look_alpha
 from harness.proposers import Proposal
-from harness.runs import Outcome, read_outcome, run_row
+from harness.runs import Outcome, is_loaded, read_outcome, run_row
 from leaderboard.schema import NOISE_FLOOR_PROPOSER
 from model.cli import ArgumentParser
-from search_spaces import SPACES, SearchSpaceError, Space
+from search_spaces import KINDS, SPACES, SearchSpaceError, Space
 
 POLL_S = 0.5
 MAX_DUPLICATES_IN_A_ROW = 20
@@ -60,10 +65,16 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--name", default=None, help="search name; rerunning the same name resumes it (default: TIER-SPACE)")
     p.add_argument("--recipe", default="baseline", help="the baseline recipe (experiments/recipes)")
     p.add_argument("--runs-dir", default=None, help="where run dirs go (default: $NANORESEARCH_HOME/runs)")
-    p.add_argument("--time-budget", type=float, default=None, help="override every rung's budget with SECONDS of training")
+    p.add_argument("--flops-budget", type=float, default=None, help="override every rung's budget with FLOPS of training")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="override every rung's budget with SECONDS of training (wall-clock: load becomes noise)")
     p.add_argument("--seeds", type=int, default=None, help="override every rung's seed count")
     p.add_argument("--rungs", default=None, help="override the ladder's depths, e.g. 1,2")
-    p.add_argument("--aa", type=int, default=None, metavar="N", help="A/A calibration: N null proposals identical to the baseline")
+    p.add_argument("--aa", type=int, default=None, metavar="N",
+                   help="A/A calibration: N null proposals of each kind (structural, parametric), decided at the first rung")
+    p.add_argument("--seed-base", type=int, default=0, metavar="K",
+                   help="first seed of the seed slots (slot s runs seed K+s): repeated searches with bases at least "
+                        "max_seeds apart use disjoint seeds")
     p.add_argument("--enqueue", default=None, metavar="FILE",
                    help="JSON list of proposals ({tweaks, rationale}) to test before the proposer's own")
     p.add_argument("--seed", type=int, default=0, help="the proposer's random seed")
@@ -99,10 +110,15 @@ def resolve_tier(args) -> Tier:
         template = [rungs[min(i, len(rungs) - 1)] for i in range(len(depths))]
         rungs = [replace(t, name=f"d{d}", depth=d) for t, d in zip(template, depths)]
         rungs[-1] = replace(rungs[-1], target=tier.rungs[-1].target)
-    if args.time_budget is not None:
-        if not args.time_budget > 0:
-            raise SearchError(f"--time-budget {args.time_budget}: expected a positive number of seconds")
-        rungs = [replace(r, time_budget=args.time_budget, num_iterations=None, param_data_ratio=None, timeout_s=None) for r in rungs]
+    if args.time_budget is not None and args.flops_budget is not None:
+        raise SearchError("--time-budget and --flops-budget: expected at most one budget override")
+    for flag, value, unit in (("time_budget", args.time_budget, "seconds"), ("flops_budget", args.flops_budget, "FLOPs")):
+        if value is None:
+            continue
+        if not value > 0:
+            raise SearchError(f"--{flag.replace('_', '-')} {value}: expected a positive number of {unit}")
+        cleared = {h: None for h in Rung.HORIZONS}
+        rungs = [replace(r, **{**cleared, flag: value}, timeout_s=None) for r in rungs]
     if args.seeds is not None:
         if args.seeds < 1:
             raise SearchError(f"--seeds {args.seeds}: expected a positive integer")
@@ -114,6 +130,8 @@ def resolve_tier(args) -> Tier:
 
 
 def job_timeout(rung: Rung) -> float:
+    """A job's wall-clock limit: the rung's own (tiers set one for compute-budgeted rungs from their calibrated
+    cost), else from its time budget, else 12 hours."""
     if rung.timeout_s:
         return rung.timeout_s
     if rung.time_budget is not None:
@@ -167,21 +185,31 @@ class Running:
 class Search:
     def __init__(self, *, store, search_id: int, name: str, tier: Tier, recipe, space: Space, proposer, executor: Executor,
                  runs_root: Path, data: str | None, tokenizer: str | None, trials: int, budget_hours: float | None,
-                 parallel: int, code_version: str, out=sys.stdout):
+                 parallel: int, code_version: str, seed_base: int = 0, throughput_share: float = 1.0,
+                 every_rung: bool = False, out=sys.stdout):
         self.store, self.search_id, self.name, self.tier, self.recipe = store, search_id, name, tier, recipe
         self.space, self.proposer, self.executor, self.runs_root = space, proposer, executor, runs_root
         self.data, self.tokenizer, self.trials, self.budget_hours = data, tokenizer, trials, budget_hours
         self.parallel, self.code_version, self.out = parallel, code_version, out
+        self.seed_base = seed_base
+        self.threads_per_job = 1  # CPU threads each job trains with (for CPU-minute costs)
+        self.every_rung = every_rung  # measure the baseline and nulls at every rung, not only the ones in use
+        # A job's share of a rung's calibrated throughput (local CPU jobs running side by side share the cores).
+        self.throughput_share = throughput_share
         self.baseline = Experiment(tweaks={}, tier=tier.name, recipe=recipe.name, code_version=code_version,
                                    proposer="baseline", name=f"baseline ({recipe.name})")
-        # The baseline again with another initialisation (same data order): its paired differences with the
-        # baseline are the noise a change that does nothing produces, the ladder's noise floor at each rung.
-        self.noise = Experiment(tweaks={}, tier=tier.name, recipe=recipe.name, code_version=code_version,
-                                proposer=NOISE_FLOOR_PROPOSER, replica=NOISE_FLOOR_REPLICA)
+        # The search's own nulls, one per kind of change, on every rung in use: their paired differences with the
+        # baseline are the noise a change of that kind that does nothing produces (harness/noise.py).
+        baseline_values = {**tier.baseline, **recipe.overrides}
+        self.nulls = {kind: Experiment(tweaks=parametric_null_tweaks(NOISE_FLOOR_REPLICA, baseline_values) if kind == "parametric" else {},
+                                       tier=tier.name, recipe=recipe.name, code_version=code_version,
+                                       proposer=NOISE_FLOOR_PROPOSER, replica=NOISE_FLOOR_REPLICA)
+                      for kind in KINDS}
         self.candidates: dict[str, Candidate] = {}
         self.results: dict[tuple[str, str, int], Outcome | dict] = {}  # (experiment, rung, slot) -> outcome
         self.running: dict[tuple[str, str, int], Running] = {}
-        self.floors: dict[str, NoiseFloor] = {}
+        self.spreads: dict[tuple[str, str], Spread] = {}  # (rung name, kind) -> null spread
+        self.curves: dict[tuple[str, str, int], list[tuple[float, float]]] = {}  # learning curves read from the store
         self.compute_s = 0.0
         self.duplicates_in_a_row = 0
         self.proposals_exhausted = False
@@ -194,9 +222,14 @@ class Search:
     def experiment_of(self, experiment_id: str) -> Experiment:
         if experiment_id == self.baseline.id:
             return self.baseline
-        if experiment_id == self.noise.id:
-            return self.noise
+        for null in self.nulls.values():
+            if experiment_id == null.id:
+                return null
         return self.candidates[experiment_id].experiment
+
+    def is_own(self, experiment_id: str) -> bool:
+        """The baseline or one of the search's own nulls (not a proposal)."""
+        return experiment_id == self.baseline.id or any(experiment_id == n.id for n in self.nulls.values())
 
     def result(self, experiment: Experiment, rung: Rung, slot: int):
         return self.results.get((experiment.id, rung.name, slot))
@@ -211,6 +244,9 @@ class Search:
             return None
         return r.status if isinstance(r, Outcome) else r.get("status")
 
+    def seed(self, exp: Experiment, slot: int) -> int:
+        return exp.seed(slot, self.seed_base)
+
     @property
     def proposals_made(self) -> int:
         return len(self.candidates)
@@ -218,10 +254,11 @@ class Search:
     # --- restore a previous session's state from the database --------------------------------------------------
     def restore(self) -> None:
         self.store.record_experiment(self.baseline.record(), search_id=self.search_id)
-        self.store.record_experiment(self.noise.record())  # not a proposal of the search: no search link
+        for null in self.nulls.values():
+            self.store.record_experiment(null.record())  # not a proposal of the search: no search link
         rows = sorted(self.store.experiments(search_id=self.search_id), key=lambda r: str(r.get("created_at") or ""))
         for row in rows:
-            if row["id"] in (self.baseline.id, self.noise.id):
+            if self.is_own(row["id"]):
                 continue
             extra = dict(row.get("extra") or {})
             exp = Experiment(tweaks=row["tweaks"] or {}, tier=extra.pop("tier", self.tier.name),
@@ -234,22 +271,20 @@ class Search:
             self.candidates[exp.id] = Candidate(exp, order=len(self.candidates), slots=self.tier.rungs[0].seeds)
         for d in sorted(self.store.decisions(search_id=self.search_id), key=lambda d: d["id"]):
             cand = self.candidates.get(d["experiment_id"])
-            if cand is None:
+            if cand is None or d["from_rung"] not in {r.name for r in self.tier.rungs}:
                 continue
-            deltas = {int(seed) - cand.experiment.seed_offset: v for seed, v in (d.get("deltas") or {}).items()}
-            cand.verdicts[d["from_rung"]] = Verdict(d["verdict"], deltas, d.get("mean_delta"), d.get("std_error"),
-                                                    d.get("p_value"), d.get("n") or 0, "(from the previous session)")
+            cand.verdicts[d["from_rung"]] = restored_verdict(d, cand.experiment, self.seed_base)
             self.apply_verdict(cand, d["from_rung"], d["verdict"], d.get("n") or 0)
         for run in self.store.runs(search_id=self.search_id):
-            known = run["experiment_id"] in self.candidates or run["experiment_id"] in (self.baseline.id, self.noise.id)
+            known = run["experiment_id"] in self.candidates or self.is_own(run["experiment_id"])
             if run["status"] == "running" or not known:
                 continue
             exp = self.experiment_of(run["experiment_id"])
-            self.results[(exp.id, run["rung"], run["seed"] - exp.seed_offset)] = run
+            self.results[(exp.id, run["rung"], exp.slot(run["seed"], self.seed_base))] = run
             if run.get("started_at") and run.get("finished_at"):
                 self.compute_s += (run["finished_at"] - run["started_at"]).total_seconds() * (run.get("world_size") or 1)
         for rung in self.tier.rungs:
-            self.update_noise_floor(rung, quiet=True)
+            self.update_null_spreads(rung, quiet=True)
         for cand in self.candidates.values():
             if cand.rung > 0 or cand.state != "active":
                 cand.told = True
@@ -272,21 +307,24 @@ class Search:
 
     # --- what needs running -------------------------------------------------------------------------------
     def baseline_slots(self, index: int) -> int:
-        need = self.tier.rungs[0].seeds if index == 0 else 0  # rung 0's baseline also measures the noise floor
+        # Rung 0's baseline also measures the nulls (every rung's, when calibrating a tier).
+        need = self.tier.rungs[index].seeds if (index == 0 or self.every_rung) else 0
         for c in self.candidates.values():
             if c.rung == index and c.state == "active":
                 need = max(need, c.slots)
         return need
 
     def needed(self) -> list[tuple[Experiment, int, int]]:
-        """(experiment, rung index, slot) still to run, most urgent first: the baseline, then the highest rungs."""
+        """(experiment, rung index, slot) still to run, most urgent first: the baseline and its nulls, then the
+        highest rungs."""
         out = []
         for index in range(len(self.tier.rungs)):
             for slot in range(self.baseline_slots(index)):
                 out.append((self.baseline, index, slot))
-            if self.baseline_slots(index):  # the noise floor of every rung in use, on its first seed slots
+            if self.baseline_slots(index):  # the nulls of every rung in use, on its first seed slots
                 for slot in range(self.tier.rungs[index].seeds):
-                    out.append((self.noise, index, slot))
+                    for null in self.nulls.values():
+                        out.append((null, index, slot))
         for cand in sorted(self.candidates.values(), key=lambda c: (-c.rung, c.order)):
             if cand.state == "active":
                 for slot in range(cand.slots):
@@ -296,12 +334,12 @@ class Search:
 
     def make_job(self, exp: Experiment, index: int, slot: int) -> Job:
         rung = self.tier.rungs[index]
-        seed = exp.seed(slot)
+        seed = self.seed(exp, slot)
         return Job(experiment_id=exp.id, rung=rung, slot=slot, seed=seed,
                    run_dir=self.runs_root / self.name / exp.id / rung.name / f"seed{seed}",
                    train_tier=self.tier.train_tier, overrides=exp.overrides(self.tier.baseline, self.recipe.overrides),
                    data=self.data, tokenizer=self.tokenizer, timeout_s=job_timeout(rung),
-                   workdir=self.worktree(exp) if exp.patch else None, data_seed=exp.data_seed(slot))
+                   workdir=self.worktree(exp) if exp.patch else None, data_seed=exp.data_seed(slot, self.seed_base))
 
     def worktree(self, exp: Experiment) -> Path:
         """The git worktree a patched experiment's jobs run in (checked when proposed; made again if it is gone)."""
@@ -344,7 +382,7 @@ class Search:
                              patch=proposal.patch, replica=proposal.replica, extra=dict(proposal.extra))
             if proposal.trial is not None and hasattr(self.proposer, "link"):
                 self.proposer.link(proposal.trial, exp.id)
-            if exp.id == self.baseline.id or exp.id in self.candidates:
+            if self.is_own(exp.id) or exp.id in self.candidates:
                 self.duplicates_in_a_row += 1
                 self.say(f"proposal {exp.describe()} duplicates {exp.id[:8]}: dropped")
                 self.record_rejected(proposal, f"duplicate of experiment {exp.id} (already in this search)")
@@ -362,7 +400,7 @@ class Search:
             cand = Candidate(exp, order=len(self.candidates), slots=self.tier.rungs[0].seeds, trial=proposal.trial)
             self.candidates[exp.id] = cand
             why = f": {proposal.rationale}" if proposal.rationale else ""
-            self.say(f"trial {self.proposals_made}/{self.trials} from {proposal.proposer}: {self.label(exp)}{why}")
+            self.say(f"trial {self.proposals_made}/{self.trials} from {proposal.proposer} ({exp.kind}): {self.label(exp)}{why}")
         if not self.proposals_made and not self.proposer_can_continue():
             self.proposals_exhausted = True
 
@@ -375,7 +413,7 @@ class Search:
                                                              reason=reason, payload=payload))
 
     def proposer_can_continue(self) -> bool:
-        return not (hasattr(self.proposer, "next_replica") and self.proposer.next_replica > self.proposer.replicas)
+        return not getattr(self.proposer, "exhausted", False)
 
     def tell(self, cand: Candidate) -> None:
         """Tell the proposer how the candidate did at the first rung (mean paired difference; None = failed)."""
@@ -400,6 +438,8 @@ class Search:
             except Exception as e:  # noqa: BLE001 - a job that blew up is a crash result, never the search's end
                 error = e
             outcome = read_outcome(r.job, returned, error)
+            expected = r.job.rung.tok_per_s * self.throughput_share if r.job.rung.tok_per_s else None
+            outcome.loaded = is_loaded(outcome.tok_per_s, expected, self.tier.loaded_fraction)
             self.store.record_run(run_row(r.job, outcome, self.search_id, r.started_at), points=outcome.points)
             self.results[key] = outcome
             self.compute_s += (outcome.wall_s or (datetime.now(UTC) - r.started_at).total_seconds()) * r.job.rung.devices
@@ -407,39 +447,62 @@ class Search:
             base = None if exp is self.baseline else self.val(self.result(self.baseline, r.job.rung, r.slot))
             delta = f" (d {outcome.val_bpb - base:+.4f} vs baseline)" if (outcome.ok and base is not None) else ""
             what = f"val_bpb {outcome.val_bpb:.4f}{delta}" if outcome.ok else f"{outcome.status}: {outcome.reason}"
+            if outcome.loaded:
+                stands = ("a time-budgeted result from a loaded machine is noise" if r.job.rung.time_budget is not None
+                          else "the result stands: the rung is budgeted in compute")
+                what += (f" | LOADED: {outcome.tok_per_s:,.0f} tok/s against a calibrated {expected:,.0f} ({stands})")
             self.say(f"done  {r.job.rung.name} seed {r.job.seed} of {self.label(exp)}: {what} | {self.progress()}")
-            if exp is self.noise:
-                self.update_noise_floor(r.job.rung)
-            if exp is self.baseline:
-                if not outcome.ok:
+            if self.is_own(exp.id):
+                if exp is self.baseline and not outcome.ok:
                     self.failed = (f"the baseline failed at {r.job.rung.name} seed {r.job.seed} ({outcome.status}: "
                                    f"{outcome.reason}); see {r.job.run_dir / 'train.log'}")
-                self.update_noise_floor(r.job.rung)
+                self.update_null_spreads(r.job.rung)
         return len(finished)
 
-    def update_noise_floor(self, rung: Rung, quiet: bool = False) -> None:
-        """The rung's noise floor: paired differences between the noise replica and the baseline, slot by slot."""
-        differences = []
-        for slot in range(rung.seeds):
-            base, null = self.result(self.baseline, rung, slot), self.result(self.noise, rung, slot)
-            if self.status(base) == "ok" and self.status(null) == "ok":
-                differences.append(self.val(null) - self.val(base))
-        floor = NoiseFloor.from_null_pairs(differences)
-        if floor is None or (rung.name in self.floors and self.floors[rung.name].n == floor.n):
-            return
-        self.floors[rung.name] = floor
-        self.store.record_noise_floor(self.name, rung.name, floor.std, floor.n, self.baseline.id)
-        if not quiet:
-            self.say(f"noise floor at {rung.name}: {floor.std:.4f} bpb (paired differences of the baseline and itself "
-                     f"with another init, {floor.n} seed{'s' if floor.n != 1 else ''})")
+    def paired_deltas(self, exp: Experiment, rung: Rung, slots=None) -> dict[int, float]:
+        """slot -> val_bpb(exp) - val_bpb(baseline), over the slots where both finished ok."""
+        out = {}
+        for (eid, rname, slot), r in self.results.items():
+            if eid != exp.id or rname != rung.name or (slots is not None and slot not in slots):
+                continue
+            base = self.result(self.baseline, rung, slot)
+            if self.status(r) == "ok" and self.status(base) == "ok":
+                out[slot] = self.val(r) - self.val(base)
+        return out
 
-    def floor_pending(self, rung: Rung) -> bool:
-        """Are noise-floor runs of this rung still to finish? Decisions wait for them, so each uses the floor."""
+    def update_null_spreads(self, rung: Rung, quiet: bool = False) -> None:
+        """The rung's null spread of each kind: paired differences between that null and the baseline."""
+        for kind, null in self.nulls.items():
+            spread = Spread.of_null(list(self.paired_deltas(null, rung, range(rung.seeds)).values()))
+            known = self.spreads.get((rung.name, kind))
+            if spread is None or (known is not None and known.df == spread.df):
+                continue
+            self.spreads[(rung.name, kind)] = spread
+            self.store.record_null_spread(self.name, rung.name, kind, spread.sd, int(spread.df), self.baseline.id)
+            if not quiet:
+                what = "another init" if kind == "structural" else null.describe_tweaks()
+                self.say(f"{kind} null spread at {rung.name}: {spread.sd:.5f} bpb (paired differences of the baseline "
+                         f"and itself with {what}, {int(spread.df)} seed{'s' if spread.df != 1 else ''})")
+
+    def nulls_pending(self, rung: Rung) -> bool:
+        """Are null runs of this rung still to finish? Decisions wait for them, so each uses its kind's spread."""
         for slot in range(rung.seeds):
-            for exp in (self.baseline, self.noise):
+            for exp in (self.baseline, *self.nulls.values()):
                 if self.result(exp, rung, slot) is None:
                     return True
         return False
+
+    def prior(self, rung: Rung, kind: str, exclude: Experiment | None = None):
+        """What the rung's units of a kind say about the spread of its paired differences: its null and every other
+        candidate of that kind with two or more pairs there (harness/noise.py)."""
+        units = [self.spreads[(rung.name, kind)]] if (rung.name, kind) in self.spreads else []
+        for c in self.candidates.values():
+            if c.experiment is exclude or c.experiment.kind != kind:
+                continue
+            spread = Spread.of_sample(list(self.paired_deltas(c.experiment, rung).values()))
+            if spread is not None:
+                units.append(spread)
+        return fit_prior(units)
 
     def decide_ready(self) -> None:
         for cand in sorted(self.candidates.values(), key=lambda c: c.order):
@@ -448,37 +511,79 @@ class Search:
             rung = self.tier.rungs[cand.rung]
             slots = range(cand.slots)
             mine = {s: self.result(cand.experiment, rung, s) for s in slots}
-            failures = [f"seed {cand.experiment.seed(s)} {self.status(r)}" for s, r in mine.items()
+            failures = [f"seed {self.seed(cand.experiment, s)} {self.status(r)}" for s, r in mine.items()
                         if r is not None and self.status(r) != "ok"]
             base = {s: self.result(self.baseline, rung, s) for s in slots}
-            if not failures and (any(r is None for r in [*mine.values(), *base.values()]) or self.floor_pending(rung)):
-                continue  # still waiting for a run of the candidate, of the baseline, or of the noise floor
+            if not failures and (any(r is None for r in [*mine.values(), *base.values()]) or self.nulls_pending(rung)):
+                continue  # still waiting for a run of the candidate, of the baseline, or of a null
             if not failures and any(self.status(r) != "ok" for r in base.values()):
                 continue  # the baseline failed: the search stops (see collect)
+            kind = cand.experiment.kind
             verdict = decide({s: self.val(r) for s, r in mine.items() if r is not None},
                              {s: self.val(r) for s, r in base.items() if r is not None and self.status(r) == "ok"},
-                             self.tier.statistics, self.floors.get(rung.name), "; ".join(failures) or None)
+                             self.tier.statistics, first_n=rung.seeds, kind=kind, null=self.spreads.get((rung.name, kind)),
+                             prior=self.prior(rung, kind, exclude=cand.experiment), failed="; ".join(failures) or None)
+            if verdict.deltas:
+                verdict.multiplier = self.multiplier(cand.experiment, rung, list(verdict.deltas))
             self.record_verdict(cand, rung, verdict)
+
+    def curve(self, exp: Experiment, rung: Rung, slot: int) -> list[tuple[float, float]]:
+        """A run's learning curve: (training FLOPs so far, val_bpb) at each evaluation."""
+        r = self.result(exp, rung, slot)
+        if isinstance(r, Outcome):
+            result, points = r.result or {}, r.points
+        else:
+            key = (exp.id, rung.name, slot)
+            if key not in self.curves:
+                self.curves[key] = [(p["tokens"], p["val_bpb"]) for p in self.store.metric_points([r["id"]])
+                                    if p.get("tokens") is not None and p.get("val_bpb") is not None]
+            result, points = r, [{"tokens": t, "val_bpb": v} for t, v in self.curves[key]]
+        per_token = (result.get("flops") or 0) / result["tokens"] if result.get("tokens") else 0
+        return [(p["tokens"] * per_token, p["val_bpb"]) for p in points
+                if p.get("tokens") is not None and p.get("val_bpb") is not None]
+
+    def multiplier(self, exp: Experiment, rung: Rung, slots: list[int]) -> ComputeMultiplier:
+        """The candidate's effect as a compute multiplier against the baseline's mean learning curve on the same
+        slots (harness/compute_multiplier.py)."""
+        curves = [dict(self.curve(self.baseline, rung, s)) for s in slots]
+        common = set.intersection(*(set(c) for c in curves)) if curves else set()
+        if not common:  # the seeds' evaluations fall at different compute: average by evaluation index instead
+            lists = [sorted(c.items()) for c in curves]
+            size = min((len(x) for x in lists), default=0)
+            mean_curve = [(statistics.fmean(x[i][0] for x in lists), statistics.fmean(x[i][1] for x in lists)) for i in range(size)]
+        else:
+            mean_curve = [(c, statistics.fmean(x[c] for x in curves)) for c in sorted(common)]
+        finals = [self.result(exp, rung, s) for s in slots]
+        flops = [(self.status(r) == "ok" and ((r.result or {}) if isinstance(r, Outcome) else r).get("flops")) for r in finals]
+        vals = [self.val(r) for r in finals]
+        if not all(flops) or any(v is None for v in vals):
+            return ComputeMultiplier(None, False)
+        return compute_multiplier(mean_curve, statistics.fmean(vals), statistics.fmean(flops))
 
     def record_verdict(self, cand: Candidate, rung: Rung, v: Verdict) -> None:
         from leaderboard import Decision
         index = self.tier.rungs.index(rung)
         to_rung = self.tier.rungs[index + 1].name if (v.verdict == "promote" and index + 1 < len(self.tier.rungs)) else None
-        floor = self.floors.get(rung.name)
+        null = self.spreads.get((rung.name, v.kind))
         stats = self.tier.statistics
         self.store.record_decision(Decision(
             experiment_id=cand.experiment.id, from_rung=rung.name, to_rung=to_rung, verdict=v.verdict,
             search_id=self.search_id, baseline_experiment_id=self.baseline.id,
-            deltas={str(cand.experiment.seed(s)): d for s, d in v.deltas.items()}, mean_delta=v.mean_delta,
-            std_error=v.std_error, p_value=v.p_value, n=v.n, alpha=stats.alpha, min_effect=stats.min_effect,
-            noise_floor=floor.std if floor else None))
+            deltas={str(self.seed(cand.experiment, s)): d for s, d in v.deltas.items()}, mean_delta=v.mean_delta,
+            std_error=v.std_error, p_value=v.p_value, n=v.n, alpha=v.alpha, min_effect=stats.min_effect,
+            noise_floor=null.sd if null else None, kind=v.kind, spread=v.test.sd if v.test else None,
+            df=v.test.df if v.test else None, mde=v.mde,
+            compute_multiplier=v.multiplier.value if v.multiplier else None,
+            multiplier_extrapolated=v.multiplier.extrapolated if v.multiplier and v.multiplier.value is not None else None))
         cand.verdicts[rung.name] = v
         self.apply_verdict(cand, rung.name, v.verdict, v.n)
         mean = f"mean d {v.mean_delta:+.4f}" if v.mean_delta is not None else "no paired result"
         se = f" +- {v.std_error:.4f}" if v.std_error else ""
+        power = f", {v.kind} MDE {v.mde:.4f}" if v.mde is not None and math.isfinite(v.mde) else (f", {v.kind}" if v.kind else "")
+        mult = f", compute x{v.multiplier.describe()}" if v.multiplier and v.multiplier.value is not None else ""
         where = {"promote": f"PROMOTED to {to_rung}" if to_rung else "PASSED the top rung", "reject": "rejected",
                  "more_seeds": "borderline, one more seed"}[v.verdict]
-        self.say(f"decide {rung.name} {self.label(cand.experiment)}: {where} ({mean}{se}, n={v.n}, {v.reason})")
+        self.say(f"decide {rung.name} {self.label(cand.experiment)}: {where} ({mean}{se}, n={v.n}{power}{mult}; {v.reason})")
         if index == 0 and v.verdict != "more_seeds" and not cand.told:
             cand.told = True
             self.tell(cand)
@@ -492,9 +597,12 @@ class Search:
                 f"{len(self.running)}, queued {len(self.needed())}{best_text} | compute {self.compute_s / 3600:.2f} h")
 
     def best(self):
-        """(candidate, mean delta, rung name) of the candidate that got furthest with the best mean delta there."""
+        """(candidate, mean delta, rung name) of the candidate that got furthest with the best mean delta there.
+        Nulls are never the best: a lucky null is noise, not progress."""
         scored = []
         for c in self.candidates.values():
+            if c.experiment.replica:
+                continue
             for index in range(len(self.tier.rungs) - 1, -1, -1):
                 v = c.verdicts.get(self.tier.rungs[index].name)
                 if v is not None and v.mean_delta is not None:
@@ -551,45 +659,101 @@ class Search:
                 r.handle.cancel(check=False)
 
     # --- the end -----------------------------------------------------------------------------------------------
+    def rung_mde(self, rung: Rung, kind: str, n: int) -> float | None:
+        """The minimum detectable effect at a rung for a change of `kind` with n seeds, from what the rung has
+        measured: the spread the test would use for a candidate as noisy as the kind's typical unit."""
+        null = self.spreads.get((rung.name, kind))
+        prior = self.prior(rung, kind)
+        stats = self.tier.statistics
+        if prior is not None:
+            sd, df = math.sqrt(prior.var), min(prior.df + n - 1, prior.pooled_df + n - 1)
+        elif null is not None:
+            sd, df = null.sd, n - 1
+        else:
+            return None
+        if null is not None and null.sd > sd:
+            sd, df = null.sd, max(df, null.df)
+        alpha = per_look_alpha(stats.alpha, rung.seeds, stats.max_seeds, stats.futility)
+        return mde(sd, n, df, alpha, stats.power, stats.min_effect)
+
     def summary(self, status: str) -> str:
+        stats = self.tier.statistics
         lines = [f"\nsearch {self.name!r} {status}: {self.proposals_made} proposals, "
                  f"compute {self.compute_s / 3600:.2f} h, database {self.store.url_text}"]
         for rung in self.tier.rungs:
-            floor = self.floors.get(rung.name)
             base = [self.val(r) for (e, n, _), r in self.results.items() if e == self.baseline.id and n == rung.name and self.status(r) == "ok"]
-            if base:
-                lines.append(f"  baseline at {rung.name}: val_bpb {sum(base) / len(base):.4f} over {len(base)} seeds"
-                             + (f", noise floor {floor.std:.4f} ({floor.n} null pairs)" if floor else ""))
-        header = f"  {'experiment':10} {'proposer':9} {'furthest':9} {'state':9} mean d (p)   change"
-        lines.append(header)
+            if not base:
+                continue
+            lines.append(f"  baseline at {rung.name}: val_bpb {sum(base) / len(base):.4f} over {len(base)} seeds")
+            for kind in KINDS:
+                null = self.spreads.get((rung.name, kind))
+                if null is None:
+                    continue
+                mdes = ", ".join(f"{n} seeds {m:.4f}" for n in sorted({rung.seeds, stats.max_seeds})
+                                 if (m := self.rung_mde(rung, kind, n)) is not None)
+                lines.append(f"    {kind:10} null spread {null.sd:.5f} ({int(null.df)} pairs); MDE at {stats.power:.0%} power: {mdes}")
+        lines.append(f"  {'experiment':10} {'kind':10} {'furthest':8} {'state':8} {'mean d':>8} {'p':>6} {'MDE':>7} "
+                     f"{'compute':>9}  change")
         for c in sorted(self.candidates.values(), key=lambda c: c.order):
             rung = self.tier.rungs[c.rung].name
             v = c.verdicts.get(rung) or next((c.verdicts[r.name] for r in reversed(self.tier.rungs) if r.name in c.verdicts), None)
-            stat = f"{v.mean_delta:+.4f} ({v.p_value:.2g})" if v and v.mean_delta is not None and v.p_value is not None else "-"
-            lines.append(f"  {c.experiment.id[:10]} {c.experiment.proposer[:9]:9} {rung:9} {c.state:9} {stat:12} {c.experiment.describe()}")
-        promoted = [c for c in self.candidates.values() if c.rung > 0 or c.state == "passed"]
-        lines.append(f"  promotions: {len(promoted)} of {self.proposals_made}")
+            mean = f"{v.mean_delta:+.4f}" if v and v.mean_delta is not None else "-"
+            p = f"{v.p_value:.2g}" if v and v.p_value is not None else "-"
+            m = f"{v.mde:.4f}" if v and v.mde is not None and math.isfinite(v.mde) else "-"
+            mult = (f"x{v.multiplier.value:.3g}" + ("*" if v.multiplier.extrapolated else "")
+                    if v and v.multiplier and v.multiplier.value is not None else "-")
+            lines.append(f"  {c.experiment.id[:10]} {c.experiment.kind:10} {rung:8} {c.state:8} {mean:>8} {p:>6} {m:>7} "
+                         f"{mult:>9}  {c.experiment.describe()}")
+        lines.append("  (mean d: candidate - baseline val_bpb, negative is better; MDE: the improvement the test promotes "
+                     f"with {stats.power:.0%} power at the seeds it used; compute: baseline compute to reach the candidate's "
+                     "val_bpb over the candidate's, * = extrapolated past the baseline's curve)")
+        real = [c for c in self.candidates.values() if not c.experiment.replica]
+        promoted = [c for c in real if c.rung > 0 or c.state == "passed"]
+        lines.append(f"  promotions: {len(promoted)} of {len(real)}")
         best = self.best()
         if self.beats_baseline(best):
             lines.append(f"  best: {best[0].experiment.id} ({best[0].experiment.describe()}), mean d {best[1]:+.4f} at {best[2]}")
         elif best:
             lines.append(f"  best: none beat the baseline (closest: {best[0].experiment.id[:12]}, "
                          f"{best[0].experiment.describe()}, mean d {best[1]:+.4f} at {best[2]})")
-        for c in self.candidates.values():
-            if c.state == "passed":
+        for c in real:
+            if c.state == "passed" and len(self.tier.rungs) > 1:
                 lines.append(f"  passed the ladder: {c.experiment.id}. Submit it as a speedrun:\n"
                              f"    python -m harness.speedrun --track {self.tier.track or self.tier.name} --experiment {c.experiment.id} --seeds 3")
         if any(c.experiment.replica for c in self.candidates.values()):
-            lines.append(self.aa_report())
+            lines.extend(self.aa_report())
         return "\n".join(lines)
 
-    def aa_report(self) -> str:
-        replicas = [c for c in self.candidates.values() if c.experiment.replica]
-        decided = [c for c in replicas if self.tier.rungs[0].name in c.verdicts or c.rung > 0 or c.state != "active"]
-        false = [c for c in decided if c.rung > 0 or c.state == "passed"]
-        rate = len(false) / len(decided) if decided else float("nan")
-        return (f"  A/A calibration: {len(false)} of {len(decided)} null proposals promoted at {self.tier.rungs[0].name}: "
-                f"false-promotion rate {rate:.2f} (alpha {self.tier.statistics.alpha}, min effect {self.tier.statistics.min_effect})")
+    def aa_report(self) -> list[str]:
+        """The false-promotion rate per kind of null, with its one-sided 95% upper confidence bound."""
+        from scipy import stats as scipy_stats
+        first = self.tier.rungs[0].name
+        lines = [f"  A/A calibration at {first} (alpha {self.tier.statistics.alpha}, min effect "
+                 f"{self.tier.statistics.min_effect}, up to {self.tier.statistics.max_seeds} seeds, seeds from {self.seed_base}):"]
+        for kind in KINDS:
+            nulls = [c for c in self.candidates.values() if c.experiment.null_kind == kind]
+            decided = [c for c in nulls if c.state != "active" or c.rung > 0]
+            if not nulls:
+                continue
+            false = [c for c in decided if c.rung > 0 or c.state == "passed"]
+            k, n = len(false), len(decided)
+            bound = float(scipy_stats.beta.ppf(0.95, k + 1, n - k)) if n else float("nan")
+            rate = k / n if n else float("nan")
+            lines.append(f"    {kind:10} {k} of {n} null proposals promoted: false-promotion rate {rate:.2f} "
+                         f"(95% upper bound {bound:.2f})")
+        return lines
+
+
+def restored_verdict(row: dict, exp: Experiment, seed_base: int) -> Verdict:
+    """A decision recorded by an earlier session, as the verdict the summary and the proposer read."""
+    from harness.noise import PairedTest
+    deltas = {exp.slot(int(seed), seed_base): v for seed, v in (row.get("deltas") or {}).items()}
+    test = PairedTest(row.get("mean_delta") or 0.0, row.get("spread"), row.get("df") or 0.0, row.get("std_error"),
+                      row.get("p_value"), row.get("mde"), False, False) if row.get("mde") is not None else None
+    multiplier = (ComputeMultiplier(row["compute_multiplier"], bool(row.get("multiplier_extrapolated")))
+                  if row.get("compute_multiplier") is not None else None)
+    return Verdict(row["verdict"], deltas, row.get("mean_delta"), row.get("std_error"), row.get("p_value"),
+                   row.get("n") or 0, "(from the previous session)", row.get("kind"), test, multiplier)
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -625,6 +789,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
+    status, search = execute(args)
+    print(search.summary(status), flush=True)
+    return 0 if status == "finished" else 1
+
+
+def execute(args, calibrate: bool = False) -> tuple[str, Search]:
+    """Run the search the flags describe, to its end; (status, the search). With `calibrate`, only the baseline and
+    its nulls at every rung (harness/calibrate.py)."""
     from leaderboard import LeaderboardError, Store
     from model.home import nanoresearch_home
     from model.provenance import code_version
@@ -637,7 +809,11 @@ def run(args) -> int:
         raise SearchError(f"--aa {args.aa}: expected a positive number of null proposals")
     if args.budget_hours is not None and not args.budget_hours > 0:
         raise SearchError(f"--budget-hours {args.budget_hours}: expected a positive number")
+    if args.seed_base < 0:
+        raise SearchError(f"--seed-base {args.seed_base}: expected a non-negative integer")
     tier = resolve_tier(args)
+    if args.aa:  # a null is falsely promoted the moment it passes the first rung: no need to train it deeper
+        tier = replace(tier, rungs=tier.rungs[:1])
     recipe = load_recipe(args.recipe)
     baseline_values = {**tier.baseline, **recipe.overrides}
     space = Space.named(args.space, baseline_values)
@@ -647,12 +823,15 @@ def run(args) -> int:
         proposer_kind = "agent" if os.environ.get("ANTHROPIC_API_KEY") else "optuna"
     if args.aa:
         proposer_kind = "aa"
+    if calibrate:
+        proposer_kind = "calibration"
     if proposer_kind == "agent":
         check_agent_args(args)
     elif args.allow_patches:
         raise SearchError(f"--allow-patches: only the agent proposes patches (got --proposer {args.proposer}"
                           f"{' with --aa' if args.aa else ''}); use --proposer agent")
-    name = args.name or (f"{tier.name}-aa" if args.aa else f"{tier.name}-{args.space}")
+    name = args.name or ((f"{tier.name}-calibration" if calibrate else f"{tier.name}-aa" if args.aa else f"{tier.name}-{args.space}")
+                         + (f"-seeds{args.seed_base}" if args.seed_base else ""))
 
     try:
         store = Store(args.db)
@@ -662,6 +841,9 @@ def run(args) -> int:
     if existing and (existing.get("tier"), existing.get("space")) != (tier.name, args.space):
         raise SearchError(f"--name {name!r}: that search was started with tier {existing.get('tier')!r} and space "
                           f"{existing.get('space')!r}; use another --name for a different search")
+    if existing and (existing.get("config") or {}).get("seed_base", 0) != args.seed_base:
+        raise SearchError(f"--seed-base {args.seed_base}: search {name!r} was started with seed base "
+                          f"{existing['config'].get('seed_base', 0)}; use that, or another --name")
 
     # Data and tokenizer once, here, so parallel jobs never race to train the same tokenizer.
     try:
@@ -681,15 +863,16 @@ def run(args) -> int:
     config = {**{k: v for k, v in vars(args).items() if k not in ("slurm_setup",)}, "baseline_experiment_id": baseline_id,
               "rungs": [r.name for r in tier.rungs]}
     search_id = store.start_search(name, tier=tier.name, space=args.space, proposer=proposer_kind, config=config)
-    env = {}
+    env, throughput_share = {}, 1.0
     if tier.train_tier == "cpu" and args.executor == "local" and args.parallel > 1:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.parallel))  # jobs share the cores
+        throughput_share = 1.0 / args.parallel
     executor = Executor(args.executor, runs_root / name / "submitit", slurm, env)
 
-    if proposer_kind == "aa":
+    if proposer_kind in ("aa", "calibration"):
         from harness.proposers.aa import AAProposer
-        proposer = AAProposer(args.aa)
-        trials = args.aa
+        proposer = AAProposer(args.aa or 0, baseline_values)
+        trials = 2 * (args.aa or 0)
     else:
         from harness.proposers.optuna_tpe import OptunaProposer
         proposer = OptunaProposer(space, store.url.render_as_string(hide_password=False), f"nanoresearch:{name}",
@@ -697,30 +880,35 @@ def run(args) -> int:
         trials = args.trials
     search = Search(store=store, search_id=search_id, name=name, tier=tier, recipe=recipe, space=space, proposer=proposer,
                     executor=executor, runs_root=runs_root, data=args.data or source.name, tokenizer=str(tokenizer_dir),
-                    trials=trials, budget_hours=args.budget_hours, parallel=args.parallel, code_version=code_version())
+                    trials=trials, budget_hours=args.budget_hours, parallel=args.parallel, code_version=code_version(),
+                    seed_base=args.seed_base, throughput_share=throughput_share, every_rung=calibrate)
     if proposer_kind == "agent":
         search.proposer = agent_proposer(args, search, proposer)
-    rungs = " -> ".join(f"{r.name} (depth {r.depth}, {' '.join(r.horizon_args()[:2])}, {r.seeds} seeds"
+    rungs = " -> ".join(f"{r.name} (depth {r.depth}, {r.describe_horizon()}, {r.seeds} seeds"
                         + (f", target {r.target}" if r.target else "") + ")" for r in tier.rungs)
     who = proposer_kind + (f" ({search.proposer.config.model}, {args.agent_batch} per call"
                            + (", patches allowed" if args.allow_patches else "") + ")" if proposer_kind == "agent" else "")
     search.say(f"search {name!r}: tier {tier.name}, space {args.space} ({len(space.knobs)} knobs), proposer {who}, "
                f"{trials} trials, ladder {rungs}, executor {args.executor} x{args.parallel}")
-    search.say(f"statistics: one-sided paired test, alpha {tier.statistics.alpha}, min effect {tier.statistics.min_effect} "
-               f"bpb, up to {tier.statistics.max_seeds} seeds; results in {store.url_text}, runs in {runs_root / name}")
+    search.say(f"statistics: one-sided moderated paired test per kind of change (parametric, structural), alpha "
+               f"{tier.statistics.alpha}, min effect {tier.statistics.min_effect} bpb, up to {tier.statistics.max_seeds} "
+               f"seeds from seed {args.seed_base}; results in {store.url_text}, runs in {runs_root / name}")
+    if any(r.time_budget is not None for r in tier.rungs):
+        search.say("warning: a rung is budgeted in seconds: on a loaded machine it trains fewer steps, and that load "
+                   "becomes noise in every comparison (budget screening rungs in FLOPs, tokens or steps)")
     search.restore()
-    if proposer_kind == "aa":
-        proposer.skip_to(max((c.experiment.replica for c in search.candidates.values()), default=0))
+    if proposer_kind in ("aa", "calibration"):
+        proposer.skip({(c.experiment.replica, c.experiment.null_kind) for c in search.candidates.values()})
     else:
         proposer.abandon_unlinked()
         for p in enqueued:  # a resumed search does not enqueue again what it already has
             exp = Experiment(tweaks=p.tweaks, tier=tier.name, recipe=recipe.name, code_version=search.code_version)
             if exp.id not in search.candidates:
                 proposer.enqueue(p)
+    search.threads_per_job = int(env.get("OMP_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
     status = search.run()
     store.finish_search(search_id, status)
-    print(search.summary(status), flush=True)
-    return 0 if status == "finished" else 1
+    return status, search
 
 
 def check_agent_args(args) -> None:

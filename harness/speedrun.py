@@ -24,6 +24,9 @@ count as records to beat). Seeds that fail or never reach the target count again
   entry's description says "k/N seeds reached the target"), its final metric still enters the t-test, and the
   entry cannot be a record.
 With one seed there is no t-test: such an entry is recorded but never a record.
+- a seed that trained far below the track's calibrated throughput (`tok_per_s`; below `loaded_fraction` of it) ran on
+  a loaded or slower machine: its time to target measures the machine, not the recipe. The entry says so (and that a
+  loaded seed that missed the target missed it on a loaded machine) and cannot be a record.
 
 Resumable like the search: a seed whose run finished (ok or failed) is never run again; an unfinished one resumes
 from its checkpoint (every job passes --resume). Rerunning a finished speedrun records no second entry; raising
@@ -53,7 +56,7 @@ from experiments.catalog import CatalogError, Rung, Track, load_recipe, load_tie
 from harness.executors import EXECUTORS, Executor, SlurmOptions
 from harness.experiment import Experiment
 from harness.jobs import Job, stop_training
-from harness.runs import Outcome, read_outcome, run_row
+from harness.runs import Outcome, is_loaded, read_outcome, run_row
 from harness.search import SearchError, job_timeout, prepare_data
 from model.cli import ArgumentParser
 
@@ -100,12 +103,14 @@ def track_rung(track: Track, seeds: int) -> Rung:
     if len(horizons) != 1:
         raise SpeedrunError(f"track {track.name!r} ({track.path}): expected exactly one of time_budget, num_iterations, "
                             "param_data_ratio")
+    if track.tok_per_s is not None and not track.tok_per_s > 0:
+        raise SpeedrunError(f"track {track.name!r} ({track.path}): tok_per_s = {track.tok_per_s!r}: expected a positive throughput")
     core_every = track.core_every
     if not core_every and (track.metric == "core" or track.core_max_per_task is not None):
         core_every = CORE_AT_END_ONLY
     return Rung(name=f"track:{track.name}", depth=track.depth, seeds=seeds, time_budget=track.time_budget,
                 num_iterations=track.num_iterations, param_data_ratio=track.param_data_ratio, devices=track.devices,
-                nodes=track.nodes, target=track.target_spec, core_every=core_every)
+                nodes=track.nodes, target=track.target_spec, core_every=core_every, tok_per_s=track.tok_per_s)
 
 
 def track_overrides(track: Track, tier, recipe, exp: Experiment) -> dict:
@@ -190,6 +195,7 @@ class Summary:
     is_record: bool
     why: str
     failures: list[str] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)  # seeds that trained on a loaded machine, with their throughput
 
     def note(self) -> str:
         """What the entry's description adds when not every seed counted."""
@@ -198,14 +204,19 @@ class Summary:
             parts.append(f"{self.reached}/{self.seeds} seeds reached the target")
         if self.ok < self.seeds:
             parts.append(f"{self.seeds - self.ok} failed")
+        if self.loaded:
+            parts.append(f"{len(self.loaded)} on a loaded machine")
         return f" [{', '.join(parts)}]" if parts else ""
 
 
 def summarize(runs: list[dict], seeds: int, metric: str, target: float, record: dict | None,
-              alpha: float = RECORD_ALPHA) -> Summary:
-    """The entry of `seeds` finished runs (leaderboard rows: status, val_bpb, core, time_to_target, seed), and
-    whether it is a record against the current `record` entry (None: the track has none)."""
+              alpha: float = RECORD_ALPHA, calibrated_tok_per_s: float | None = None) -> Summary:
+    """The entry of `seeds` finished runs (leaderboard rows: status, val_bpb, core, time_to_target, seed, tok_per_s,
+    loaded), and whether it is a record against the current `record` entry (None: the track has none)."""
     ok = [r for r in runs if r["status"] == "ok"]
+    loaded = [f"seed {r['seed']} {r['tok_per_s']:,.0f} tok/s" + ("" if r["time_to_target"] is not None else ", target missed")
+              for r in sorted(ok, key=lambda r: r["seed"]) if r.get("loaded") and r.get("tok_per_s") is not None]
+    calibrated = f" against a calibrated {calibrated_tok_per_s:,.0f}" if calibrated_tok_per_s else ""
     failures = [f"seed {r['seed']} {r['status']}" + (f": {r['reason']}" if r.get("reason") else "")
                 for r in sorted(runs, key=lambda r: r["seed"]) if r["status"] != "ok"]
     failures += [f"seed {s} has no run" for s in range(seeds) if s not in {r["seed"] for r in runs}]
@@ -220,6 +231,9 @@ def summarize(runs: list[dict], seeds: int, metric: str, target: float, record: 
     is_record = False
     if failures:
         why = f"not a record: {len(failures)} of {seeds} seeds failed ({'; '.join(failures)})"
+    elif loaded:
+        why = (f"not comparable: {len(loaded)} of {seeds} seeds trained on a loaded machine ({'; '.join(loaded)}"
+               f"{calibrated}), so their time to target measures the machine; rerun them on a quiet one")
     elif len(times) < seeds:
         why = f"not a record: {seeds - len(times)} of {seeds} seeds never reached the target"
     elif len(values) < seeds:
@@ -240,7 +254,7 @@ def summarize(runs: list[dict], seeds: int, metric: str, target: float, record: 
                f"to target {ttt_mean:.1f} s {beats}")
     return Summary(seeds=seeds, ok=len(ok), reached=len(times), time_to_target_mean=ttt_mean,
                    time_to_target_std=ttt_std, metric_mean=metric_mean, metric_std=metric_std, metric_n=len(values),
-                   val_bpb=val_bpb, p_value=p, is_record=is_record, why=why, failures=failures)
+                   val_bpb=val_bpb, p_value=p, is_record=is_record, why=why, failures=failures, loaded=loaded)
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -254,8 +268,10 @@ class Running:
     t0: float
 
 
-def run_jobs(jobs: list[Job], executor: Executor, store, parallel: int, estimate_s: float | None) -> bool:
-    """Run the jobs, `parallel` at a time, recording each run as it starts and ends. False when interrupted."""
+def run_jobs(jobs: list[Job], executor: Executor, store, parallel: int, estimate_s: float | None,
+             expected_tok_per_s: float | None = None, loaded_fraction: float = 0.5) -> bool:
+    """Run the jobs, `parallel` at a time, recording each run as it starts and ends (flagged as loaded when its
+    throughput falls below `loaded_fraction` of `expected_tok_per_s`). False when interrupted."""
     pending, running, walls = list(jobs), {}, []
     total, done, last_line = len(jobs), 0, time.monotonic()
 
@@ -290,11 +306,14 @@ def run_jobs(jobs: list[Job], executor: Executor, store, parallel: int, estimate
                 except Exception as e:  # noqa: BLE001 - a job that blew up is a failed seed, recorded like any other
                     error = e
                 outcome = read_outcome(r.job, returned, error)
+                outcome.loaded = is_loaded(outcome.tok_per_s, expected_tok_per_s, loaded_fraction)
                 store.record_run(run_row(r.job, outcome, None, r.started_at), points=outcome.points)
                 walls.append(outcome.wall_s or time.monotonic() - r.t0)
                 done += 1
                 last_line = time.monotonic()
-                say(f"done  seed {seed}: {describe_outcome(outcome)} | {done}/{total} seeds this session, {eta()}")
+                flag = (f" | LOADED: {outcome.tok_per_s:,.0f} tok/s against a calibrated {expected_tok_per_s:,.0f}: its "
+                        "time to target measures the machine" if outcome.loaded else "")
+                say(f"done  seed {seed}: {describe_outcome(outcome)}{flag} | {done}/{total} seeds this session, {eta()}")
             if running and time.monotonic() - last_line >= HEARTBEAT_S:
                 last_line = time.monotonic()
                 ages = ", ".join(f"seed {s} {(time.monotonic() - r.t0) / 60:.1f} min" for s, r in running.items())
@@ -452,7 +471,9 @@ def run(args) -> int:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))  # seeds share the cores
         executor = Executor(args.executor, runs_root / "submitit", slurm, env)
         estimate = rung.time_budget * 1.5 + 60 if rung.time_budget is not None else None
-        if not run_jobs(jobs, executor, store, parallel, estimate):
+        share = 1.0 / parallel if (tier.train_tier == "cpu" and args.executor == "local") else 1.0
+        expected = track.tok_per_s * share if track.tok_per_s else None
+        if not run_jobs(jobs, executor, store, parallel, estimate, expected, track.loaded_fraction):
             return 1
 
     rows = {r["seed"]: r for r in store.runs(experiment_id=experiment_id, rung=rung.name, details=True)}
@@ -461,7 +482,7 @@ def run(args) -> int:
     entries = store.leaderboard(track.name)
     existing = next((e for e in entries if e["experiment_id"] == experiment_id and sorted(e["run_ids"] or []) == run_ids), None)
     record = current_record([e for e in entries if existing is None or e["id"] != existing["id"]])
-    summary = summarize(runs, args.seeds, track.metric, track.target, record)
+    summary = summarize(runs, args.seeds, track.metric, track.target, record, calibrated_tok_per_s=track.tok_per_s)
     versions = sorted({(r.get("config") or {}).get("code_version") for r in runs} - {None})
     command = ["python", "-m", "harness.speedrun", "--track", args.track,
                *(["--experiment", experiment_id] if args.experiment else ["--recipe", recipe.name]),
@@ -490,8 +511,10 @@ def format_summary(track: Track, label: str, runs: list[dict], s: Summary, recor
             continue
         ttt = f"{r['time_to_target']:.1f} {unit}" if r["time_to_target"] is not None else "never"
         value = f"{r[metric]:.4f}" if r[metric] is not None else "not measured"
+        speed = f", {r['tok_per_s']:,.0f} tok/s" if r.get("tok_per_s") is not None else ""
+        speed += " (LOADED machine)" if r.get("loaded") else ""
         lines.append(f"  seed {r['seed']}: {metric} {value}, time to target {ttt}, training time "
-                     f"{r['total_training_time'] or 0:.1f} {unit}  ({r['run_dir']})")
+                     f"{r['total_training_time'] or 0:.1f} {unit}{speed}  ({r['run_dir']})")
 
     def pm(mean, std, digits):
         return "-" if mean is None else f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")

@@ -50,9 +50,10 @@ def tiny_tokenizer(shared_data, nanoresearch_home):
     return get_tokenizer(str(shared_data), vocab_size=TINY_VOCAB, max_chars=TINY_CHARS, progress=False)
 
 
-def tiny_tier(description: str, rest: str, unembedding_lr: float = 0.1) -> str:
+def tiny_tier(description: str, rest: str, unembedding_lr: float = 0.1, eval_every: int = 0) -> str:
     """A tier TOML for harness tests: its [baseline] trains depth-1/2 models in a few seconds with the tokenizer
-    settings of `tiny_tokenizer` (so runs reuse that cached tokenizer); `rest` adds [statistics] and [[rungs]]."""
+    settings of `tiny_tokenizer` (so runs reuse that cached tokenizer); `rest` adds [statistics] and [[rungs]].
+    `eval_every` > 0 records a learning curve (compute multipliers need one)."""
     return f"""
 name = "tiny"
 description = "{description}"
@@ -65,7 +66,7 @@ head_dim = 64
 device_batch_size = 4
 total_batch_size = 256
 eval_tokens = 2048
-eval_every = 0
+eval_every = {eval_every}
 log_every = 0
 warmup_steps = 2
 embedding_lr = 3.0

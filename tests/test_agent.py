@@ -142,7 +142,8 @@ def seed_history(s: Searching, log_tail: str = "Traceback (most recent call last
     for seed, v in enumerate((2.50, 2.52)):
         s.store.record_run(Run(experiment_id=s.baseline.id, rung="d2", seed=seed, status="ok", val_bpb=v,
                                search_id=s.search_id))
-    s.store.record_noise_floor("s", "d2", 0.0123, 3, s.baseline.id)
+    s.store.record_null_spread("s", "d2", "structural", 0.0123, 3, s.baseline.id)
+    s.store.record_null_spread("s", "d2", "parametric", 0.00042, 3, s.baseline.id)
     for key, tweaks, rationale, verdict, delta, p in [
             ("a", {"smear": False}, "RATIONALE-A", "reject", 0.0321, 0.87),
             ("b", {"matrix_lr": 0.1}, "RATIONALE-B", "promote", -0.0456, 0.011)]:
@@ -150,7 +151,7 @@ def seed_history(s: Searching, log_tail: str = "Traceback (most recent call last
         s.store.record_experiment(exp.record(), search_id=s.search_id)
         s.store.record_decision(Decision(experiment_id=exp.id, from_rung="d2", verdict=verdict, search_id=s.search_id,
                                          to_rung="d4" if verdict == "promote" else None, mean_delta=delta,
-                                         std_error=0.004, p_value=p, n=2))
+                                         std_error=0.004, p_value=p, n=2, kind=exp.kind, mde=0.0077))
         ids[key] = exp.id
     crashed = s.experiment({"n_kv_head": 2}, proposer="optuna")
     s.store.record_run(Run(experiment_id=crashed.id, rung="d2", seed=0, status="crash", reason="exit 1",
@@ -175,7 +176,8 @@ def test_the_request_carries_the_goal_the_space_schema_the_baseline_and_the_hist
     assert "untrusted" in body["system"].lower() and "propose_experiments" in body["system"]
     top_target = s.tier.rungs[-1].target
     for needle in ("first rung, d2", top_target,                          # the goal and the top rung's target
-                   "0.0123 over 3 seeds",                                 # the measured noise floor
+                   "structural changes: paired null spread 0.0123 bpb over 3 seeds",  # the measured noise, per kind
+                   "parametric changes: paired null spread 0.00042 bpb", '"mde": 0.0077', '"kind": "structural"',
                    '"matrix_lr": 0.08',                                   # the cpu tier's baseline recipe
                    "Baseline: True", "(log scale)",                       # knob docs with baseline values
                    "RATIONALE-A", "FALSIFY-A", "RATIONALE-B",             # the history, with the statistics

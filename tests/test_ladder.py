@@ -4,62 +4,47 @@ import json
 
 import optuna
 import pytest
-from scipy import stats as scipy_stats
 
 from experiments.catalog import CatalogError, Rung, Statistics, load_recipe, load_tier, load_track
 from harness.executors import Executor, SlurmOptions
 from harness.experiment import Experiment
 from harness.jobs import Job
-from harness.ladder import NoiseFloor, decide, paired_test
+from harness.ladder import decide
+from harness.noise import Spread
 from harness.runs import classify
 from search_spaces import KNOBS, SPACES, SearchSpaceError, Space
 
 STATS = Statistics(alpha=0.05, min_effect=0.002, max_seeds=4, futility=0.5)
 
 
-# --- statistics ----------------------------------------------------------------------------------------------
-
-def test_paired_test_is_a_one_sided_t_test_against_the_minimum_effect():
-    deltas = [-0.010, -0.006, -0.012, -0.004]
-    mean, se, p = paired_test(deltas, 0.002, floor=None)
-    expected = scipy_stats.ttest_1samp([d + 0.002 for d in deltas], 0.0, alternative="less")
-    assert mean == pytest.approx(-0.008) and p == pytest.approx(expected.pvalue)
-    assert se == pytest.approx(scipy_stats.sem(deltas))
-
-
-def test_noise_floor_bounds_a_lucky_small_spread():
-    deltas = [-0.0050, -0.0051]  # n=2 with a tiny spread: alone, wildly significant
-    _, _, p_alone = paired_test(deltas, 0.0, floor=None)
-    floor = NoiseFloor.from_null_pairs([0.01, -0.01])  # the baseline against itself with another init: rms 0.01
-    _, se, p_floored = paired_test(deltas, 0.0, floor=floor)
-    assert p_alone < 0.01 and p_floored > 0.1  # significant alone, not once the floor applies
-    assert se == pytest.approx(0.01 / 2 ** 0.5)
-    # With the floor's 2 degrees of freedom: t = -0.00505 / (0.01 / sqrt 2)
-    assert p_floored == pytest.approx(scipy_stats.t.cdf(-0.00505 / (0.01 / 2 ** 0.5), 2))
-
-
-def test_the_noise_floor_is_the_rms_of_null_differences():
-    # A null difference has mean zero by construction: a consistent offset is noise too, not a zero spread.
-    assert NoiseFloor.from_null_pairs([0.02, 0.02]).std == pytest.approx(0.02)
-    assert NoiseFloor.from_null_pairs([0.03, -0.04]).std == pytest.approx((0.0009 + 0.0016) ** 0.5 / 2 ** 0.5)
-    assert NoiseFloor.from_null_pairs([0.01, 0.0, -0.02]).n == 3 and NoiseFloor.from_null_pairs([]) is None
-
+# --- decisions (the statistics themselves: tests/test_noise.py) ---------------------------------------------
 
 def test_decisions():
     base = {0: 2.50, 1: 2.52, 2: 2.49}
-    floor = NoiseFloor(0.004, 3)
-    better = decide({0: 2.47, 1: 2.49, 2: 2.46}, base, STATS, floor)
+    null = Spread.of_null([0.004, -0.004, 0.004])
+    better = decide({0: 2.47, 1: 2.49, 2: 2.46}, base, STATS, kind="structural", null=null)
     assert better.verdict == "promote" and better.p_value < 0.05 and better.deltas == pytest.approx({0: -0.03, 1: -0.03, 2: -0.03})
-    worse = decide({0: 2.52, 1: 2.55, 2: 2.50}, base, STATS, floor)
+    assert better.kind == "structural" and better.mde is not None and better.test.floored
+    worse = decide({0: 2.52, 1: 2.55, 2: 2.50}, base, STATS, null=null)
     assert worse.verdict == "reject" and worse.p_value > 0.5
-    borderline = decide({0: 2.497, 1: 2.514, 2: 2.486}, base, STATS, floor)
+    borderline = decide({0: 2.497, 1: 2.514, 2: 2.486}, base, STATS, null=null)
     assert borderline.verdict == "more_seeds" and "adding seed 4" in borderline.reason
-    capped = decide({0: 2.497, 1: 2.514, 2: 2.486, 3: 2.5}, {**base, 3: 2.503}, STATS, floor)
+    capped = decide({0: 2.497, 1: 2.514, 2: 2.486, 3: 2.5}, {**base, 3: 2.503}, STATS, null=null)
     assert capped.verdict == "reject" and "seed cap" in capped.reason
-    failed = decide({0: 2.40, 1: None}, base, STATS, floor, failed="seed 1 diverged")
+    failed = decide({0: 2.40, 1: None}, base, STATS, null=null, failed="seed 1 diverged")
     assert failed.verdict == "reject" and "diverged" in failed.reason
-    lonely = decide({0: 2.3}, {0: 2.5}, STATS, None)  # one pair, no floor: cannot judge yet
+    lonely = decide({0: 2.3}, {0: 2.5}, STATS)  # one pair, no null: cannot judge yet
     assert lonely.verdict == "more_seeds" and lonely.p_value is None
+
+
+def test_a_decision_uses_the_null_of_its_own_kind():
+    # The same deltas: resolved against a parametric null (a tiny spread), not against a structural one.
+    base = {0: 2.50, 1: 2.52, 2: 2.49}
+    cand = {0: 2.4945, 1: 2.5148, 2: 2.4847}  # about -0.005 on each slot
+    parametric = decide(cand, base, STATS, kind="parametric", null=Spread.of_null([0.0003, -0.0002, 0.0004]))
+    structural = decide(cand, base, STATS, kind="structural", null=Spread.of_null([0.008, -0.006, 0.007]))
+    assert parametric.verdict == "promote" and structural.verdict != "promote"
+    assert parametric.mde < 0.003 < structural.mde
 
 
 # --- the search space ----------------------------------------------------------------------------------------
@@ -88,7 +73,7 @@ def test_every_knob_sets_a_config_field_and_spaces_cover_them():
     for knob in KNOBS.values():
         field_owner(knob.name)
         assert knob.config in ("model", "optim", "train") and knob.doc
-        if knob.kind in ("float", "logfloat", "int") and knob.default is not None:
+        if knob.type in ("float", "logfloat", "int") and knob.default is not None:
             assert knob.low <= knob.default <= knob.high, knob.name  # nanochat's value is inside the range
 
 
@@ -132,7 +117,7 @@ def test_shipped_tiers_recipes_and_tracks_load():
 def test_bad_catalog_files_name_the_file(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\n[[rungs]]\nname = "a"\ndepth = 2\nseeds = 2\n')
-    with pytest.raises(CatalogError, match="bad.toml.*exactly one of time_budget"):
+    with pytest.raises(CatalogError, match="bad.toml.*exactly one of flops_budget"):
         load_tier(str(bad))
     bad.write_text('name = "x"\nbogus = 1\n')
     with pytest.raises(CatalogError, match="bad.toml: unknown key 'bogus'"):

@@ -4,6 +4,7 @@ reports its false-promotion rate, and bad input is one line."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,10 +43,10 @@ def workdir(tmp_path, tiny_tokenizer):  # tiny_tokenizer: the cached tokenizer t
     return tmp_path
 
 
-def write_tier(dirpath: Path, unembedding_lr=0.1, iterations=30) -> Path:
+def write_tier(dirpath: Path, unembedding_lr=0.1, iterations=30, eval_every=0) -> Path:
     path = dirpath / "tiny.toml"
     path.write_text(tiny_tier("test tier: depth 1 then 2, a few dozen steps", TINY_RUNGS.format(iterations=iterations),
-                              unembedding_lr=unembedding_lr))
+                              unembedding_lr=unembedding_lr, eval_every=eval_every))
     return path
 
 
@@ -67,7 +68,7 @@ def test_planted_changes_are_promoted_or_rejected_and_failures_do_not_stop_the_s
     # The baseline's lm_head LR is crippled (0.004): restoring it is a real improvement (measured: -0.34 bpb at
     # 30 steps, seed spread ~0.02), starving it further a real regression (+0.09), and n_kv_head=2 cannot
     # build with one attention head (a crash).
-    tier = write_tier(workdir, unembedding_lr=0.004)
+    tier = write_tier(workdir, unembedding_lr=0.004, eval_every=10)  # evaluations make learning curves
     planted = workdir / "planted.json"
     planted.write_text(json.dumps([
         {"tweaks": {"unembedding_lr": 0.1}, "rationale": "undo the crippled lm_head LR"},
@@ -78,7 +79,8 @@ def test_planted_changes_are_promoted_or_rejected_and_failures_do_not_stop_the_s
                       "--enqueue", str(planted), "--name", "planted")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    assert "noise floor at d1" in out and "search 'planted' finished" in out
+    assert "structural null spread at d1" in out and "parametric null spread at d1" in out
+    assert "search 'planted' finished" in out
     store = Store(f"sqlite:///{workdir / 'lb.db'}")
     search = store.find_search("planted")
     exps = {e["rationale"]: e for e in store.experiments(search_id=search["id"])}
@@ -87,14 +89,21 @@ def test_planted_changes_are_promoted_or_rejected_and_failures_do_not_stop_the_s
     first = {d["experiment_id"]: d for d in sorted(decisions, key=lambda d: d["id"]) if d["from_rung"] == "d1" and d["verdict"] != "more_seeds"}
     assert first[good]["verdict"] == "promote" and first[good]["to_rung"] == "d2"
     assert first[good]["mean_delta"] < 0 and first[good]["p_value"] < 0.05 and first[good]["n"] >= 2
+    # Each decision is made against its kind's noise and says what it could detect and what it is worth in compute.
+    assert first[good]["kind"] == "parametric" and first[broken]["kind"] == "structural"
+    assert 0 < first[good]["mde"] < abs(first[good]["mean_delta"]) and first[good]["df"] >= 1
+    assert first[good]["compute_multiplier"] > 1  # the baseline needs more compute to get where the fix got
+    parametric = store.null_spread("planted", "d1", "parametric")
+    assert first[good]["noise_floor"] == pytest.approx(parametric["std"])
     assert first[bad]["verdict"] == "reject" and first[bad]["mean_delta"] > 0
     assert first[broken]["verdict"] == "reject"
     assert any(d["experiment_id"] == good and d["from_rung"] == "d2" for d in decisions)  # tested on the next rung
     crashed = store.runs(experiment_id=broken, details=True)
     assert crashed and all(r["status"] == "crash" for r in crashed)
     assert any("n_kv_head=2" in (r.get("log_tail") or "") for r in crashed)  # why it failed is recorded
-    noise = store.noise_floor("planted", "d1")
+    noise = store.null_spread("planted", "d1", "structural")
     assert noise and noise["n"] == 2 and noise["std"] > 0  # two null pairs: the baseline and itself, other init
+    assert parametric["n"] == 2 and 0 < parametric["std"]  # the baseline and itself with matrix_lr x 1.001
     null_runs = [r for r in store.runs(search_id=search["id"]) if r["seed"] >= 999000]
     assert {(r["rung"], r["seed"]) for r in null_runs} >= {("d1", 999000), ("d1", 999001)}
     null_config = json.loads((Path(null_runs[0]["run_dir"]) / "config.json").read_text())
@@ -104,6 +113,9 @@ def test_planted_changes_are_promoted_or_rejected_and_failures_do_not_stop_the_s
     assert {(r["rung"], r["seed"]) for r in base_runs} >= {("d1", 0), ("d1", 1), ("d2", 0), ("d2", 1)}
     assert all(r["status"] != "running" for r in store.runs(search_id=search["id"]))
     assert "promotions: 1 of 3" in out and f"  best: {good} " in out  # the promoted change is the best
+    summary_line = next(line for line in out.splitlines() if line.strip().startswith(good[:10]))
+    top = [d for d in sorted(decisions, key=lambda d: d["id"]) if d["experiment_id"] == good and d["from_rung"] == "d2"][-1]
+    assert "parametric" in summary_line and f"{top['mde']:.4f}" in summary_line and " x" in summary_line
     # The Optuna study learned from the planted proposals (they went in with enqueue_trial).
     import optuna
     study = optuna.load_study(study_name="nanoresearch:planted", storage=f"sqlite:///{workdir / 'lb.db'}")
@@ -152,22 +164,33 @@ def test_kill_and_resume_leaves_no_duplicates_and_no_holes(workdir, shared_data)
         assert count_launches(Path(r["run_dir"])) == 1, r["run_dir"]
     for c in candidates:  # the summary knows every decision, including those made before the kill
         line = next(line for line in again.stdout.splitlines() if line.strip().startswith(c["id"][:10]))
-        assert "(" in line and " - " not in line, line
+        mean, p, mde = line.split()[4:7]
+        assert mean[0] in "+-" and float(mean) == float(mean) and float(p) >= 0 and float(mde) > 0, line
 
 
-def test_aa_mode_reports_the_false_promotion_rate(workdir, shared_data):
+def test_aa_mode_reports_the_false_promotion_rate_of_each_kind(workdir, shared_data):
     tier = write_tier(workdir)
-    proc = run_search(workdir, shared_data, "--tier", str(tier), "--aa", "2", "--rungs", "1")
+    proc = run_search(workdir, shared_data, "--tier", str(tier), "--aa", "2", "--seed-base", "10")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "A/A calibration:" in proc.stdout and "of 2 null proposals promoted at d1" in proc.stdout
+    assert "A/A calibration at d1" in proc.stdout
+    for kind in ("structural", "parametric"):
+        assert re.search(rf"{kind} +\d of 2 null proposals promoted: false-promotion rate [\d.]+ \(95% upper bound", proc.stdout)
     store = Store(f"sqlite:///{workdir / 'lb.db'}")
+    assert store.find_search("tiny-aa-seeds10") is not None  # the seed base names the search
+    assert not [r for r in store.runs() if r["rung"] == "d2"]  # nulls are judged at the first rung only
+    baseline_seeds = {r["seed"] for r in store.runs() if r["experiment_id"] == store.find_search("tiny-aa-seeds10")["config"]["baseline_experiment_id"]}
+    assert baseline_seeds >= {10, 11} and min(baseline_seeds) == 10
     replicas = [e for e in store.experiments() if e["proposer"] == "aa"]
-    assert len(replicas) == 2
-    for e in replicas:  # each replica initialises with its own seeds but reads the baseline's data order
+    assert sorted(bool(e["tweaks"]) for e in replicas) == [False, False, True, True]
+    for e in replicas:
         replica = e["extra"]["replica"]
         runs = store.runs(experiment_id=e["id"])
         seeds = sorted(r["seed"] for r in runs)
-        assert seeds[:2] == [1000 * replica, 1000 * replica + 1] and all(s // 1000 == replica for s in seeds)
+        if e["tweaks"]:  # parametric: one setting moved by a factor too small to matter, on the baseline's seeds
+            (knob, value), = e["tweaks"].items()
+            assert seeds[:2] == [10, 11]
+        else:  # structural: its own initialisation, the baseline's data order
+            assert seeds[:2] == [1000 * replica + 10, 1000 * replica + 11] and all(s // 1000 == replica for s in seeds)
         for r in runs:
             assert json.loads((Path(r["run_dir"]) / "config.json").read_text())["data_seed"] == r["seed"] % 1000
 

@@ -1,32 +1,45 @@
-"""A/A calibration: null proposals that are the baseline itself.
+"""A/A calibration: null proposals of both kinds of change, to measure how often the ladder promotes nothing.
 
-Replica r is the baseline recipe with no tweaks, run on its own seeds (see Experiment.seed_offset), so it is no
-better than the baseline by construction. The fraction of replicas the ladder promotes is its false-promotion
-rate: the number to compare with the stated alpha."""
+`--aa N` proposes N structural nulls (the baseline recipe with another initialisation on the same data order) and
+N parametric nulls (the baseline with one setting moved by a factor too small to matter, on the baseline's own
+seed), alternating; see harness/experiment.py. Neither is better than the baseline, so the fraction of each kind
+the ladder promotes is its false-promotion rate for changes of that kind: the number to compare with the stated
+alpha. (An identical-config replica would be bit-identical to the baseline on deterministic hardware, never
+promoted, and so calibrate nothing.)"""
 
 from __future__ import annotations
 
+from harness.experiment import parametric_null_tweaks
 from harness.proposers import Proposal
+
+KINDS = ("structural", "parametric")
 
 
 class AAProposer:
     name = "aa"
 
-    def __init__(self, replicas: int):
-        self.replicas = replicas
-        self.next_replica = 1
+    def __init__(self, replicas: int, baseline_values: dict):
+        self.replicas = replicas                     # per kind
+        self.baseline_values = dict(baseline_values)
+        self.queue = [(r, kind) for r in range(1, replicas + 1) for kind in KINDS]
 
-    def skip_to(self, replica: int) -> None:
-        """On resume: continue after the replicas already proposed."""
-        self.next_replica = max(self.next_replica, replica + 1)
+    def skip(self, done: set[tuple[int, str]]) -> None:
+        """On resume: drop the (replica, kind) nulls already proposed."""
+        self.queue = [q for q in self.queue if q not in done]
+
+    @property
+    def exhausted(self) -> bool:
+        return not self.queue
 
     def propose(self, n: int) -> list[Proposal]:
         out = []
-        while len(out) < n and self.next_replica <= self.replicas:
-            r = self.next_replica
-            out.append(Proposal(tweaks={}, proposer=self.name, replica=r,
-                                rationale=f"A/A null proposal {r}: the baseline recipe on independent seeds"))
-            self.next_replica += 1
+        while len(out) < n and self.queue:
+            r, kind = self.queue.pop(0)
+            tweaks = parametric_null_tweaks(r, self.baseline_values) if kind == "parametric" else {}
+            what = ("another initialisation, same data order" if kind == "structural"
+                    else f"{next(iter(tweaks))} moved by a factor too small to matter, same seed")
+            out.append(Proposal(tweaks=tweaks, proposer=self.name, replica=r,
+                                rationale=f"A/A {kind} null {r}: the baseline recipe, {what}"))
         return out
 
     def observe(self, experiment_id: str, value: float | None) -> None:

@@ -153,13 +153,10 @@ def _line(obj: dict) -> str:
 
 
 def _horizon(rung) -> str:
-    if rung.time_budget is not None:
-        return f"{rung.time_budget:g} s of training"
-    if rung.num_iterations is not None:
-        return f"{rung.num_iterations} steps"
-    if rung.param_data_ratio is not None:
-        return f"{rung.param_data_ratio:g} tokens per parameter"
-    return "the tier's default horizon"
+    text = rung.describe_horizon()
+    if rung.horizon()[0] == "flops_budget":
+        text += " (a compute budget: a change that costs fewer FLOPs per token trains on more tokens)"
+    return text
 
 
 class History:
@@ -173,7 +170,7 @@ class History:
         self.runs = store.runs(search_id=sid)
         self.failures = store.runs(search_id=sid, status=FAILED_STATUSES, details=True)
         self.rejected = store.rejected_proposals(sid)
-        self.floors = {r.name: store.noise_floor(context.name, r.name) for r in context.tier.rungs}
+        self.spreads = {(r["rung"], r["kind"]): r for r in store.null_spreads(context.name)}
         self.rung_index = {r.name: i for i, r in enumerate(context.tier.rungs)}
         self.by_experiment: dict[str, list[dict]] = {}
         for d in self.decisions:
@@ -203,7 +200,9 @@ class History:
             values = row.pop("val_bpb")
             row["mean_val_bpb"] = _num(sum(values) / len(values)) if values else None
         decisions = [{"rung": d["from_rung"], "verdict": d["verdict"], "mean_delta": _num(d["mean_delta"]),
-                      "std_error": _num(d["std_error"]), "p_value": _num(d["p_value"]), "n": d["n"]}
+                      "std_error": _num(d["std_error"]), "p_value": _num(d["p_value"]), "n": d["n"],
+                      "kind": d.get("kind"), "mde": _num(d.get("mde")),
+                      "compute_multiplier": _num(d.get("compute_multiplier"))}
                      for d in self.by_experiment.get(exp["id"], [])]
         patch = exp.get("patch")
         return {"id": exp["id"][:12], "proposer": exp["proposer"], "tweaks": exp.get("tweaks") or {},
@@ -307,9 +306,10 @@ def build_prompt(space: Space, context: SearchContext, history: History, k: int,
     ])
     floors = []
     for r in tier.rungs:
-        f = history.floors.get(r.name)
-        floors.append(f"- {r.name}: std of baseline val_bpb {f['std']:.4g} over {f['n']} seeds" if f
-                      else f"- {r.name}: not measured yet")
+        for kind in ("parametric", "structural"):
+            f = history.spreads.get((r.name, kind))
+            floors.append(f"- {r.name}, {kind} changes: paired null spread {f['std']:.4g} bpb over {f['n']} seeds" if f
+                          else f"- {r.name}, {kind} changes: not measured yet")
     head = "\n".join([
         "# Goal",
         f"Lower the validation bits-per-byte (val_bpb, lower is better) at the first rung, {first.name} (depth "
@@ -319,7 +319,10 @@ def build_prompt(space: Space, context: SearchContext, history: History, k: int,
         f"depths; at the top rung, {top.name}, the measure is the time to reach the target {top.target or '(none)'}.",
         f"Ladder: {ladder}.",
         "",
-        "# Noise floor per rung (spread of repeated baseline runs)",
+        "# Noise per rung and kind of change (the spread of paired differences when a change does nothing). A "
+        "parametric change (a continuous setting) stays correlated with its baseline run and is judged against "
+        "the parametric spread; a structural one (a switch, a pattern, an algorithm, a patch) against the "
+        "structural spread. Each decision in the history states its minimum detectable effect (mde).",
         *floors,
         "",
         f"# Search space '{space.name}': the `tweaks` JSON schema (each knob's doc and baseline value)",
