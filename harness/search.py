@@ -200,10 +200,10 @@ class Search:
                                    proposer="baseline", name=f"baseline ({recipe.name})")
         # The search's own nulls, one per kind of change, on every rung in use: their paired differences with the
         # baseline are the noise a change of that kind that does nothing produces (harness/noise.py).
-        baseline_values = {**tier.baseline, **recipe.overrides}
-        self.nulls = {kind: Experiment(tweaks=parametric_null_tweaks(NOISE_FLOOR_REPLICA, baseline_values) if kind == "parametric" else {},
-                                       tier=tier.name, recipe=recipe.name, code_version=code_version,
-                                       proposer=NOISE_FLOOR_PROPOSER, replica=NOISE_FLOOR_REPLICA)
+        null_tweaks = {"structural": {},  # another initialisation
+                       "parametric": parametric_null_tweaks(NOISE_FLOOR_REPLICA, {**tier.baseline, **recipe.overrides})}
+        self.nulls = {kind: Experiment(tweaks=null_tweaks[kind], tier=tier.name, recipe=recipe.name,
+                                       code_version=code_version, proposer=NOISE_FLOOR_PROPOSER, replica=NOISE_FLOOR_REPLICA)
                       for kind in KINDS}
         self.candidates: dict[str, Candidate] = {}
         self.results: dict[tuple[str, str, int], Outcome | dict] = {}  # (experiment, rung, slot) -> outcome

@@ -84,6 +84,8 @@ def seed(url: str) -> dict:
         store.record_run(Run(experiment_id=IDEA, rung="d2", seed=0, status="diverged", depth=2, world_size=1,
                              started_at=finished, finished_at=finished + timedelta(minutes=1), reason="loss is NaN",
                              total_training_time=60.0, config=_config("d2", 0, {}), search_id=search_id))
+        store.record_null_spread("cpu-search", "d2", "structural", 0.004, 3, BASE)
+        store.record_null_spread("cpu-search", "d2", "parametric", 0.0002, 3, BASE)
         common = dict(search_id=search_id, baseline_experiment_id=BASE, n=2, alpha=0.05, min_effect=0.01,
                       noise_floor=0.004, kind="structural", spread=0.004, df=4.0, mde=0.0123)
         store.record_decision(Decision(experiment_id=SMEAR, from_rung="d2", to_rung="d4", verdict="promote",
@@ -197,6 +199,9 @@ def test_search_page_funnel_decisions_trials_and_agent_spend(monkeypatch, seeded
         {"rung": "d2", "proposed": 4, "run": 4, "promoted": 1, "rejected": 1},
         {"rung": "d4", "proposed": 1, "run": 2, "promoted": 0, "rejected": 0},  # the baseline runs there too
     ]
+    spreads = frame_with(at, "pairs")
+    assert [(r["rung"], r["kind"], r["pairs"], r["null spread"]) for r in spreads.to_dict("records")] == [
+        ("d2", "parametric", 3, 0.0002), ("d2", "structural", 3, 0.004)]
     decisions = frame_with(at, "verdict")
     assert dict(zip(decisions["experiment"], decisions["verdict"])) == {"smear": "promote", "backout": "reject"}
     smear = decisions[decisions["experiment"] == "smear"].iloc[0]
