@@ -86,6 +86,9 @@ class Tier:
     track: str | None = None        # the leaderboard track whose speedrun the top rung feeds
     # A run whose throughput is below this fraction of its rung's calibrated tok_per_s is flagged as loaded.
     loaded_fraction: float = 0.5
+    # Jobs a local search runs at once unless --parallel says otherwise. On a CPU the jobs split the cores, and the
+    # thread count is part of what makes a run reproducible, so a tier calibrated with it fixes it.
+    parallel: int = 1
     why: str = ""
     path: str = ""
 
@@ -210,11 +213,14 @@ def load_tier(name_or_path: str) -> Tier:
     loaded_fraction = data.get("loaded_fraction", 0.5)
     if not isinstance(loaded_fraction, int | float) or not 0 < loaded_fraction <= 1:
         raise CatalogError(f"{path}: loaded_fraction = {loaded_fraction!r}: expected a fraction in (0, 1]")
+    parallel = data.get("parallel", 1)
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
+        raise CatalogError(f"{path}: parallel = {parallel!r}: expected a positive integer")
     return Tier(name=data.get("name", path.stem), description=data.get("description", ""),
                 train_tier=data.get("train_tier", "cpu"),
                 baseline=_check_overrides(data.get("baseline", {}), f"{path}: [baseline]"),
                 rungs=tuple(rungs), statistics=stats, data_shards=int(data.get("data_shards", 8)), track=data.get("track"),
-                loaded_fraction=float(loaded_fraction), why=data.get("why", ""), path=str(path))
+                loaded_fraction=float(loaded_fraction), parallel=parallel, why=data.get("why", ""), path=str(path))
 
 
 def load_recipe(name_or_path: str) -> Recipe:

@@ -37,7 +37,8 @@ def build_calibrate_parser() -> ArgumentParser:
     p.add_argument("--db", default=None, help="database URL (env NANORESEARCH_DB; default sqlite:///nanoresearch.db)")
     p.add_argument("--data", default=None, help="pretraining data: a local dir or a source name (env NANORESEARCH_DATA)")
     p.add_argument("--runs-dir", default=None, help="where run dirs go (default: $NANORESEARCH_HOME/runs)")
-    p.add_argument("--parallel", type=int, default=1, help="jobs running at once")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="jobs running at once (default 1: a quiet machine's throughput, what a rung's tok_per_s records)")
     p.add_argument("--executor", default="local", choices=["local", "slurm", "debug"])
     p.add_argument("--name", default=None, help="the calibration's name in the database (default: TIER-calibration)")
     p.add_argument("--seed-base", type=int, default=0, metavar="K", help="first seed of the seed slots")

@@ -58,7 +58,7 @@ def build_parser() -> ArgumentParser:
                    help="auto = agent when ANTHROPIC_API_KEY is set, else optuna")
     p.add_argument("--trials", type=int, default=8, help="proposals to test (not counting the baseline)")
     p.add_argument("--budget-hours", type=float, default=None, help="stop proposing after this many compute hours")
-    p.add_argument("--parallel", type=int, default=1, help="jobs running at once")
+    p.add_argument("--parallel", type=int, default=None, help="jobs running at once (default: the tier's, cpu 2)")
     p.add_argument("--db", default=None, help="database URL (env NANORESEARCH_DB; default sqlite:///nanoresearch.db)")
     p.add_argument("--executor", default="local", choices=EXECUTORS)
     p.add_argument("--data", default=None, help="pretraining data: a local dir or a source name (env NANORESEARCH_DATA)")
@@ -580,7 +580,7 @@ class Search:
         mean = f"mean d {v.mean_delta:+.4f}" if v.mean_delta is not None else "no paired result"
         se = f" +- {v.std_error:.4f}" if v.std_error else ""
         power = f", {v.kind} MDE {v.mde:.4f}" if v.mde is not None and math.isfinite(v.mde) else (f", {v.kind}" if v.kind else "")
-        mult = f", compute x{v.multiplier.describe()}" if v.multiplier and v.multiplier.value is not None else ""
+        mult = f", compute {v.multiplier.describe()}" if v.multiplier and v.multiplier.value is not None else ""
         where = {"promote": f"PROMOTED to {to_rung}" if to_rung else "PASSED the top rung", "reject": "rejected",
                  "more_seeds": "borderline, one more seed"}[v.verdict]
         self.say(f"decide {rung.name} {self.label(cand.experiment)}: {where} ({mean}{se}, n={v.n}{power}{mult}; {v.reason})")
@@ -803,7 +803,7 @@ def execute(args, calibrate: bool = False) -> tuple[str, Search]:
     from model.tokenizer import cached_tokenizer_dir, get_tokenizer
 
     for flag in ("trials", "parallel"):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise SearchError(f"--{flag} {getattr(args, flag)}: expected a positive integer")
     if args.aa is not None and args.aa < 1:
         raise SearchError(f"--aa {args.aa}: expected a positive number of null proposals")
@@ -812,6 +812,8 @@ def execute(args, calibrate: bool = False) -> tuple[str, Search]:
     if args.seed_base < 0:
         raise SearchError(f"--seed-base {args.seed_base}: expected a non-negative integer")
     tier = resolve_tier(args)
+    if args.parallel is None:
+        args.parallel = tier.parallel
     if args.aa:  # a null is falsely promoted the moment it passes the first rung: no need to train it deeper
         tier = replace(tier, rungs=tier.rungs[:1])
     recipe = load_recipe(args.recipe)
@@ -844,6 +846,13 @@ def execute(args, calibrate: bool = False) -> tuple[str, Search]:
     if existing and (existing.get("config") or {}).get("seed_base", 0) != args.seed_base:
         raise SearchError(f"--seed-base {args.seed_base}: search {name!r} was started with seed base "
                           f"{existing['config'].get('seed_base', 0)}; use that, or another --name")
+    threads_fixed = tier.train_tier == "cpu" and args.executor == "local"
+    if existing and threads_fixed and (existing.get("config") or {}).get("parallel", 1) != args.parallel:
+        # Local CPU jobs split the cores: another --parallel is another thread count, which moves val_bpb in its
+        # last digits and would pair runs computed differently.
+        raise SearchError(f"--parallel {args.parallel}: search {name!r} was started with --parallel "
+                          f"{existing['config'].get('parallel', 1)} (the thread count of its CPU runs); use that, or "
+                          f"another --name")
 
     # Data and tokenizer once, here, so parallel jobs never race to train the same tokenizer.
     try:

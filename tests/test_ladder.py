@@ -109,6 +109,7 @@ def test_shipped_tiers_recipes_and_tracks_load():
     assert all(r.seeds <= cpu.statistics.max_seeds for r in (*cpu.rungs, *gpu.rungs))
     assert gpu.rungs[0].depth == 12 and gpu.rungs[-1].depth == 24 and gpu.rungs[-1].devices == 8
     assert gpu.rungs[-1].target == "core>=0.256525"
+    assert (cpu.parallel, gpu.parallel) == (2, 1)  # cpu: two single-thread jobs share the cores
     assert load_recipe("baseline").overrides == {}
     assert load_recipe("plain-gpt").overrides["smear"] is False
     for name in ("gpt2-8xh100", "cpu"):
@@ -126,6 +127,9 @@ def test_bad_catalog_files_name_the_file(tmp_path):
         load_tier(str(bad))
     bad.write_text('name = "x"\n[baseline]\nsmeer = false\n[[rungs]]\nname="a"\ndepth=1\nseeds=1\ntime_budget=5\n')
     with pytest.raises(CatalogError, match=r"bad.toml: \[baseline\]: unknown config field 'smeer'"):
+        load_tier(str(bad))
+    bad.write_text('name = "x"\nparallel = 0\n[[rungs]]\nname="a"\ndepth=1\nseeds=1\nnum_iterations=5\n')
+    with pytest.raises(CatalogError, match="bad.toml: parallel = 0: expected a positive integer"):
         load_tier(str(bad))
     with pytest.raises(CatalogError, match="unknown tier 'tpu'"):
         load_tier("tpu")

@@ -207,6 +207,17 @@ def test_bad_input_is_one_line(workdir, shared_data, extra, needle):
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], proc.stderr
 
 
+def test_a_search_resumes_only_with_its_seed_base_and_thread_count(workdir, shared_data):
+    tier = write_tier(workdir)
+    Store(f"sqlite:///{workdir / 'lb.db'}").start_search("kept", tier="tiny", space="all", proposer="optuna",
+                                                        config={"seed_base": 0, "parallel": 1})
+    for extra, needle in [(["--seed-base", "5"], "--seed-base 5: search 'kept' was started with seed base 0"),
+                          (["--parallel", "2"], "--parallel 2: search 'kept' was started with --parallel 1")]:
+        proc = run_search(workdir, shared_data, "--tier", str(tier), "--name", "kept", *extra, timeout=120)
+        assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    assert not Store(f"sqlite:///{workdir / 'lb.db'}").runs()  # nothing was trained
+
+
 def test_enqueue_file_is_validated_against_the_space(workdir, shared_data):
     bad = workdir / "bad.json"
     bad.write_text(json.dumps([{"tweaks": {"qk_scale": 99}}]))

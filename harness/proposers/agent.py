@@ -43,6 +43,7 @@ from typing import Any
 import optuna
 
 from harness.jobs import REPO
+from harness.noise import per_look_alpha
 from harness.patches import PatchError, SmokeTest, check_paths, prepare, worktrees_root
 from harness.proposers import Proposal
 from harness.proposers.optuna_tpe import OptunaProposer
@@ -314,8 +315,10 @@ def build_prompt(space: Space, context: SearchContext, history: History, k: int,
         "# Goal",
         f"Lower the validation bits-per-byte (val_bpb, lower is better) at the first rung, {first.name} (depth "
         f"{first.depth}, {_horizon(first)}): a candidate runs on the same seeds as the baseline and its mean paired "
-        f"difference (candidate - baseline) must be below -{stats.min_effect:g} with one-sided p < {stats.alpha:g} "
-        f"(up to {stats.max_seeds} seeds are added when borderline). Promoted changes are tested again at larger "
+        f"difference (candidate - baseline) must be below -{stats.min_effect:g} by a one-sided moderated paired test "
+        f"that holds the false-promotion rate at {stats.alpha:g} over all its looks (per look p < "
+        f"{per_look_alpha(stats.alpha, first.seeds, stats.max_seeds, stats.futility):.3g}; from {first.seeds} seeds, "
+        f"up to {stats.max_seeds} are added when borderline). Promoted changes are tested again at larger "
         f"depths; at the top rung, {top.name}, the measure is the time to reach the target {top.target or '(none)'}.",
         f"Ladder: {ladder}.",
         "",
