@@ -21,11 +21,14 @@ Training never needs the agent's API credentials: they are removed from the envi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +105,24 @@ def ignore_slurm_warning() -> None:
 
 def pid_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / ".train.pid"
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt, so `kill PID` (or a scheduler ending the session that
+    runs a search) stops the jobs it started and saves their checkpoints as Ctrl-C does, instead of leaving them
+    running unwatched. A process started in the background from a script ignores SIGINT, so SIGTERM is also the
+    one way to stop it cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def stop_training(run_dir: str | Path, grace_s: float = 60.0) -> bool:

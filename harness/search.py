@@ -33,7 +33,7 @@ from experiments.catalog import CatalogError, Rung, Tier, load_recipe, load_tier
 from harness.compute_multiplier import ComputeMultiplier, compute_multiplier
 from harness.executors import EXECUTORS, Executor, SlurmOptions
 from harness.experiment import NOISE_FLOOR_REPLICA, Experiment, parametric_null_tweaks
-from harness.jobs import Job, stop_training
+from harness.jobs import Job, stop_training, terminate_as_interrupt
 from harness.ladder import Verdict, decide
 from harness.noise import Spread, fit_prior, mde, per_look_alpha
 from harness.proposers import Proposal
@@ -620,30 +620,35 @@ class Search:
     # --- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> str:
         try:
-            while True:
-                self.decide_ready()
-                while self.want_proposal():
-                    before = self.proposals_made
-                    self.propose()
-                    if self.proposals_made == before and (self.proposals_exhausted or not self.proposer_can_continue()):
-                        self.proposals_exhausted = True
-                        break
-                    self.decide_ready()
-                if self.failed:
-                    break
-                for exp, index, slot in self.needed()[: max(0, self.parallel - len(self.running))]:
-                    self.submit(exp, index, slot)
-                if not self.running:
-                    if not self.needed() and not self.want_proposal():
-                        break
-                    continue
-                while not self.collect():
-                    time.sleep(POLL_S)
+            with terminate_as_interrupt():
+                return self.loop()
         except KeyboardInterrupt:
             self.say("interrupted: stopping the running jobs (each saves a checkpoint first)")
             self.stop_running()
             self.say("stopped; rerun the same command to resume")
             return "interrupted"
+
+    def loop(self) -> str:
+        """Propose, run and decide until the trials, the budget or the proposals run out."""
+        while True:
+            self.decide_ready()
+            while self.want_proposal():
+                before = self.proposals_made
+                self.propose()
+                if self.proposals_made == before and (self.proposals_exhausted or not self.proposer_can_continue()):
+                    self.proposals_exhausted = True
+                    break
+                self.decide_ready()
+            if self.failed:
+                break
+            for exp, index, slot in self.needed()[: max(0, self.parallel - len(self.running))]:
+                self.submit(exp, index, slot)
+            if not self.running:
+                if not self.needed() and not self.want_proposal():
+                    break
+                continue
+            while not self.collect():
+                time.sleep(POLL_S)
         if self.failed:
             self.stop_running()
             self.say(f"search stopped: {self.failed}")

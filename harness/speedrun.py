@@ -55,7 +55,7 @@ from pathlib import Path
 from experiments.catalog import CatalogError, Rung, Track, load_recipe, load_tier, load_track, names
 from harness.executors import EXECUTORS, Executor, SlurmOptions
 from harness.experiment import Experiment
-from harness.jobs import Job, stop_training
+from harness.jobs import Job, stop_training, terminate_as_interrupt
 from harness.runs import Outcome, is_loaded, read_outcome, run_row
 from harness.search import SearchError, job_timeout, prepare_data
 from model.cli import ArgumentParser
@@ -284,40 +284,41 @@ def run_jobs(jobs: list[Job], executor: Executor, store, parallel: int, estimate
         return f"ETA {max(0.0, rounds * per_job - min(oldest, per_job)) / 60:.1f} min"
 
     try:
-        while pending or running:
-            while pending and len(running) < parallel:
-                job = pending.pop(0)
-                started = datetime.now(UTC)
-                store.record_run(run_row(job, None, None, started))
-                # Jobs ignore Ctrl-C (as in the search): this process alone handles it and stops them cleanly.
-                previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-                try:
-                    handle = executor.submit(job)
-                finally:
-                    signal.signal(signal.SIGINT, previous)
-                running[job.seed] = Running(job, handle, started, time.monotonic())
-                say(f"start seed {job.seed} -> {job.run_dir}")
-            time.sleep(POLL_S)
-            for seed in [s for s, r in running.items() if r.handle.done()]:
-                r = running.pop(seed)
-                returned, error = None, None
-                try:
-                    returned = r.handle.result()
-                except Exception as e:  # noqa: BLE001 - a job that blew up is a failed seed, recorded like any other
-                    error = e
-                outcome = read_outcome(r.job, returned, error)
-                outcome.loaded = is_loaded(outcome.tok_per_s, expected_tok_per_s, loaded_fraction)
-                store.record_run(run_row(r.job, outcome, None, r.started_at), points=outcome.points)
-                walls.append(outcome.wall_s or time.monotonic() - r.t0)
-                done += 1
-                last_line = time.monotonic()
-                flag = (f" | LOADED: {outcome.tok_per_s:,.0f} tok/s against a calibrated {expected_tok_per_s:,.0f}: its "
-                        "time to target measures the machine" if outcome.loaded else "")
-                say(f"done  seed {seed}: {describe_outcome(outcome)}{flag} | {done}/{total} seeds this session, {eta()}")
-            if running and time.monotonic() - last_line >= HEARTBEAT_S:
-                last_line = time.monotonic()
-                ages = ", ".join(f"seed {s} {(time.monotonic() - r.t0) / 60:.1f} min" for s, r in running.items())
-                say(f"running: {ages} | {done}/{total} seeds this session, {eta()}")
+        with terminate_as_interrupt():  # `kill PID` stops the seeds as Ctrl-C does
+            while pending or running:
+                while pending and len(running) < parallel:
+                    job = pending.pop(0)
+                    started = datetime.now(UTC)
+                    store.record_run(run_row(job, None, None, started))
+                    # Jobs ignore Ctrl-C (as in the search): this process alone handles it and stops them cleanly.
+                    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    try:
+                        handle = executor.submit(job)
+                    finally:
+                        signal.signal(signal.SIGINT, previous)
+                    running[job.seed] = Running(job, handle, started, time.monotonic())
+                    say(f"start seed {job.seed} -> {job.run_dir}")
+                time.sleep(POLL_S)
+                for seed in [s for s, r in running.items() if r.handle.done()]:
+                    r = running.pop(seed)
+                    returned, error = None, None
+                    try:
+                        returned = r.handle.result()
+                    except Exception as e:  # noqa: BLE001 - a job that blew up is a failed seed, recorded like any other
+                        error = e
+                    outcome = read_outcome(r.job, returned, error)
+                    outcome.loaded = is_loaded(outcome.tok_per_s, expected_tok_per_s, loaded_fraction)
+                    store.record_run(run_row(r.job, outcome, None, r.started_at), points=outcome.points)
+                    walls.append(outcome.wall_s or time.monotonic() - r.t0)
+                    done += 1
+                    last_line = time.monotonic()
+                    flag = (f" | LOADED: {outcome.tok_per_s:,.0f} tok/s against a calibrated {expected_tok_per_s:,.0f}: its "
+                            "time to target measures the machine" if outcome.loaded else "")
+                    say(f"done  seed {seed}: {describe_outcome(outcome)}{flag} | {done}/{total} seeds this session, {eta()}")
+                if running and time.monotonic() - last_line >= HEARTBEAT_S:
+                    last_line = time.monotonic()
+                    ages = ", ".join(f"seed {s} {(time.monotonic() - r.t0) / 60:.1f} min" for s, r in running.items())
+                    say(f"running: {ages} | {done}/{total} seeds this session, {eta()}")
     except KeyboardInterrupt:
         say("interrupted: stopping the running seeds (each saves a checkpoint first)")
         for r in running.values():

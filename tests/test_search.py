@@ -226,7 +226,8 @@ def test_enqueue_file_is_validated_against_the_space(workdir, shared_data):
     assert not (workdir / "lb.db").exists() or not Store(f"sqlite:///{workdir / 'lb.db'}").runs()
 
 
-def test_ctrl_c_stops_the_training_cleanly(workdir, shared_data):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and `kill PID` or a scheduler
+def test_ctrl_c_or_kill_stops_the_training_cleanly(workdir, shared_data, stop):
     tier = write_tier(workdir, iterations=5000)  # long enough to be interrupted mid-run
     cmd = search_cmd(workdir, shared_data, "--tier", str(tier), "--rungs", "1", "--trials", "1", "--name", "ctrlc")
     proc = subprocess.Popen(cmd, cwd=REPO, env={**env(), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
@@ -238,7 +239,7 @@ def test_ctrl_c_stops_the_training_cleanly(workdir, shared_data):
     while time.time() < deadline and not training():
         time.sleep(0.2)
     time.sleep(2.0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "interrupted" in out and "Traceback" not in out, out[-2000:]
     running = subprocess.run(["pgrep", "-f", str(workdir / "runs")], capture_output=True, text=True).stdout
