@@ -230,8 +230,10 @@ def test_enqueue_file_is_validated_against_the_space(workdir, shared_data):
 def test_ctrl_c_or_kill_stops_the_training_cleanly(workdir, shared_data, stop):
     tier = write_tier(workdir, iterations=5000)  # long enough to be interrupted mid-run
     cmd = search_cmd(workdir, shared_data, "--tier", str(tier), "--rungs", "1", "--trials", "1", "--name", "ctrlc")
+    # As from a terminal: a test run started in the background (nohup, &) ignores SIGINT, and its children inherit that.
     proc = subprocess.Popen(cmd, cwd=REPO, env={**env(), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run_dirs = lambda: list((workdir / "runs" / "ctrlc").glob("*/d1/seed*"))  # noqa: E731
     deadline = time.time() + 120
     def training() -> bool:  # past setup: model.train prints its header just before the loop
