@@ -8,8 +8,8 @@ At every rung it runs the baseline and the search's two nulls (harness/experimen
 another initialisation on the same data order; parametric = the baseline with matrix_lr x (1 + 1e-3) on the same
 seed) on N seed slots, then prints per rung and kind of change: the null spread (RMS of the paired null
 differences), the minimum detectable effect at 80% power and the tier's alpha for 2..N seeds (the plain paired
-t-test, n - 1 degrees of freedom, never below the null spread: a search that pools its candidates does at least as
-well), and the cost of one run (wall seconds, CPU-minutes, training throughput). Like a search it is recorded in
+t-test, n - 1 degrees of freedom, never below the null spread against the kind's control, harness/noise.py: a
+search that pools its candidates does at least as well), and the cost of one run (wall seconds, CPU-minutes, training throughput). Like a search it is recorded in
 the database (name TIER-calibration) and resumable; a search on the same database can reuse nothing from it (its
 runs belong to this name), so run it when choosing or checking a tier's settings, not before every search.
 """
@@ -20,7 +20,7 @@ import statistics
 import sys
 
 from experiments.catalog import CatalogError, Tier
-from harness.noise import mde, per_look_alpha
+from harness.noise import control_spread, mde, per_look_alpha
 from harness.runs import Outcome
 from harness.search import SearchError, SearchSpaceError, build_parser, execute, resolve_tier
 from model.cli import ArgumentParser
@@ -70,8 +70,8 @@ def calibration_table(search, status: str, threads: int, design: Tier) -> str:
     lines = [f"\ncalibration {search.name!r} of tier {search.tier.name} {status}: alpha {stats.alpha} (the whole "
              f"sequential test), power {stats.power:.0%}, min effect {stats.min_effect}. MDE n=k: the true improvement "
              "(bpb) a decision on k pairs promotes with that power, at the rung's per-look alpha, with the plain paired "
-             "t-test's k - 1 degrees of freedom and the null spread (a search that pools its candidates does at least "
-             "as well)"]
+             "t-test's k - 1 degrees of freedom and the null spread against the kind's control (a structural change is "
+             "compared with the mean of two inits: sd x 0.87; a search that pools its candidates does at least as well)"]
     for rung in search.tier.rungs:
         first_n = next((r.seeds for r in design.rungs if r.name == rung.name), stats.max_seeds)
         alpha = per_look_alpha(stats.alpha, first_n, stats.max_seeds, stats.futility)
@@ -91,7 +91,8 @@ def calibration_table(search, status: str, threads: int, design: Tier) -> str:
             if null is None:
                 lines.append(f"    {kind:10} {'-':>11}")
                 continue
-            mdes = [mde(null.sd, n, n - 1, alpha, stats.power, stats.min_effect) for n in counts]
+            floor = control_spread(null, kind)  # what a change of this kind is judged against (harness/noise.py)
+            mdes = [mde(floor.sd, n, n - 1, alpha, stats.power, stats.min_effect) for n in counts]
             deltas = ", ".join(f"{d:+.5f}" for _, d in sorted(search.paired_deltas(search.nulls[kind], rung).items()))
             lines.append(f"    {kind:10} {null.sd:11.5f} {int(null.df):5d}  " + " ".join(f"{m:9.4f}" for m in mdes)
                          + f"   (differences {deltas})")

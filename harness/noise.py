@@ -11,6 +11,17 @@ spread for two reasons, and how much depends on the kind of change (search_space
   null is a perturbation too small to matter (e.g. a learning rate times 1 + 1e-3) at the same seed.
 A rung measures both nulls (NullSpread: a root mean square around zero, since a null difference has mean zero).
 
+What a change is compared with on its slot, its *control*, also depends on its kind (CONTROL_INITS). A parametric
+change is compared with the baseline run at its own seed, the run it stays correlated with. A structural change
+shares nothing with that run but the data order, so it is compared with the mean of the baseline recipe's runs with
+two inits on its slot: the baseline and the structural null. Every structural candidate of a search shares its
+control's runs, and with the baseline alone one unlucky draw of its few inits tilts every structural comparison the
+same way (the cpu tier's A/A at seed base 0: the baseline's runs ended above 27 of the 30 other inits' runs on the
+same data orders, and 2 of 6 structural nulls were promoted). The mean of two inits halves that shared variance,
+and a candidate's paired variance falls from 2 to 1.5 init variances (the MDE by a factor 0.87), for the structural
+null's runs on the slots beyond the rung's first seeds. `control_spread` turns a null spread into the spread a
+change of that kind that does nothing shows against its control.
+
 A decision uses the candidate's own paired spread (a sample variance with n - 1 degrees of freedom), moderated by
 the rung's other *units* of the same kind: the null, and the other candidates' paired spreads. This is the
 empirical-Bayes moderated t-test of Smyth (2004), as in limma's squeezeVar: the units' variances are modelled as
@@ -70,6 +81,20 @@ class Spread:
         if len(deltas) < 2:
             return None
         return cls(statistics.variance(deltas), len(deltas) - 1)
+
+
+CONTROL_INITS = {"parametric": 1, "structural": 2}  # inits of the baseline recipe averaged into a slot's control
+
+
+def control_spread(null: Spread | None, kind: str | None) -> Spread | None:
+    """The spread of a change of `kind` that does nothing against its control, from the kind's null spread. A
+    parametric null is measured against the control itself (the baseline at the same seed): unchanged. A structural
+    null is two inits against each other, variance 2 s^2 for an init variance s^2, while a change against the mean
+    of k inits has s^2 (1 + 1/k): the null's variance times (1 + 1/k) / 2."""
+    k = CONTROL_INITS.get(kind or "", 1)
+    if null is None or k == 1:
+        return null
+    return Spread(null.var * (1 + 1 / k) / 2, null.df)
 
 
 @dataclass(frozen=True)

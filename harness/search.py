@@ -35,7 +35,7 @@ from harness.executors import EXECUTORS, Executor, SlurmOptions
 from harness.experiment import NOISE_FLOOR_REPLICA, Experiment, parametric_null_tweaks
 from harness.jobs import Job, stop_training, terminate_as_interrupt
 from harness.ladder import Verdict, decide
-from harness.noise import Spread, fit_prior, mde, per_look_alpha
+from harness.noise import CONTROL_INITS, Spread, control_spread, fit_prior, mde, per_look_alpha
 from harness.proposers import Proposal
 from harness.runs import Outcome, is_loaded, read_outcome, run_row
 from leaderboard.schema import NOISE_FLOOR_PROPOSER
@@ -314,6 +314,15 @@ class Search:
                 need = max(need, c.slots)
         return need
 
+    def null_slots(self, index: int, null: Experiment) -> int:
+        """A rung's nulls run on its first seed slots; a null that is part of a control (the structural one) also
+        on every slot a candidate judged against that control uses there."""
+        need = self.tier.rungs[index].seeds
+        for c in self.candidates.values():
+            if c.rung == index and c.state == "active" and null in self.control(c.experiment):
+                need = max(need, c.slots)
+        return need
+
     def needed(self) -> list[tuple[Experiment, int, int]]:
         """(experiment, rung index, slot) still to run, most urgent first: the baseline and its nulls, then the
         highest rungs."""
@@ -321,10 +330,11 @@ class Search:
         for index in range(len(self.tier.rungs)):
             for slot in range(self.baseline_slots(index)):
                 out.append((self.baseline, index, slot))
-            if self.baseline_slots(index):  # the nulls of every rung in use, on its first seed slots
-                for slot in range(self.tier.rungs[index].seeds):
+            if self.baseline_slots(index):  # the nulls of every rung in use
+                for slot in range(max(self.null_slots(index, null) for null in self.nulls.values())):
                     for null in self.nulls.values():
-                        out.append((null, index, slot))
+                        if slot < self.null_slots(index, null):
+                            out.append((null, index, slot))
         for cand in sorted(self.candidates.values(), key=lambda c: (-c.rung, c.order)):
             if cand.state == "active":
                 for slot in range(cand.slots):
@@ -459,16 +469,37 @@ class Search:
                 self.update_null_spreads(r.job.rung)
         return len(finished)
 
-    def paired_deltas(self, exp: Experiment, rung: Rung, slots=None) -> dict[int, float]:
-        """slot -> val_bpb(exp) - val_bpb(baseline), over the slots where both finished ok."""
+    def control(self, exp: Experiment) -> list[Experiment]:
+        """The baseline-recipe runs a change is compared with on its slot (harness/noise.py, CONTROL_INITS): the
+        baseline alone for a parametric change and for the search's own nulls (whose differences with it are the
+        null spreads); the baseline and the structural null, two inits, for a structural change."""
+        if self.is_own(exp.id) or CONTROL_INITS[exp.kind] == 1:
+            return [self.baseline]
+        return [self.baseline, self.nulls["structural"]][:CONTROL_INITS[exp.kind]]
+
+    def control_values(self, exp: Experiment, rung: Rung, slots) -> dict[int, float]:
+        """slot -> the control's val_bpb for `exp`: the mean of its control runs there that finished ok, on the
+        slots where the baseline did and none of them is still to finish (a failed structural null leaves the
+        baseline alone)."""
         out = {}
-        for (eid, rname, slot), r in self.results.items():
-            if eid != exp.id or rname != rung.name or (slots is not None and slot not in slots):
+        for slot in slots:
+            runs = [self.result(c, rung, slot) for c in self.control(exp)]
+            if any(r is None for r in runs) or self.status(runs[0]) != "ok":
                 continue
-            base = self.result(self.baseline, rung, slot)
-            if self.status(r) == "ok" and self.status(base) == "ok":
-                out[slot] = self.val(r) - self.val(base)
+            out[slot] = statistics.fmean(self.val(r) for r in runs if self.status(r) == "ok")
         return out
+
+    def paired_deltas(self, exp: Experiment, rung: Rung, slots=None) -> dict[int, float]:
+        """slot -> val_bpb(exp) - val_bpb(its control), over the slots where both are known."""
+        mine = {slot: self.val(r) for (eid, rname, slot), r in self.results.items()
+                if eid == exp.id and rname == rung.name and (slots is None or slot in slots) and self.status(r) == "ok"}
+        control = self.control_values(exp, rung, sorted(mine))
+        return {slot: mine[slot] - control[slot] for slot in sorted(mine) if slot in control}
+
+    def null_spread(self, rung: Rung, kind: str) -> Spread | None:
+        """The spread of a change of `kind` that does nothing against its control at the rung: the floor of its
+        decisions (harness/noise.py, control_spread)."""
+        return control_spread(self.spreads.get((rung.name, kind)), kind)
 
     def update_null_spreads(self, rung: Rung, quiet: bool = False) -> None:
         """The rung's null spread of each kind: paired differences between that null and the baseline."""
@@ -495,7 +526,8 @@ class Search:
     def prior(self, rung: Rung, kind: str, exclude: Experiment | None = None):
         """What the rung's units of a kind say about the spread of its paired differences: its null and every other
         candidate of that kind with two or more pairs there (harness/noise.py)."""
-        units = [self.spreads[(rung.name, kind)]] if (rung.name, kind) in self.spreads else []
+        null = self.null_spread(rung, kind)
+        units = [null] if null is not None else []
         for c in self.candidates.values():
             if c.experiment is exclude or c.experiment.kind != kind:
                 continue
@@ -513,15 +545,15 @@ class Search:
             mine = {s: self.result(cand.experiment, rung, s) for s in slots}
             failures = [f"seed {self.seed(cand.experiment, s)} {self.status(r)}" for s, r in mine.items()
                         if r is not None and self.status(r) != "ok"]
-            base = {s: self.result(self.baseline, rung, s) for s in slots}
-            if not failures and (any(r is None for r in [*mine.values(), *base.values()]) or self.nulls_pending(rung)):
-                continue  # still waiting for a run of the candidate, of the baseline, or of a null
-            if not failures and any(self.status(r) != "ok" for r in base.values()):
+            control = [self.result(c, rung, s) for c in self.control(cand.experiment) for s in slots]
+            if not failures and (any(r is None for r in [*mine.values(), *control]) or self.nulls_pending(rung)):
+                continue  # still waiting for a run of the candidate, of its control, or of a null
+            if not failures and any(self.status(self.result(self.baseline, rung, s)) != "ok" for s in slots):
                 continue  # the baseline failed: the search stops (see collect)
             kind = cand.experiment.kind
             verdict = decide({s: self.val(r) for s, r in mine.items() if r is not None},
-                             {s: self.val(r) for s, r in base.items() if r is not None and self.status(r) == "ok"},
-                             self.tier.statistics, first_n=rung.seeds, kind=kind, null=self.spreads.get((rung.name, kind)),
+                             self.control_values(cand.experiment, rung, slots),
+                             self.tier.statistics, first_n=rung.seeds, kind=kind, null=self.null_spread(rung, kind),
                              prior=self.prior(rung, kind, exclude=cand.experiment), failed="; ".join(failures) or None)
             if verdict.deltas:
                 verdict.multiplier = self.multiplier(cand.experiment, rung, list(verdict.deltas))
@@ -543,9 +575,10 @@ class Search:
                 if p.get("tokens") is not None and p.get("val_bpb") is not None]
 
     def multiplier(self, exp: Experiment, rung: Rung, slots: list[int]) -> ComputeMultiplier:
-        """The candidate's effect as a compute multiplier against the baseline's mean learning curve on the same
+        """The candidate's effect as a compute multiplier against its control's mean learning curve on the same
         slots (harness/compute_multiplier.py)."""
-        curves = [dict(self.curve(self.baseline, rung, s)) for s in slots]
+        curves = [dict(self.curve(c, rung, s)) for c in self.control(exp) for s in slots
+                  if self.status(self.result(c, rung, s)) == "ok"]
         common = set.intersection(*(set(c) for c in curves)) if curves else set()
         if not common:  # the seeds' evaluations fall at different compute: average by evaluation index instead
             lists = [sorted(c.items()) for c in curves]
@@ -564,7 +597,7 @@ class Search:
         from leaderboard import Decision
         index = self.tier.rungs.index(rung)
         to_rung = self.tier.rungs[index + 1].name if (v.verdict == "promote" and index + 1 < len(self.tier.rungs)) else None
-        null = self.spreads.get((rung.name, v.kind))
+        null = self.null_spread(rung, v.kind) if v.kind else None
         stats = self.tier.statistics
         self.store.record_decision(Decision(
             experiment_id=cand.experiment.id, from_rung=rung.name, to_rung=to_rung, verdict=v.verdict,
@@ -667,7 +700,7 @@ class Search:
     def rung_mde(self, rung: Rung, kind: str, n: int) -> float | None:
         """The minimum detectable effect at a rung for a change of `kind` with n seeds, from what the rung has
         measured: the spread the test would use for a candidate as noisy as the kind's typical unit."""
-        null = self.spreads.get((rung.name, kind))
+        null = self.null_spread(rung, kind)
         prior = self.prior(rung, kind)
         stats = self.tier.statistics
         if prior is not None:
@@ -709,7 +742,8 @@ class Search:
                     if v and v.multiplier and v.multiplier.value is not None else "-")
             lines.append(f"  {c.experiment.id[:10]} {c.experiment.kind:10} {rung:8} {c.state:8} {mean:>8} {p:>6} {m:>7} "
                          f"{mult:>9}  {c.experiment.describe()}")
-        lines.append("  (mean d: candidate - baseline val_bpb, negative is better; MDE: the improvement the test promotes "
+        lines.append("  (mean d: candidate - control val_bpb, negative is better; the control is the baseline at the same seed, "
+                     "for a structural change the mean of the baseline and the structural null, two inits; MDE: the improvement the test promotes "
                      f"with {stats.power:.0%} power at the seeds it used; compute: baseline compute to reach the candidate's "
                      "val_bpb over the candidate's, * = extrapolated past the baseline's curve)")
         real = [c for c in self.candidates.values() if not c.experiment.replica]

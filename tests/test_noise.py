@@ -5,13 +5,24 @@ exact power of the noncentral t), the compute multiplier of synthetic learning c
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 from scipy import optimize, special
 from scipy import stats as scipy_stats
 
 from harness.compute_multiplier import compute_multiplier
 from harness.experiment import NOISE_FLOOR_REPLICA, PARAMETRIC_NULL_EPSILON, Experiment, parametric_null_tweaks
-from harness.noise import Spread, fit_prior, mde, moderate, paired_test, per_look_alpha, trigamma_inverse
+from harness.noise import (
+    CONTROL_INITS,
+    Spread,
+    control_spread,
+    fit_prior,
+    mde,
+    moderate,
+    paired_test,
+    per_look_alpha,
+    trigamma_inverse,
+)
 from model.config import CONFIG_CLASSES
 from search_spaces import KINDS, KNOBS, change_kind
 
@@ -50,6 +61,22 @@ def test_a_null_spread_is_the_rms_of_null_differences():
 # Four units of one kind at a rung: a null (mean square of 3 null differences, 3 df) and three candidates' sample
 # variances (2, 3 and 2 df).
 UNITS = [Spread(3.6e-5, 3), Spread(0.4e-5, 2), Spread(9.4e-5, 3), Spread(1.0e-5, 2)]
+
+
+def test_the_null_spread_against_a_control_of_two_inits():
+    # Runs on one data order differ by their init: val_bpb = slot effect + init effect (sd 0.003). The structural
+    # null measures two inits against each other; a structural change that does nothing, compared with the mean of
+    # the baseline and the structural null, spreads as control_spread says (1.5 init variances, not 2).
+    rng = np.random.default_rng(0)
+    slot = rng.normal(2.34, 0.01, size=200_000)
+    baseline, null, candidate = (slot + rng.normal(0, 0.003, size=slot.size) for _ in range(3))
+    measured = Spread.of_null(list(null - baseline))
+    against_control = candidate - (baseline + null) / 2
+    assert CONTROL_INITS == {"parametric": 1, "structural": 2}
+    assert control_spread(measured, "structural").sd == pytest.approx(float(np.sqrt(np.mean(against_control ** 2))), rel=0.01)
+    assert control_spread(measured, "structural").sd == pytest.approx(0.003 * math.sqrt(1.5), rel=0.01)
+    assert control_spread(measured, "parametric") == measured  # judged against the baseline it was measured with
+    assert control_spread(None, "structural") is None
 
 
 def reference_prior(units):

@@ -3,6 +3,7 @@ a failed job never stops the search, kill -9 then rerun resumes without repeatin
 reports its false-promotion rate, and bad input is one line."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -193,6 +194,28 @@ def test_aa_mode_reports_the_false_promotion_rate_of_each_kind(workdir, shared_d
             assert seeds[:2] == [1000 * replica + 10, 1000 * replica + 11] and all(s // 1000 == replica for s in seeds)
         for r in runs:
             assert json.loads((Path(r["run_dir"]) / "config.json").read_text())["data_seed"] == r["seed"] % 1000
+    # Each null is judged against its kind's control: a parametric one against the baseline at its seed, a
+    # structural one against the mean of the baseline and the structural null (two inits) on its slot, with the
+    # structural null spread scaled to that control as its floor.
+    search = store.find_search("tiny-aa-seeds10")
+    val = {(r["experiment_id"], r["seed"]): r["val_bpb"] for r in store.runs(search_id=search["id"]) if r["rung"] == "d1"}
+    baseline_id = search["config"]["baseline_experiment_id"]
+    structural_null = {e: s for (e, s) in val if s >= 999000}
+    spreads = {k: store.null_spread("tiny-aa-seeds10", "d1", k)["std"] for k in ("structural", "parametric")}
+    by_id = {e["id"]: e for e in replicas}
+    decided = [d for d in store.decisions(search_id=search["id"]) if d["experiment_id"] in by_id]
+    assert len({d["experiment_id"] for d in decided}) == 4
+    for d in decided:
+        for seed, delta in d["deltas"].items():
+            slot = int(seed) % 1000 - 10
+            if d["kind"] == "structural":
+                (null_id,) = set(structural_null)
+                control = (val[(baseline_id, 10 + slot)] + val[(null_id, 999010 + slot)]) / 2
+            else:
+                control = val[(baseline_id, 10 + slot)]
+            assert delta == pytest.approx(val[(d["experiment_id"], int(seed))] - control, abs=1e-12)
+        floor = spreads["structural"] * math.sqrt(0.75) if d["kind"] == "structural" else spreads["parametric"]
+        assert d["noise_floor"] == pytest.approx(floor)
 
 
 @pytest.mark.parametrize("extra,needle", [
