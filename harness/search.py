@@ -614,7 +614,7 @@ class Search:
         se = f" +- {v.std_error:.4f}" if v.std_error else ""
         power = f", {v.kind} MDE {v.mde:.4f}" if v.mde is not None and math.isfinite(v.mde) else (f", {v.kind}" if v.kind else "")
         mult = f", compute {v.multiplier.describe()}" if v.multiplier and v.multiplier.value is not None else ""
-        where = {"promote": f"PROMOTED to {to_rung}" if to_rung else "PASSED the top rung", "reject": "rejected",
+        where = {"promote": f"PROMOTED to {to_rung}" if to_rung else ("PASSED the top rung" if index else "PASSED (the ladder's only rung)"), "reject": "rejected",
                  "more_seeds": "borderline, one more seed"}[v.verdict]
         self.say(f"decide {rung.name} {self.label(cand.experiment)}: {where} ({mean}{se}, n={v.n}{power}{mult}; {v.reason})")
         if index == 0 and v.verdict != "more_seeds" and not cand.told:
@@ -780,7 +780,37 @@ class Search:
             rate = k / n if n else float("nan")
             lines.append(f"    {kind:10} {k} of {n} null proposals promoted: false-promotion rate {rate:.2f} "
                          f"(95% upper bound {bound:.2f})")
+        offset = self.control_offset(self.tier.rungs[0])
+        if offset is not None:
+            value, z, slots = offset
+            lines.append(f"    the structural control sits {value:+.4f} bpb from the mean of the structural nulls' own inits on "
+                         f"its first {slots} slots (z = {z:+.1f}). Every structural null is judged against that one control, "
+                         "so their outcomes are not independent and the bound above, which assumes they are, is too "
+                         "narrow; a control drawn high (z > 0) promotes more of them. Repeat with another --seed-base "
+                         "for an independent draw.")
         return lines
+
+    def control_offset(self, rung: Rung) -> tuple[float, float, int] | None:
+        """(offset, z, slots): how far the structural control of the rung's first slots sits from the mean of the A/A
+        structural nulls' runs there (each null is another init of the baseline recipe), in bpb and in standard
+        errors of that difference (the control's k inits and the nulls' m inits per slot, from the nulls' spread).
+        None without two nulls' runs on a slot."""
+        nulls = [c.experiment for c in self.candidates.values() if c.experiment.null_kind == "structural"]
+        if not nulls:
+            return None
+        k = CONTROL_INITS["structural"]
+        offsets, variances = [], []
+        for slot in range(rung.seeds):
+            inits = [self.val(r) for null in nulls if self.status(r := self.result(null, rung, slot)) == "ok"]
+            control = self.control_values(nulls[0], rung, [slot])
+            if len(inits) < 2 or slot not in control:
+                continue
+            offsets.append(control[slot] - statistics.fmean(inits))
+            variances.append(statistics.variance(inits) * (1 / k + 1 / len(inits)))
+        if not offsets or not any(variances):
+            return None
+        value = statistics.fmean(offsets)
+        return value, value / math.sqrt(sum(variances) / len(offsets) ** 2), len(offsets)
 
 
 def restored_verdict(row: dict, exp: Experiment, seed_base: int) -> Verdict:

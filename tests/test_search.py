@@ -176,6 +176,10 @@ def test_aa_mode_reports_the_false_promotion_rate_of_each_kind(workdir, shared_d
     assert "A/A calibration at d1" in proc.stdout
     for kind in ("structural", "parametric"):
         assert re.search(rf"{kind} +\d of 2 null proposals promoted: false-promotion rate [\d.]+ \(95% upper bound", proc.stdout)
+    # The structural nulls share one control: the report says how far it sits from their own inits' mean.
+    offset = re.search(r"structural control sits ([+-][\d.]+) bpb from the mean of the structural nulls' own inits on "
+                       r"its first (\d) slots \(z = ([+-][\d.]+)\)", proc.stdout)
+    assert offset and int(offset.group(2)) == 2, proc.stdout[-2000:]
     store = Store(f"sqlite:///{workdir / 'lb.db'}")
     assert store.find_search("tiny-aa-seeds10") is not None  # the seed base names the search
     assert not [r for r in store.runs() if r["rung"] == "d2"]  # nulls are judged at the first rung only
@@ -216,6 +220,12 @@ def test_aa_mode_reports_the_false_promotion_rate_of_each_kind(workdir, shared_d
             assert delta == pytest.approx(val[(d["experiment_id"], int(seed))] - control, abs=1e-12)
         floor = spreads["structural"] * math.sqrt(0.75) if d["kind"] == "structural" else spreads["parametric"]
         assert d["noise_floor"] == pytest.approx(floor)
+    # ... and the offset is the control's mean over its first slots minus the mean of the structural nulls' runs.
+    nulls = [e["id"] for e in replicas if not e["tweaks"]]
+    (null_id,) = set(structural_null)
+    expected = sum((val[(baseline_id, 10 + s)] + val[(null_id, 999010 + s)]) / 2
+                   - sum(val[(n, 1000 * by_id[n]["extra"]["replica"] + 10 + s)] for n in nulls) / 2 for s in (0, 1)) / 2
+    assert float(offset.group(1)) == pytest.approx(expected, abs=1e-4)
 
 
 @pytest.mark.parametrize("extra,needle", [
