@@ -19,7 +19,9 @@ control's runs, and with the baseline alone one unlucky draw of its few inits ti
 same way (the cpu tier's A/A at seed base 0: the baseline's runs ended above 27 of the 30 other inits' runs on the
 same data orders, and 2 of 6 structural nulls were promoted). The mean of two inits halves that shared variance,
 and a candidate's paired variance falls from 2 to 1.5 init variances (the MDE by a factor 0.87), for the structural
-null's runs on the slots beyond the rung's first seeds. `control_spread` turns a null spread into the spread a
+null's runs on the slots beyond the rung's first seeds. It does not make the candidates independent: a control drawn
+high still promotes several together (the same A/A with this control: 4 of 10, the control +0.0025 above the nulls'
+own inits), and the next rung, with new inits, is what judges them again. `control_spread` turns a null spread into the spread a
 change of that kind that does nothing shows against its control.
 
 A decision uses the candidate's own paired spread (a sample variance with n - 1 degrees of freedom), moderated by
