@@ -5,6 +5,7 @@
     python -m harness.search --trials 3 --time-budget 20 --seeds 2
     python -m harness.search --tier gpu --executor slurm --slurm-partition h100 --parallel 8
     python -m harness.search --aa 10                          # calibrate: how often is a null change promoted?
+    python -m harness.search --aa 10 --aa-controls 10         # ... each null against a control of its own
     python -m harness.search --seed-base 100 --name again     # the same question on disjoint seeds
     ANTHROPIC_API_KEY=... python -m harness.search --proposer agent --trials 3 --agent-budget-usd 2
 
@@ -25,6 +26,7 @@ import signal
 import statistics
 import sys
 import time
+from argparse import Namespace
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +74,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--rungs", default=None, help="override the ladder's depths, e.g. 1,2")
     p.add_argument("--aa", type=int, default=None, metavar="N",
                    help="A/A calibration: N null proposals of each kind (structural, parametric), decided at the first rung")
+    p.add_argument("--aa-controls", type=int, default=None, metavar="G",
+                   help="split the A/A nulls over G independent controls, each a search of its own on disjoint seeds "
+                        "with its own baseline and nulls (default: one control per 2 nulls of each kind)")
     p.add_argument("--seed-base", type=int, default=0, metavar="K",
                    help="first seed of the seed slots (slot s runs seed K+s): repeated searches with bases at least "
                         "max_seeds apart use disjoint seeds")
@@ -763,31 +768,33 @@ class Search:
             lines.extend(self.aa_report())
         return "\n".join(lines)
 
+    def aa_outcome(self, kind: str) -> tuple[int, int]:
+        """(promoted, decided): how many of the search's A/A nulls of `kind` the first rung promoted, of those it
+        decided."""
+        nulls = [c for c in self.candidates.values() if c.experiment.null_kind == kind]
+        decided = [c for c in nulls if c.state != "active" or c.rung > 0]
+        return sum(1 for c in decided if c.rung > 0 or c.state == "passed"), len(decided)
+
     def aa_report(self) -> list[str]:
         """The false-promotion rate per kind of null, with its one-sided 95% upper confidence bound."""
-        from scipy import stats as scipy_stats
         first = self.tier.rungs[0].name
         lines = [f"  A/A calibration at {first} (alpha {self.tier.statistics.alpha}, min effect "
                  f"{self.tier.statistics.min_effect}, up to {self.tier.statistics.max_seeds} seeds, seeds from {self.seed_base}):"]
         for kind in KINDS:
-            nulls = [c for c in self.candidates.values() if c.experiment.null_kind == kind]
-            decided = [c for c in nulls if c.state != "active" or c.rung > 0]
-            if not nulls:
+            if not any(c.experiment.null_kind == kind for c in self.candidates.values()):
                 continue
-            false = [c for c in decided if c.rung > 0 or c.state == "passed"]
-            k, n = len(false), len(decided)
-            bound = float(scipy_stats.beta.ppf(0.95, k + 1, n - k)) if n else float("nan")
+            k, n = self.aa_outcome(kind)
             rate = k / n if n else float("nan")
             lines.append(f"    {kind:10} {k} of {n} null proposals promoted: false-promotion rate {rate:.2f} "
-                         f"(95% upper bound {bound:.2f})")
+                         f"(95% upper bound {upper_bound(k, n):.2f})")
         offset = self.control_offset(self.tier.rungs[0])
         if offset is not None:
             value, z, slots = offset
             lines.append(f"    the structural control sits {value:+.4f} bpb from the mean of the structural nulls' own inits on "
-                         f"its first {slots} slots (z = {z:+.1f}). Every structural null is judged against that one control, "
-                         "so their outcomes are not independent and the bound above, which assumes they are, is too "
-                         "narrow; a control drawn high (z > 0) promotes more of them. Repeat with another --seed-base "
-                         "for an independent draw.")
+                         f"its first {slots} slots (z = {z:+.1f}). Every structural null here is judged against that one "
+                         "control, so their outcomes are not independent and the bound above, which assumes they are, is "
+                         "too narrow; a control drawn high (z > 0) promotes more of them. --aa-controls spreads the nulls "
+                         "over independent controls.")
         return lines
 
     def control_offset(self, rung: Rung) -> tuple[float, float, int] | None:
@@ -811,6 +818,36 @@ class Search:
             return None
         value = statistics.fmean(offsets)
         return value, value / math.sqrt(sum(variances) / len(offsets) ** 2), len(offsets)
+
+
+def upper_bound(k: int, n: int) -> float:
+    """The one-sided 95% upper confidence bound on a rate seen k times in n independent trials (Clopper-Pearson)."""
+    from scipy import stats as scipy_stats
+    if not n:
+        return float("nan")
+    return 1.0 if k >= n else float(scipy_stats.beta.ppf(0.95, k + 1, n - k))
+
+
+def aa_report_over_controls(searches: list[Search]) -> str:
+    """The false-promotion rate of each kind over A/A searches that each have a control of their own (--aa-controls).
+    Two bounds: one that takes every null as independent (too narrow if nulls sharing a control move together), and
+    one from the controls alone: the fraction of controls with at least one promotion is at least any one null's
+    chance of promotion, and the controls are independent, so its bound holds whatever the nulls of one control do."""
+    first, stats = searches[0].tier.rungs[0].name, searches[0].tier.statistics
+    bases = ", ".join(str(s.seed_base) for s in searches)
+    lines = [f"\nA/A calibration over {len(searches)} independent controls at {first} (seed bases {bases}; alpha "
+             f"{stats.alpha}, min effect {stats.min_effect}, up to {stats.max_seeds} seeds):"]
+    for kind in KINDS:
+        outcomes = [s.aa_outcome(kind) for s in searches]
+        k, n = sum(o[0] for o in outcomes), sum(o[1] for o in outcomes)
+        if not n:
+            continue
+        hit, controls = sum(1 for o in outcomes if o[0]), sum(1 for o in outcomes if o[1])
+        per_control = " ".join(f"{a}/{b}" for a, b in outcomes)
+        lines.append(f"  {kind:10} {k} of {n} null proposals promoted (per control: {per_control}): false-promotion rate "
+                     f"{k / n:.2f}; 95% upper bound {upper_bound(k, n):.2f} taking the nulls as independent, "
+                     f"{upper_bound(hit, controls):.2f} from the controls alone ({hit} of {controls} promoted any)")
+    return "\n".join(lines)
 
 
 def restored_verdict(row: dict, exp: Experiment, seed_base: int) -> Verdict:
@@ -858,14 +895,57 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
+    if args.aa:
+        return run_aa(args)
     status, search = execute(args)
     print(search.summary(status), flush=True)
     return 0 if status == "finished" else 1
 
 
-def execute(args, calibrate: bool = False) -> tuple[str, Search]:
+def run_aa(args) -> int:
+    """`--aa N`: the nulls of each kind split over G independent controls (--aa-controls; default one per two nulls
+    of each kind). Every null of one search is judged against that search's baseline (and structural null): one
+    control drawn high or low moves all of them together, so one search's count is one draw of its control. Each
+    control is therefore a search of its own, `NAME-iofG`, on a seed base max_seeds above the previous one (its
+    own inits and data orders), with ~N/G nulls of each kind numbered on from the previous control's. A control
+    costs three runs a seed slot (the baseline and the two search nulls), a null one: G = N costs ~2.5 runs a null
+    per slot, G = N/2 ~1.75. Rerunning the command resumes each search in turn."""
+    if args.aa < 1:
+        raise SearchError(f"--aa {args.aa}: expected a positive number of null proposals")
+    controls = args.aa_controls if args.aa_controls is not None else math.ceil(args.aa / 2)
+    if not 1 <= controls <= args.aa:
+        raise SearchError(f"--aa-controls {controls}: expected 1 to {args.aa} (the --aa nulls of each kind are split "
+                          "over the controls)")
+    if controls == 1:
+        status, search = execute(args)
+        print(search.summary(status), flush=True)
+        return 0 if status == "finished" else 1
+    tier = resolve_tier(args)
+    name = search_name(args, tier)
+    searches, first_replica = [], 1
+    for i in range(controls):
+        share = args.aa // controls + (1 if i < args.aa % controls else 0)
+        sub = Namespace(**{**vars(args), "aa": share, "aa_controls": 1, "name": f"{name}-{i + 1}of{controls}",
+                           "seed_base": args.seed_base + i * tier.statistics.max_seeds})
+        status, search = execute(sub, first_replica=first_replica)
+        print(search.summary(status), flush=True)
+        if status != "finished":
+            return 1
+        searches.append(search)
+        first_replica += share
+    print(aa_report_over_controls(searches), flush=True)
+    return 0
+
+
+def search_name(args, tier: Tier, calibrate: bool = False) -> str:
+    """--name, or TIER-SPACE (TIER-aa for A/A, TIER-calibration), with -seedsK for a seed base K."""
+    kind = "calibration" if calibrate else "aa" if args.aa else args.space
+    return args.name or f"{tier.name}-{kind}" + (f"-seeds{args.seed_base}" if args.seed_base else "")
+
+
+def execute(args, calibrate: bool = False, first_replica: int = 1) -> tuple[str, Search]:
     """Run the search the flags describe, to its end; (status, the search). With `calibrate`, only the baseline and
-    its nulls at every rung (harness/calibrate.py)."""
+    its nulls at every rung (harness/calibrate.py). An A/A search numbers its nulls from `first_replica`."""
     from leaderboard import LeaderboardError, Store
     from model.home import nanoresearch_home
     from model.provenance import code_version
@@ -876,6 +956,8 @@ def execute(args, calibrate: bool = False) -> tuple[str, Search]:
             raise SearchError(f"--{flag} {getattr(args, flag)}: expected a positive integer")
     if args.aa is not None and args.aa < 1:
         raise SearchError(f"--aa {args.aa}: expected a positive number of null proposals")
+    if args.aa_controls is not None and not args.aa:
+        raise SearchError(f"--aa-controls {args.aa_controls}: only with --aa N (it splits the A/A nulls over controls)")
     if args.budget_hours is not None and not args.budget_hours > 0:
         raise SearchError(f"--budget-hours {args.budget_hours}: expected a positive number")
     if args.seed_base < 0:
@@ -901,8 +983,7 @@ def execute(args, calibrate: bool = False) -> tuple[str, Search]:
     elif args.allow_patches:
         raise SearchError(f"--allow-patches: only the agent proposes patches (got --proposer {args.proposer}"
                           f"{' with --aa' if args.aa else ''}); use --proposer agent")
-    name = args.name or ((f"{tier.name}-calibration" if calibrate else f"{tier.name}-aa" if args.aa else f"{tier.name}-{args.space}")
-                         + (f"-seeds{args.seed_base}" if args.seed_base else ""))
+    name = search_name(args, tier, calibrate)
 
     try:
         store = Store(args.db)
@@ -949,7 +1030,7 @@ def execute(args, calibrate: bool = False) -> tuple[str, Search]:
 
     if proposer_kind in ("aa", "calibration"):
         from harness.proposers.aa import AAProposer
-        proposer = AAProposer(args.aa or 0, baseline_values)
+        proposer = AAProposer(args.aa or 0, baseline_values, first_replica)
         trials = 2 * (args.aa or 0)
     else:
         from harness.proposers.optuna_tpe import OptunaProposer

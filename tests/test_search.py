@@ -170,62 +170,84 @@ def test_kill_and_resume_leaves_no_duplicates_and_no_holes(workdir, shared_data)
 
 
 def test_aa_mode_reports_the_false_promotion_rate_of_each_kind(workdir, shared_data):
+    """`--aa 3 --aa-controls 2`: two searches, each with a control of its own on disjoint seeds (the first with two
+    nulls of each kind, the second with one); each null is judged against its own search's control, each search
+    reports its rates, and the report over both counts every null with two bounds."""
+    from scipy import stats
     tier = write_tier(workdir)
-    proc = run_search(workdir, shared_data, "--tier", str(tier), "--aa", "2", "--seed-base", "10")
+    proc = run_search(workdir, shared_data, "--tier", str(tier), "--aa", "3", "--aa-controls", "2", "--seed-base", "10")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "A/A calibration at d1" in proc.stdout
     for kind in ("structural", "parametric"):
         assert re.search(rf"{kind} +\d of 2 null proposals promoted: false-promotion rate [\d.]+ \(95% upper bound", proc.stdout)
-    # The structural nulls share one control: the report says how far it sits from their own inits' mean.
+    # The structural nulls of the first search share one control: its report says how far it sits from their own
+    # inits' mean.
     offset = re.search(r"structural control sits ([+-][\d.]+) bpb from the mean of the structural nulls' own inits on "
                        r"its first (\d) slots \(z = ([+-][\d.]+)\)", proc.stdout)
     assert offset and int(offset.group(2)) == 2, proc.stdout[-2000:]
     store = Store(f"sqlite:///{workdir / 'lb.db'}")
-    assert store.find_search("tiny-aa-seeds10") is not None  # the seed base names the search
     assert not [r for r in store.runs() if r["rung"] == "d2"]  # nulls are judged at the first rung only
-    baseline_seeds = {r["seed"] for r in store.runs() if r["experiment_id"] == store.find_search("tiny-aa-seeds10")["config"]["baseline_experiment_id"]}
-    assert baseline_seeds >= {10, 11} and min(baseline_seeds) == 10
-    replicas = [e for e in store.experiments() if e["proposer"] == "aa"]
-    assert sorted(bool(e["tweaks"]) for e in replicas) == [False, False, True, True]
-    for e in replicas:
-        replica = e["extra"]["replica"]
-        runs = store.runs(experiment_id=e["id"])
-        seeds = sorted(r["seed"] for r in runs)
-        if e["tweaks"]:  # parametric: one setting moved by a factor too small to matter, on the baseline's seeds
-            (knob, value), = e["tweaks"].items()
-            assert seeds[:2] == [10, 11]
-        else:  # structural: its own initialisation, the baseline's data order
-            assert seeds[:2] == [1000 * replica + 10, 1000 * replica + 11] and all(s // 1000 == replica for s in seeds)
-        for r in runs:
+    # The seed base names the searches; the second starts max_seeds (3) above the first: disjoint seeds.
+    searches = [store.find_search(f"tiny-aa-seeds10-{i}of2") for i in (1, 2)]
+    assert [s["config"]["seed_base"] for s in searches] == [10, 13]
+    promoted, replicas_seen = {"structural": [], "parametric": []}, []
+    for search, base, count in zip(searches, (10, 13), (2, 1)):
+        runs = [r for r in store.runs(search_id=search["id"])]
+        val = {(r["experiment_id"], r["seed"]): r["val_bpb"] for r in runs}
+        baseline_id = search["config"]["baseline_experiment_id"]
+        baseline_seeds = {s for e, s in val if e == baseline_id}
+        assert baseline_seeds >= {base, base + 1} and baseline_seeds <= set(range(base, base + 3))
+        (null_id,) = {e for (e, s) in val if s >= 999000}  # the search's structural null
+        replicas = [e for e in store.experiments(search_id=search["id"]) if e["proposer"] == "aa"]
+        assert sorted(bool(e["tweaks"]) for e in replicas) == [False] * count + [True] * count
+        replicas_seen += [e["extra"]["replica"] for e in replicas if not e["tweaks"]]
+        for e in replicas:
+            replica = e["extra"]["replica"]
+            seeds = sorted(s for x, s in val if x == e["id"])
+            if e["tweaks"]:  # parametric: one setting moved by a factor too small to matter, on the baseline's seeds
+                (knob, value), = e["tweaks"].items()
+                assert seeds[:2] == [base, base + 1]
+            else:  # structural: its own initialisation, the baseline's data order
+                assert seeds[:2] == [1000 * replica + base, 1000 * replica + base + 1] and all(s // 1000 == replica for s in seeds)
+        for r in runs:  # every run of a search sees that search's data orders
             assert json.loads((Path(r["run_dir"]) / "config.json").read_text())["data_seed"] == r["seed"] % 1000
-    # Each null is judged against its kind's control: a parametric one against the baseline at its seed, a
-    # structural one against the mean of the baseline and the structural null (two inits) on its slot, with the
-    # structural null spread scaled to that control as its floor.
-    search = store.find_search("tiny-aa-seeds10")
-    val = {(r["experiment_id"], r["seed"]): r["val_bpb"] for r in store.runs(search_id=search["id"]) if r["rung"] == "d1"}
-    baseline_id = search["config"]["baseline_experiment_id"]
-    structural_null = {e: s for (e, s) in val if s >= 999000}
-    spreads = {k: store.null_spread("tiny-aa-seeds10", "d1", k)["std"] for k in ("structural", "parametric")}
-    by_id = {e["id"]: e for e in replicas}
-    decided = [d for d in store.decisions(search_id=search["id"]) if d["experiment_id"] in by_id]
-    assert len({d["experiment_id"] for d in decided}) == 4
-    for d in decided:
-        for seed, delta in d["deltas"].items():
-            slot = int(seed) % 1000 - 10
-            if d["kind"] == "structural":
-                (null_id,) = set(structural_null)
-                control = (val[(baseline_id, 10 + slot)] + val[(null_id, 999010 + slot)]) / 2
-            else:
-                control = val[(baseline_id, 10 + slot)]
-            assert delta == pytest.approx(val[(d["experiment_id"], int(seed))] - control, abs=1e-12)
-        floor = spreads["structural"] * math.sqrt(0.75) if d["kind"] == "structural" else spreads["parametric"]
-        assert d["noise_floor"] == pytest.approx(floor)
-    # ... and the offset is the control's mean over its first slots minus the mean of the structural nulls' runs.
-    nulls = [e["id"] for e in replicas if not e["tweaks"]]
-    (null_id,) = set(structural_null)
-    expected = sum((val[(baseline_id, 10 + s)] + val[(null_id, 999010 + s)]) / 2
-                   - sum(val[(n, 1000 * by_id[n]["extra"]["replica"] + 10 + s)] for n in nulls) / 2 for s in (0, 1)) / 2
-    assert float(offset.group(1)) == pytest.approx(expected, abs=1e-4)
+            assert r["seed"] % 1000 in range(base, base + 3)
+        # Each null is judged against its kind's control: a parametric one against the baseline at its seed, a
+        # structural one against the mean of the baseline and the structural null (two inits) on its slot, with
+        # the structural null spread scaled to that control as its floor.
+        spreads = {k: store.null_spread(search["name"], "d1", k)["std"] for k in ("structural", "parametric")}
+        by_id = {e["id"]: e for e in replicas}
+        decided = [d for d in store.decisions(search_id=search["id"]) if d["experiment_id"] in by_id]
+        assert len({d["experiment_id"] for d in decided}) == 2 * count
+        for d in decided:
+            for seed, delta in d["deltas"].items():
+                slot = int(seed) % 1000 - base
+                control = val[(baseline_id, base + slot)]
+                if d["kind"] == "structural":
+                    control = (control + val[(null_id, 999000 + base + slot)]) / 2
+                assert delta == pytest.approx(val[(d["experiment_id"], int(seed))] - control, abs=1e-12)
+            floor = spreads["structural"] * math.sqrt(0.75) if d["kind"] == "structural" else spreads["parametric"]
+            assert d["noise_floor"] == pytest.approx(floor)
+            if d["verdict"] != "more_seeds":
+                promoted[d["kind"]].append((base, d["verdict"] != "reject"))
+        if count == 2:  # the offset: the control's mean over its first slots minus the mean of the nulls' runs
+            nulls = [e["id"] for e in replicas if not e["tweaks"]]
+            expected = sum((val[(baseline_id, base + s)] + val[(null_id, 999000 + base + s)]) / 2
+                           - sum(val[(n, 1000 * by_id[n]["extra"]["replica"] + base + s)] for n in nulls) / 2
+                           for s in (0, 1)) / 2
+            assert float(offset.group(1)) == pytest.approx(expected, abs=1e-4)
+    assert sorted(replicas_seen) == [1, 2, 3]  # numbered on across the controls: every null is another one
+    assert "A/A calibration over 2 independent controls at d1 (seed bases 10, 13" in proc.stdout
+    for kind, outcomes in promoted.items():
+        k = sum(p for _, p in outcomes)
+        per = [sum(p for b, p in outcomes if b == base) for base in (10, 13)]
+        hit = sum(1 for x in per if x)
+        line = re.search(rf"{kind} +(\d) of 3 null proposals promoted \(per control: {per[0]}/2 {per[1]}/1\): "
+                         rf"false-promotion rate [\d.]+; 95% upper bound ([\d.]+) taking the nulls as independent, "
+                         rf"([\d.]+) from the controls alone \({hit} of 2 promoted any\)", proc.stdout)
+        assert line and int(line.group(1)) == k, proc.stdout[-2000:]
+        assert float(line.group(2)) == pytest.approx(1.0 if k == 3 else stats.beta.ppf(0.95, k + 1, 3 - k), abs=0.006)
+        assert float(line.group(3)) == pytest.approx(1.0 if hit == 2 else stats.beta.ppf(0.95, hit + 1, 2 - hit), abs=0.006)
 
 
 @pytest.mark.parametrize("extra,needle", [
@@ -233,6 +255,8 @@ def test_aa_mode_reports_the_false_promotion_rate_of_each_kind(workdir, shared_d
     (["--trials", "0"], "--trials 0"),
     (["--space", "everything"], "invalid choice"),
     (["--rungs", "a,b"], "--rungs 'a,b'"),
+    (["--aa", "2", "--aa-controls", "3"], "--aa-controls 3: expected 1 to 2"),
+    (["--aa-controls", "2"], "--aa-controls 2: only with --aa"),
 ])
 def test_bad_input_is_one_line(workdir, shared_data, extra, needle):
     proc = run_search(workdir, shared_data, *extra, timeout=120)

@@ -18,10 +18,10 @@ KINDS = ("structural", "parametric")
 class AAProposer:
     name = "aa"
 
-    def __init__(self, replicas: int, baseline_values: dict):
-        self.replicas = replicas                     # per kind
+    def __init__(self, replicas: int, baseline_values: dict, first_replica: int = 1):
+        self.replicas = replicas                     # per kind, numbered from first_replica
         self.baseline_values = dict(baseline_values)
-        self.queue = [(r, kind) for r in range(1, replicas + 1) for kind in KINDS]
+        self.queue = [(r, kind) for r in range(first_replica, first_replica + replicas) for kind in KINDS]
 
     def skip(self, done: set[tuple[int, str]]) -> None:
         """On resume: drop the (replica, kind) nulls already proposed."""
