@@ -18,7 +18,7 @@ from pathlib import Path
 
 import submitit
 
-from harness.jobs import Job, TrainingJob
+from harness.jobs import Job, Owner, TrainingJob, stop_training
 
 EXECUTORS = ("local", "slurm", "debug")
 
@@ -123,9 +123,19 @@ class Executor:
         return params
 
     def submit(self, job: Job):
+        """Submit a job. A local one belongs to this process (it stops its training if this process dies), and a
+        trainer still running in its run dir from an earlier session, if any, is stopped first (it checkpoints;
+        the new job resumes from there). A SLURM job belongs to the cluster: a resubmitted one waits for its run
+        dir's lock instead."""
         executor = self._submitit()
         executor.update_parameters(**self.parameters(job))
-        return executor.submit(TrainingJob(job.command(), str(job.run_dir), job.timeout_s, self.env))
+        owner = None
+        if self.kind != "slurm":
+            owner = Owner.this_process()
+            if stop_training(job.run_dir):
+                print(f"stopped a trainer left running in {job.run_dir} by an earlier session (it saved a checkpoint)",
+                      file=sys.stderr, flush=True)
+        return executor.submit(TrainingJob(job.command(), str(job.run_dir), job.timeout_s, self.env, owner))
 
     def sbatch_script(self, job: Job) -> str:
         """The sbatch script submitit would submit for this job (for inspection and tests)."""

@@ -95,12 +95,77 @@ class Job:
         return command
 
 
-def ignore_slurm_warning() -> None:
-    """In the training process, before exec: ignore SIGUSR2. SLURM sends its time-limit warning (submitit asks for
-    USR2 before the limit) to every process of the job, and USR2's default action would kill model.train (and
-    torchrun's workers: an ignored signal stays ignored across exec) before TrainingJob.checkpoint can stop it
-    gracefully with SIGTERM, so nothing would be saved for the requeued job to resume."""
+def prepare_training_process(parent_pid: int) -> None:
+    """In the training process, before exec.
+    - Ignore SIGUSR2. SLURM sends its time-limit warning (submitit asks for USR2 before the limit) to every process
+      of the job, and USR2's default action would kill model.train (and torchrun's workers: an ignored signal
+      stays ignored across exec) before TrainingJob.checkpoint can stop it gracefully with SIGTERM, so nothing
+      would be saved for the requeued job to resume.
+    - On Linux, ask for SIGTERM when the process that started it (the TrainingJob) dies, however it dies:
+      model.train then saves a checkpoint and exits instead of training on, unwatched, in its own session. If that
+      process is already gone, exit at once."""
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(143)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process a local job belongs to (the search or speedrun that submitted it), told apart from a later
+    process that reuses its pid by its start time (Linux /proc; elsewhere the pid alone)."""
+    pid: int
+    started: str | None
+
+    @classmethod
+    def this_process(cls) -> Owner:
+        return cls(os.getpid(), process_start(os.getpid()))
+
+    def alive(self) -> bool:
+        if self.started is not None:
+            stat = process_stat(self.pid)
+            return stat is not None and stat[0] != "Z" and stat[19] == self.started
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+
+def process_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first, start time 20th); None if unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def process_start(pid: int) -> str | None:
+    stat = process_stat(pid)
+    return stat[19] if stat else None
+
+
+def training_pid(run_dir: str | Path) -> int | None:
+    """The pid in a run dir's pid file, if that process is alive and is that run's training (its command line names
+    the run dir: a pid reused by another program is never signalled). Without /proc, alive is enough."""
+    try:
+        pid = int(pid_file(run_dir).read_text())
+        os.killpg(pid, 0)
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except FileNotFoundError:
+        return pid if not Path("/proc/self").exists() else None
+    except OSError:
+        return None
+    return pid if str(run_dir) in cmdline else None
 
 
 def pid_file(run_dir: str | Path) -> Path:
@@ -128,10 +193,12 @@ def terminate_as_interrupt() -> Iterator[None]:
 def stop_training(run_dir: str | Path, grace_s: float = 60.0) -> bool:
     """SIGTERM the training process group of a run dir (model.train checkpoints and exits), SIGKILL after grace_s.
     True if something was running."""
+    pid = training_pid(run_dir)
+    if pid is None:
+        return False
     try:
-        pid = int(pid_file(run_dir).read_text())
         os.killpg(pid, signal.SIGTERM)
-    except (OSError, ValueError):
+    except OSError:
         return False
     deadline = time.time() + grace_s
     while time.time() < deadline:
@@ -149,17 +216,25 @@ def stop_training(run_dir: str | Path, grace_s: float = 60.0) -> bool:
 
 class TrainingJob:
     """Runs a job's command to completion under a wall-clock limit; returns what happened (the run dir holds
-    the results). Picklable, so submitit can ship it to a worker process or a SLURM node."""
+    the results). Picklable, so submitit can ship it to a worker process or a SLURM node.
 
-    def __init__(self, command: list[str], run_dir: str, timeout_s: float, env: dict[str, str] | None = None):
+    A local job has an `owner`, the search or speedrun that submitted it: when the owner dies, by any signal
+    (SIGKILL included), the job stops its training within WATCH_S plus the checkpoint's time instead of training on
+    unwatched. A SLURM job has none: it belongs to the cluster, and a resumed search adopts it."""
+
+    WATCH_S = 0.5
+
+    def __init__(self, command: list[str], run_dir: str, timeout_s: float, env: dict[str, str] | None = None,
+                 owner: Owner | None = None):
         self.command, self.run_dir, self.timeout_s, self.env = command, run_dir, timeout_s, env or {}
+        self.owner = owner
         self._proc: subprocess.Popen | None = None
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_proc"}
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        self.__dict__.update({"owner": None, **state})  # a job pickled before jobs had owners (a SLURM requeue)
         self._proc = None
 
     @property
@@ -175,20 +250,35 @@ class TrainingJob:
             log.flush()
             # A new session: the whole process tree (torchrun and its workers) can be signalled at once, by this
             # job or, through the pid file, by the search that launched it.
+            parent = os.getpid()
             self._proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                           env=clean_env(self.env), start_new_session=True,
-                                          preexec_fn=ignore_slurm_warning)
+                                          preexec_fn=lambda: prepare_training_process(parent))
             pid_file(self.run_dir).write_text(str(self._proc.pid))
-            timed_out = False
+            timed_out = orphaned = False
+            watched = self.owner is not None and self.owner.pid != parent  # in-process (debug): nothing to watch
             try:
-                returncode = self._proc.wait(timeout=self.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                returncode = self.stop()
+                while True:
+                    left = self.timeout_s - (time.time() - start)
+                    try:
+                        returncode = self._proc.wait(timeout=max(0.0, min(left, self.WATCH_S)))
+                        break
+                    except subprocess.TimeoutExpired:
+                        if time.time() - start >= self.timeout_s:
+                            timed_out = True
+                        elif watched and not self.owner.alive():
+                            orphaned = True
+                            log.write(f"\n[harness] the process that started this job (pid {self.owner.pid}) is gone: "
+                                      "stopping the training (it saves a checkpoint; rerun the search to resume)\n".encode())
+                            log.flush()
+                        else:
+                            continue
+                        returncode = self.stop()
+                        break
             except BaseException:  # interrupted or cancelled: never leave the training running unsupervised
                 self.stop()
                 raise
-        return {"returncode": returncode, "timed_out": timed_out, "wall_s": time.time() - start,
+        return {"returncode": returncode, "timed_out": timed_out, "orphaned": orphaned, "wall_s": time.time() - start,
                 "log": str(self.log_path)}
 
     def stop(self, grace_s: float = 60.0) -> int | None:
@@ -209,7 +299,8 @@ class TrainingJob:
         (its command has --resume, so it continues from the checkpoint model.train just saved)."""
         import submitit
         self.stop()
-        return submitit.helpers.DelayedSubmission(TrainingJob(self.command, self.run_dir, self.timeout_s, self.env))
+        return submitit.helpers.DelayedSubmission(TrainingJob(self.command, self.run_dir, self.timeout_s, self.env,
+                                                              self.owner))
 
 
 def main(argv: list[str] | None = None) -> int:

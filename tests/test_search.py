@@ -129,6 +129,22 @@ def count_launches(run_dir: Path) -> int:
     return log.read_text().count("\n$ ") if log.exists() else 0
 
 
+def processes_naming(path: Path) -> list[str]:
+    """The command lines of live processes that mention `path` (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(path) in cmdline and state != "Z":
+            out.append(f"{entry.name}: {cmdline}")
+    return out
+
+
 def test_kill_and_resume_leaves_no_duplicates_and_no_holes(workdir, shared_data):
     tier = write_tier(workdir, iterations=60)
     cmd = search_cmd(workdir, shared_data, "--tier", str(tier), "--trials", "2", "--rungs", "1", "--seed", "3",
@@ -147,6 +163,15 @@ def test_kill_and_resume_leaves_no_duplicates_and_no_holes(workdir, shared_data)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up: the search dies mid-job
     proc.wait()
     assert len(finished_before) >= 3, "the search did not get far enough to be killed mid-way"
+    # Its jobs notice within seconds: each stops its training (which saves a checkpoint) and exits. Nothing that
+    # works in the search's runs dir is left: no submitit worker, no model.train.
+    deadline = time.time() + 30
+    while processes_naming(workdir / "runs") and time.time() < deadline:
+        time.sleep(0.2)
+    assert not processes_naming(workdir / "runs"), processes_naming(workdir / "runs")
+    logs = [Path(r["run_dir"]) / "train.log" for r in Store(db).runs() if r["status"] == "running"]
+    stopped = [log for log in logs if log.exists() and "is gone: stopping the training" in log.read_text()]
+    assert stopped, "no job said it stopped its training"
 
     again = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
