@@ -984,6 +984,11 @@ def execute(args, calibrate: bool = False, first_replica: int = 1) -> tuple[str,
         raise SearchError(f"--allow-patches: only the agent proposes patches (got --proposer {args.proposer}"
                           f"{' with --aa' if args.aa else ''}); use --proposer agent")
     name = search_name(args, tier, calibrate)
+    try:
+        slurm = SlurmOptions.from_args(args)
+    except ValueError as e:
+        raise SearchError(str(e)) from None
+    source = prepare_data(args.data, tier)  # bad data is one line before anything is recorded
 
     try:
         store = Store(args.db)
@@ -1004,12 +1009,7 @@ def execute(args, calibrate: bool = False, first_replica: int = 1) -> tuple[str,
                           f"{existing['config'].get('parallel', 1)} (the thread count of its CPU runs); use that, or "
                           f"another --name")
 
-    # Data and tokenizer once, here, so parallel jobs never race to train the same tokenizer.
-    try:
-        slurm = SlurmOptions.from_args(args)
-    except ValueError as e:
-        raise SearchError(str(e)) from None
-    source = prepare_data(args.data, tier)
+    # The tokenizer once, here, so parallel jobs never race to train the same one.
     from model.config import TIERS, TrainConfig
     tier_values = {**TIERS[tier.train_tier], **baseline_values}
     vocab = int(tier_values.get("vocab_size"))

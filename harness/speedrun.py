@@ -430,6 +430,7 @@ def run(args) -> int:
     track = load_track(args.track)
     tier = load_tier(track.tier)
     rung = track_rung(track, args.seeds)
+    source = prepare_data(args.data, tier)  # bad data is one line before anything is recorded
     store = open_store(args.db)
     exp, experiment_id, recipe = load_experiment(args, store, tier)
     new_references = record_track(store, track)
@@ -454,8 +455,7 @@ def run(args) -> int:
         + (f"; {new_references} published reference entries recorded" if new_references else ""))
 
     if todo:
-        # Data and tokenizer once, here, so parallel seeds never race to train the same tokenizer.
-        source = prepare_data(args.data, tier)
+        # The tokenizer once, here, so parallel seeds never race to train the same one.
         values = {**TIERS[tier.train_tier], **overrides}
         vocab, chars = int(values["vocab_size"]), int(values.get("tokenizer_max_chars", TrainConfig.tokenizer_max_chars))
         get_tokenizer(source, vocab, max_chars=chars)

@@ -209,6 +209,39 @@ class FileSource(DataSource):
             self._split_shards = {"train": train, "val": val}
         return self._split_shards[split]
 
+    def validated(self) -> FileSource:
+        """Check every file before anything reads it for real, so bad data is one clear error at the start, not a
+        traceback from deep inside tokenizer training or a data loader: a parquet file must open (a corrupt or
+        truncated one has no footer) and have a 'text' column, a jsonl file's first record must be an object with
+        a 'text' field, and the files must hold a validation split. Reads footers and first lines only."""
+        for f in self.files:
+            if f.name.endswith(".parquet"):
+                names = self._parquet(f).schema_arrow.names
+                if "text" not in names:
+                    raise ValueError(f"parquet file {f} has no 'text' column (columns: {', '.join(names) or 'none'})")
+            elif f.name.endswith((".jsonl", ".jsonl.gz")):
+                self._check_first_record(f)
+        self.shards("val")
+        return self
+
+    @staticmethod
+    def _check_first_record(path: Path) -> None:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        try:
+            with opener(path, "rt", encoding="utf-8") as f:
+                numbered = ((n, line) for n, line in enumerate(f, 1) if line.strip())
+                lineno, line = next(numbered, (0, ""))
+        except (OSError, EOFError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read {path}: {e}") from None
+        if not lineno:
+            return  # an empty file: it adds no documents
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or "text" not in record:
+            raise ValueError(f"{path}:{lineno}: expected a JSON object with a 'text' field")
+
     def _num_blocks(self, path: Path) -> int:
         if path.name.endswith(".parquet"):
             return self._parquet(path).num_row_groups
@@ -327,9 +360,9 @@ def resolve_source(spec: str | None = None) -> DataSource:
         files = [p for p in path.iterdir() if _is_data_file(p)]
         if not files:
             raise ValueError(f"data directory {path} has no {', '.join(FILE_SUFFIXES)} files")
-        return FileSource(str(path), files)
+        return FileSource(str(path), files).validated()
     if _is_data_file(path):
-        return FileSource(str(path), [path])
+        return FileSource(str(path), [path]).validated()
     raise ValueError(f"unknown data source {spec!r}: expected {_accepted()}")
 
 
@@ -344,7 +377,7 @@ def _downloaded_source(name: str) -> FileSource:
         raise ValueError(f"the validation shard {src.val_filename} of {name!r} is missing in {directory}; {hint}")
     if len(files) < 2:
         raise ValueError(f"only the validation shard of {name!r} is in {directory}; {hint}")
-    return FileSource(name, files)
+    return FileSource(name, files).validated()
 
 
 # ----------------------------------------------------------------------------------------------------------------
