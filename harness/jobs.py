@@ -168,6 +168,19 @@ def training_pid(run_dir: str | Path) -> int | None:
     return pid if str(run_dir) in cmdline else None
 
 
+def unwritable(directory: Path) -> str | None:
+    """Why run dirs cannot go under `directory` (made if missing): a read-only or full file system, a file in the
+    way, no permission; None if they can. Checked before a command records anything."""
+    import tempfile
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        return f"cannot write there ({e.strerror or e})"
+    return None
+
+
 def pid_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / ".train.pid"
 

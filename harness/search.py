@@ -35,7 +35,7 @@ from experiments.catalog import CatalogError, Rung, Tier, load_recipe, load_tier
 from harness.compute_multiplier import ComputeMultiplier, compute_multiplier
 from harness.executors import EXECUTORS, Executor, SlurmOptions
 from harness.experiment import NOISE_FLOOR_REPLICA, Experiment, parametric_null_tweaks
-from harness.jobs import Job, stop_training, terminate_as_interrupt
+from harness.jobs import Job, stop_training, terminate_as_interrupt, unwritable
 from harness.ladder import Verdict, decide
 from harness.noise import CONTROL_INITS, Spread, control_spread, fit_prior, mde, per_look_alpha
 from harness.proposers import Proposal
@@ -989,6 +989,9 @@ def execute(args, calibrate: bool = False, first_replica: int = 1) -> tuple[str,
     except ValueError as e:
         raise SearchError(str(e)) from None
     source = prepare_data(args.data, tier)  # bad data is one line before anything is recorded
+    runs_root = Path(args.runs_dir) if args.runs_dir else nanoresearch_home() / "runs"
+    if why := unwritable(runs_root):
+        raise SearchError(f"--runs-dir {runs_root}: {why}; expected a writable directory for the run dirs")
 
     try:
         store = Store(args.db)
@@ -1017,7 +1020,6 @@ def execute(args, calibrate: bool = False, first_replica: int = 1) -> tuple[str,
     get_tokenizer(source, vocab, max_chars=chars)
     tokenizer_dir = cached_tokenizer_dir(source, vocab, chars)
 
-    runs_root = Path(args.runs_dir) if args.runs_dir else nanoresearch_home() / "runs"
     baseline_id = Experiment(tweaks={}, tier=tier.name, recipe=recipe.name, code_version=code_version()).id
     config = {**{k: v for k, v in vars(args).items() if k not in ("slurm_setup",)}, "baseline_experiment_id": baseline_id,
               "rungs": [r.name for r in tier.rungs]}

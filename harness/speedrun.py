@@ -55,7 +55,7 @@ from pathlib import Path
 from experiments.catalog import CatalogError, Rung, Track, load_recipe, load_tier, load_track, names
 from harness.executors import EXECUTORS, Executor, SlurmOptions
 from harness.experiment import Experiment
-from harness.jobs import Job, stop_training, terminate_as_interrupt
+from harness.jobs import Job, stop_training, terminate_as_interrupt, unwritable
 from harness.runs import Outcome, is_loaded, read_outcome, run_row
 from harness.search import SearchError, job_timeout, prepare_data
 from model.cli import ArgumentParser
@@ -431,6 +431,9 @@ def run(args) -> int:
     tier = load_tier(track.tier)
     rung = track_rung(track, args.seeds)
     source = prepare_data(args.data, tier)  # bad data is one line before anything is recorded
+    runs_root = (Path(args.runs_dir) if args.runs_dir else nanoresearch_home() / "runs") / "speedrun" / track.name
+    if why := unwritable(runs_root):
+        raise SpeedrunError(f"--runs-dir {runs_root}: {why}; expected a writable directory for the run dirs")
     store = open_store(args.db)
     exp, experiment_id, recipe = load_experiment(args, store, tier)
     new_references = record_track(store, track)
@@ -443,7 +446,6 @@ def run(args) -> int:
 
     overrides = track_overrides(track, tier, recipe, exp)
 
-    runs_root = (Path(args.runs_dir) if args.runs_dir else nanoresearch_home() / "runs") / "speedrun" / track.name
     finished = store.finished_keys()
     todo = [seed for seed in range(args.seeds) if (experiment_id, rung.name, seed) not in finished]
     parallel = args.parallel or (args.seeds if args.executor == "slurm" else 1)

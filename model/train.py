@@ -229,6 +229,8 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
         source = resolve_source(args.data)
     except (ValueError, OSError) as e:
         raise BadInput(str(e).splitlines()[0]) from None
+    if master and (why := unwritable(run_dir)):  # before minutes of tokenizer training, and before writing anything
+        raise BadInput(f"--out {run_dir}: cannot write there ({why}); expected a writable directory")
 
     config_path = run_dir / "config.json"
     resuming_config = json.loads(config_path.read_text()) if (args.resume and config_path.exists()) else None
@@ -533,11 +535,27 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
 _RUN_LOCK = None  # the open lock file; held until the process exits
 
 
+def unwritable(run_dir: Path) -> str | None:
+    """Why the run dir cannot be made or written (checked on its nearest existing ancestor, creating nothing), or
+    None. A read-only file system stops root too, where permissions would not."""
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        return f"{existing} is on a read-only file system"
+    if not os.access(existing, os.W_OK):
+        return f"no permission to write in {existing}"
+    return None
+
+
 def acquire_run_lock(run_dir: Path) -> None:
     global _RUN_LOCK
     import fcntl
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _RUN_LOCK = open(run_dir / ".lock", "w")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _RUN_LOCK = open(run_dir / ".lock", "w")
+    except OSError as e:  # a read-only or full file system, a file where the dir should be
+        raise BadInput(f"--out {run_dir}: cannot write there ({e.strerror or e}); expected a writable directory") from None
     try:
         fcntl.flock(_RUN_LOCK, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
