@@ -9,6 +9,7 @@ the reason and the log tail recorded). A failed job is a result like any other: 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +19,10 @@ from harness.jobs import Job
 
 LOG_TAIL_CHARS = 4000
 OOM_PATTERNS = re.compile(r"out of memory|OutOfMemoryError|MemoryError|Cannot allocate memory|oom-kill", re.IGNORECASE)
+# The machine, not the change: a full or read-only disk. Named from the training log, where the cause is, rather than
+# from the job wrapper's error (which only says that its own result file could not be written).
+DISK_PATTERNS = re.compile(r"No space left on device|Disk quota exceeded|Read-only file system")
+EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*$")
 
 
 @dataclass
@@ -80,6 +85,12 @@ def log_tail(path: Path | str | None, chars: int = LOG_TAIL_CHARS) -> str | None
         return f.read().decode("utf-8", errors="replace")
 
 
+def failed_for_the_machine(status: str | None, reason: str | None) -> bool:
+    """A run that crashed because its disk was full or read-only: not a result of its change. A resumed search runs
+    it again (from its checkpoint) instead of counting the failure."""
+    return status == "crash" and bool(reason and DISK_PATTERNS.search(reason))
+
+
 def classify(returned: dict | None, error: BaseException | None, result: dict | None, tail: str | None) -> tuple[str, str | None]:
     """(status, reason) of a job from what the job function returned (or raised), result.json and the log."""
     if returned and returned.get("timed_out"):
@@ -95,8 +106,13 @@ def classify(returned: dict | None, error: BaseException | None, result: dict | 
         return "oom", "out of memory" + (f" (exit {rc})" if rc is not None else "")
     if status == "timeout" or rc in (-15, 143):
         return "timeout", (result or {}).get("reason") or "terminated (SIGTERM)"
-    if error is not None:
-        return "crash", f"{type(error).__name__}: {error}".splitlines()[0][:500]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    disk = [line for line in lines if DISK_PATTERNS.search(line)]
+    if disk:
+        return "crash", disk[-1][:500]
+    if error is not None:  # the job wrapper failed: the training's own last exception, if it logged one, is the cause
+        cause = next((line for line in reversed(lines) if EXCEPTION_LINE.match(line)), None)
+        return "crash", (cause or f"{type(error).__name__}: {error}".splitlines()[0])[:500]
     reason = (result or {}).get("reason")
     if not reason:
         last = [line for line in text.strip().splitlines() if line.strip()]
@@ -104,11 +120,30 @@ def classify(returned: dict | None, error: BaseException | None, result: dict | 
     return "crash", reason[:500]
 
 
+def disk_problem(run_dir: Path, min_free: int = 1 << 20) -> str | None:
+    """What is wrong with the disk a run dir is on, if anything: read-only, or less than `min_free` bytes left. (A
+    full disk can leave no log to read the cause from, nor a result file from the job wrapper.)"""
+    existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
+    if existing is None:
+        return None
+    try:
+        fs = os.statvfs(existing)
+    except OSError:
+        return None
+    if fs.f_flag & os.ST_RDONLY:
+        return f"Read-only file system: {existing}"
+    if fs.f_bavail * fs.f_frsize < min_free:
+        return f"No space left on device: {fs.f_bavail * fs.f_frsize} bytes free where {run_dir} is"
+    return None
+
+
 def read_outcome(job: Job, returned: dict | None = None, error: BaseException | None = None) -> Outcome:
     run_dir = Path(job.run_dir)
     result = read_json(run_dir / "result.json")
     tail = log_tail((returned or {}).get("log") or run_dir / "train.log")
     status, reason = classify(returned, error, result, tail)
+    if status == "crash" and not DISK_PATTERNS.search(reason or "") and (disk := disk_problem(run_dir)):
+        reason = f"{disk} ({reason})"[:500]
     return Outcome(status=status, reason=reason, result=result, config=read_json(run_dir / "config.json"),
                    points=read_points(run_dir / "metrics.jsonl"), log_tail=tail,
                    wall_s=(returned or {}).get("wall_s"))

@@ -39,7 +39,7 @@ from harness.jobs import Job, stop_training, terminate_as_interrupt, unwritable
 from harness.ladder import Verdict, decide
 from harness.noise import CONTROL_INITS, Spread, control_spread, fit_prior, mde, per_look_alpha
 from harness.proposers import Proposal
-from harness.runs import Outcome, is_loaded, read_outcome, run_row
+from harness.runs import Outcome, failed_for_the_machine, is_loaded, read_outcome, run_row
 from leaderboard.schema import NOISE_FLOOR_PROPOSER
 from model.cli import ArgumentParser
 from search_spaces import KINDS, SPACES, SearchSpaceError, Space
@@ -50,6 +50,11 @@ MAX_DUPLICATES_IN_A_ROW = 20
 
 class SearchError(ValueError):
     """Bad input or an unrecoverable search state; one line for the user, exit code 2."""
+
+
+class SearchFailed(RuntimeError):
+    """The search broke after it was recorded (a database or file system that stopped working...): one line for the
+    user, exit code 1; the search is marked failed with the reason."""
 
 
 def build_parser() -> ArgumentParser:
@@ -216,6 +221,7 @@ class Search:
         self.spreads: dict[tuple[str, str], Spread] = {}  # (rung name, kind) -> null spread
         self.curves: dict[tuple[str, str, int], list[tuple[float, float]]] = {}  # learning curves read from the store
         self.compute_s = 0.0
+        self.retrying: set[tuple[str, str, int]] = set()  # run keys that failed for the machine, to train again
         self.duplicates_in_a_row = 0
         self.proposals_exhausted = False
         self.failed: str | None = None
@@ -283,6 +289,9 @@ class Search:
         for run in self.store.runs(search_id=self.search_id):
             known = run["experiment_id"] in self.candidates or self.is_own(run["experiment_id"])
             if run["status"] == "running" or not known:
+                continue
+            if failed_for_the_machine(run["status"], run.get("reason")):
+                self.retrying.add((run["experiment_id"], run["rung"], run["seed"]))  # trained again: see submit
                 continue
             exp = self.experiment_of(run["experiment_id"])
             self.results[(exp.id, run["rung"], exp.slot(run["seed"], self.seed_base))] = run
@@ -367,6 +376,9 @@ class Search:
     def submit(self, exp: Experiment, index: int, slot: int) -> None:
         job = self.make_job(exp, index, slot)
         started = datetime.now(UTC)
+        if job.key in self.retrying:
+            self.store.reopen_run(*job.key, started_at=started)
+            self.retrying.discard(job.key)
         self.store.record_run(run_row(job, None, self.search_id, started))
         # Jobs ignore Ctrl-C (an ignored signal stays ignored across exec): the search alone handles it and stops
         # each job's training cleanly, instead of every worker process dying with a traceback of its own.
@@ -456,6 +468,14 @@ class Search:
             expected = r.job.rung.tok_per_s * self.throughput_share if r.job.rung.tok_per_s else None
             outcome.loaded = is_loaded(outcome.tok_per_s, expected, self.tier.loaded_fraction)
             self.store.record_run(run_row(r.job, outcome, self.search_id, r.started_at), points=outcome.points)
+            if failed_for_the_machine(outcome.status, outcome.reason):
+                # A full or read-only disk fails every run after it too, whatever its change: stop, decide nothing on
+                # it, and let a rerun (after the disk is fixed) train it again from its checkpoint.
+                self.failed = (f"{r.job.rung.name} seed {r.job.seed} of {self.label(self.experiment_of(r.job.experiment_id))} "
+                               f"failed for the machine, not its change: {outcome.reason}; fix that and rerun the same "
+                               "command to resume")
+                self.say(f"done  {r.job.rung.name} seed {r.job.seed}: {outcome.status}: {outcome.reason}")
+                continue
             self.results[key] = outcome
             self.compute_s += (outcome.wall_s or (datetime.now(UTC) - r.started_at).total_seconds()) * r.job.rung.devices
             exp = self.experiment_of(r.job.experiment_id)
@@ -542,6 +562,8 @@ class Search:
         return fit_prior(units)
 
     def decide_ready(self) -> None:
+        if self.failed:
+            return  # nothing is decided from a search that has stopped for a failure
         for cand in sorted(self.candidates.values(), key=lambda c: c.order):
             if cand.state != "active":
                 continue
@@ -892,6 +914,12 @@ def main(argv: list[str] | None = None) -> int:
     except (SearchError, CatalogError, SearchSpaceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except SearchFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # before the search's own loop, which handles it (setup, tokenizer training)
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 def run(args) -> int:
@@ -1024,51 +1052,68 @@ def execute(args, calibrate: bool = False, first_replica: int = 1) -> tuple[str,
     config = {**{k: v for k, v in vars(args).items() if k not in ("slurm_setup",)}, "baseline_experiment_id": baseline_id,
               "rungs": [r.name for r in tier.rungs]}
     search_id = store.start_search(name, tier=tier.name, space=args.space, proposer=proposer_kind, config=config)
-    env, throughput_share = {}, 1.0
-    if tier.train_tier == "cpu" and args.executor == "local" and args.parallel > 1:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.parallel))  # jobs share the cores
-        throughput_share = 1.0 / args.parallel
-    executor = Executor(args.executor, runs_root / name / "submitit", slurm, env)
+    # From here on the search is recorded as running: whatever goes wrong, it is marked failed with the reason and
+    # its jobs are stopped (each saves a checkpoint); finished runs stay in their run dirs for the next start.
+    search = None
+    try:
+        env, throughput_share = {}, 1.0
+        if tier.train_tier == "cpu" and args.executor == "local" and args.parallel > 1:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.parallel))  # jobs share the cores
+            throughput_share = 1.0 / args.parallel
+        executor = Executor(args.executor, runs_root / name / "submitit", slurm, env)
 
-    if proposer_kind in ("aa", "calibration"):
-        from harness.proposers.aa import AAProposer
-        proposer = AAProposer(args.aa or 0, baseline_values, first_replica)
-        trials = 2 * (args.aa or 0)
-    else:
-        from harness.proposers.optuna_tpe import OptunaProposer
-        proposer = OptunaProposer(space, store.url.render_as_string(hide_password=False), f"nanoresearch:{name}",
-                                  seed=args.seed)
-        trials = args.trials
-    search = Search(store=store, search_id=search_id, name=name, tier=tier, recipe=recipe, space=space, proposer=proposer,
-                    executor=executor, runs_root=runs_root, data=args.data or source.name, tokenizer=str(tokenizer_dir),
-                    trials=trials, budget_hours=args.budget_hours, parallel=args.parallel, code_version=code_version(),
-                    seed_base=args.seed_base, throughput_share=throughput_share, every_rung=calibrate)
-    if proposer_kind == "agent":
-        search.proposer = agent_proposer(args, search, proposer)
-    rungs = " -> ".join(f"{r.name} (depth {r.depth}, {r.describe_horizon()}, {r.seeds} seeds"
-                        + (f", target {r.target}" if r.target else "") + ")" for r in tier.rungs)
-    who = proposer_kind + (f" ({search.proposer.config.model}, {args.agent_batch} per call"
-                           + (", patches allowed" if args.allow_patches else "") + ")" if proposer_kind == "agent" else "")
-    search.say(f"search {name!r}: tier {tier.name}, space {args.space} ({len(space.knobs)} knobs), proposer {who}, "
-               f"{trials} trials, ladder {rungs}, executor {args.executor} x{args.parallel}")
-    search.say(f"statistics: one-sided moderated paired test per kind of change (parametric, structural), alpha "
-               f"{tier.statistics.alpha}, min effect {tier.statistics.min_effect} bpb, up to {tier.statistics.max_seeds} "
-               f"seeds from seed {args.seed_base}; results in {store.url_text}, runs in {runs_root / name}")
-    if any(r.time_budget is not None for r in tier.rungs):
-        search.say("warning: a rung is budgeted in seconds: on a loaded machine it trains fewer steps, and that load "
-                   "becomes noise in every comparison (budget screening rungs in FLOPs, tokens or steps)")
-    search.restore()
-    if proposer_kind in ("aa", "calibration"):
-        proposer.skip({(c.experiment.replica, c.experiment.null_kind) for c in search.candidates.values()})
-    else:
-        proposer.abandon_unlinked()
-        for p in enqueued:  # a resumed search does not enqueue again what it already has
-            exp = Experiment(tweaks=p.tweaks, tier=tier.name, recipe=recipe.name, code_version=search.code_version)
-            if exp.id not in search.candidates:
-                proposer.enqueue(p)
-    search.threads_per_job = int(env.get("OMP_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
-    status = search.run()
-    store.finish_search(search_id, status)
+        if proposer_kind in ("aa", "calibration"):
+            from harness.proposers.aa import AAProposer
+            proposer = AAProposer(args.aa or 0, baseline_values, first_replica)
+            trials = 2 * (args.aa or 0)
+        else:
+            from harness.proposers.optuna_tpe import OptunaProposer
+            proposer = OptunaProposer(space, store.url.render_as_string(hide_password=False), f"nanoresearch:{name}",
+                                      seed=args.seed)
+            trials = args.trials
+        search = Search(store=store, search_id=search_id, name=name, tier=tier, recipe=recipe, space=space, proposer=proposer,
+                        executor=executor, runs_root=runs_root, data=args.data or source.name, tokenizer=str(tokenizer_dir),
+                        trials=trials, budget_hours=args.budget_hours, parallel=args.parallel, code_version=code_version(),
+                        seed_base=args.seed_base, throughput_share=throughput_share, every_rung=calibrate)
+        if proposer_kind == "agent":
+            search.proposer = agent_proposer(args, search, proposer)
+        rungs = " -> ".join(f"{r.name} (depth {r.depth}, {r.describe_horizon()}, {r.seeds} seeds"
+                            + (f", target {r.target}" if r.target else "") + ")" for r in tier.rungs)
+        who = proposer_kind + (f" ({search.proposer.config.model}, {args.agent_batch} per call"
+                               + (", patches allowed" if args.allow_patches else "") + ")" if proposer_kind == "agent" else "")
+        search.say(f"search {name!r}: tier {tier.name}, space {args.space} ({len(space.knobs)} knobs), proposer {who}, "
+                   f"{trials} trials, ladder {rungs}, executor {args.executor} x{args.parallel}")
+        search.say(f"statistics: one-sided moderated paired test per kind of change (parametric, structural), alpha "
+                   f"{tier.statistics.alpha}, min effect {tier.statistics.min_effect} bpb, up to {tier.statistics.max_seeds} "
+                   f"seeds from seed {args.seed_base}; results in {store.url_text}, runs in {runs_root / name}")
+        if any(r.time_budget is not None for r in tier.rungs):
+            search.say("warning: a rung is budgeted in seconds: on a loaded machine it trains fewer steps, and that load "
+                       "becomes noise in every comparison (budget screening rungs in FLOPs, tokens or steps)")
+        search.restore()
+        if proposer_kind in ("aa", "calibration"):
+            proposer.skip({(c.experiment.replica, c.experiment.null_kind) for c in search.candidates.values()})
+        else:
+            proposer.abandon_unlinked()
+            for p in enqueued:  # a resumed search does not enqueue again what it already has
+                exp = Experiment(tweaks=p.tweaks, tier=tier.name, recipe=recipe.name, code_version=search.code_version)
+                if exp.id not in search.candidates:
+                    proposer.enqueue(p)
+        search.threads_per_job = int(env.get("OMP_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+        status = search.run()
+        store.finish_search(search_id, status, search.failed if status == "failed" else None)
+    except (Exception, KeyboardInterrupt) as e:
+        reason = str(e).splitlines()[0] if isinstance(e, (SearchError, LeaderboardError)) and str(e) else (
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'}")
+        if search is not None:
+            search.stop_running()
+        try:
+            store.finish_search(search_id, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed", reason)
+        except LeaderboardError as again:
+            reason += f" (and the database could not record that: {again})"
+        if isinstance(e, (SearchError, KeyboardInterrupt)):
+            raise
+        raise SearchFailed(f"search {name!r} failed: {reason}. Finished runs are kept in {runs_root / name}; "
+                           "fix the cause and rerun the same command to resume") from e
     return status, search
 
 

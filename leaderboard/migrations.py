@@ -12,6 +12,7 @@ History:
   v4  noise per kind of change and power: null_spreads (scope, rung, kind) replaces noise_floors (its rows kept as
       structural: they were the baseline against itself with another init); decisions.kind/spread/df/mde/
       compute_multiplier/multiplier_extrapolated; runs.tok_per_s/loaded.
+  v5  searches.reason: why a failed search failed.
 """
 
 from collections.abc import Callable
@@ -54,11 +55,19 @@ def _v4_noise_per_kind(conn: sa.Connection) -> None:
         conn.exec_driver_sql("DROP TABLE noise_floors")
 
 
+def _v5_search_reason(conn: sa.Connection) -> None:
+    inspector = sa.inspect(conn)
+    if "searches" in inspector.get_table_names():  # (v2 creates it from today's declaration, reason included)
+        if "reason" not in {c["name"] for c in inspector.get_columns("searches")}:
+            add_column(conn, schema.searches.c.reason)
+
+
 # version -> the migration that upgrades version-1 to it. Append only; never edit a released one.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     2: _v2_search_harness,
     3: _v3_rejected_proposals,
     4: _v4_noise_per_kind,
+    5: _v5_search_reason,
 }
 assert sorted(MIGRATIONS) == list(range(2, schema.SCHEMA_VERSION + 1)), "a migration per version after v1"
 

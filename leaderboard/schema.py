@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 RUN_STATUSES = ("running", "ok", "diverged", "failed", "timeout", "oom", "crash")
 VERDICTS = ("promote", "reject", "more_seeds")
@@ -104,6 +104,7 @@ searches = sa.Table(
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime),
+    sa.Column("reason", sa.Text),  # why a failed search failed (one line)
 )
 
 # Which experiments a search proposed (also those that never ran): the top of the rung funnel.

@@ -20,6 +20,7 @@ import random
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -326,6 +327,26 @@ class Store:
 
         return self._transact(work)
 
+    def reopen_run(self, experiment_id: str, rung: str, seed: int, started_at: datetime | None = None) -> bool:
+        """A failed run trained again (it failed for the machine, e.g. a full disk, not for its change): back to
+        running, its results, failure and metric points cleared, so its next completion is recorded. True if a
+        failed run was reopened; a run that is running or finished ok is left alone."""
+        runs = schema.runs.c
+
+        def work(conn: sa.Connection) -> bool:
+            row = conn.execute(sa.select(runs.id, runs.status).where(
+                runs.experiment_id == experiment_id, runs.rung == rung, runs.seed == seed)).one_or_none()
+            if row is None or row.status in ("running", "ok"):
+                return False
+            conn.execute(sa.delete(schema.metric_points).where(schema.metric_points.c.run_id == row.id))
+            cleared = {c.name: None for c in schema.runs.c if c.name not in (
+                "id", "experiment_id", "rung", "seed", "depth", "world_size", "run_dir", "search_id", "started_at")}
+            conn.execute(sa.update(schema.runs).where(runs.id == row.id).values(
+                {**cleared, "status": "running", **({"started_at": started_at} if started_at else {})}))
+            return True
+
+        return self._transact(work)
+
     def add_metric_points(self, run_id: int, points: Iterable[dict[str, Any]]) -> None:
         """Append points to a run as they come (live curves); steps already recorded are kept as they are."""
         rows = [check_point(p, f"run {run_id} metric point {i}") for i, p in enumerate(points)]
@@ -340,12 +361,14 @@ class Store:
                 name=name, tier=tier, space=space, proposer=proposer, config=config, status="running",
                 started_at=schema.utcnow()).on_conflict_do_nothing(index_elements=["name"]))
             return conn.execute(sa.update(schema.searches).where(schema.searches.c.name == name)
-                                .values(status="running", finished_at=None).returning(schema.searches.c.id)).scalar_one()
+                                .values(status="running", finished_at=None, reason=None)
+                                .returning(schema.searches.c.id)).scalar_one()
         return self._transact(work)
 
-    def finish_search(self, search_id: int, status: str = "finished") -> None:
+    def finish_search(self, search_id: int, status: str = "finished", reason: str | None = None) -> None:
+        """End a search with its status (finished, interrupted, failed) and, for a failure, why."""
         self._transact(lambda conn: conn.execute(sa.update(schema.searches).where(schema.searches.c.id == search_id)
-                                                 .values(status=status, finished_at=schema.utcnow())))
+                                                 .values(status=status, finished_at=schema.utcnow(), reason=reason)))
 
     def record_decision(self, decision: Decision) -> int:
         """Record a ladder decision with its statistics (every decision is kept: more_seeds, then promote)."""

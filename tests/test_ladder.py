@@ -194,6 +194,14 @@ def test_outcomes_are_classified():
     assert status == "crash" and "worker died" in reason
     status, reason = classify({"returncode": 2}, None, None, "error: --set x: unknown\n")
     assert status == "crash" and "unknown" in reason and "exit 2" in reason
+    # A full disk: the wrapper only says its result file is missing; the training log says why.
+    log = ("step 10/100\nTraceback (most recent call last):\n  File \"model/checkpoint.py\", line 40, in save\n"
+           "OSError: [Errno 28] No space left on device: 'runs/x/step_10.pt.tmp'\n")
+    status, reason = classify(None, RuntimeError("UncompletedJobError: job 12 has not produced any output (result.pkl)"),
+                              None, log)
+    assert status == "crash" and reason.startswith("OSError: [Errno 28] No space left on device"), reason
+    status, reason = classify(None, RuntimeError("worker died"), None, "Traceback...\nValueError: bad shape\n")
+    assert status == "crash" and reason == "ValueError: bad shape"
 
 
 def test_experiment_ids_are_content_hashes():

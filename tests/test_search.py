@@ -194,6 +194,65 @@ def test_kill_and_resume_leaves_no_duplicates_and_no_holes(workdir, shared_data)
         assert mean[0] in "+-" and float(mean) == float(mean) and float(p) >= 0 and float(mde) > 0, line
 
 
+def fill(directory: Path) -> Path:
+    """Write a file into `directory` until its file system is full; returns the file."""
+    filler = directory / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_fails_the_search_with_the_reason_and_a_rerun_after_freeing_space_finishes(workdir, shared_data):
+    runs = workdir / "runs"
+    runs.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(runs)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        tier = write_tier(workdir, iterations=60)
+        cmd = search_cmd(workdir, shared_data, "--tier", str(tier), "--trials", "2", "--rungs", "1", "--seed", "3",
+                         "--name", "fulldisk")
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        db = f"sqlite:///{workdir / 'lb.db'}"
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            if (workdir / "lb.db").exists() and any(r["status"] == "ok" for r in Store(db).runs()):
+                break
+        filler = fill(runs)  # the runs' disk fills up while jobs train
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 1, out[-3000:] + err[-3000:]
+        search = Store(db).find_search("fulldisk")
+        assert search["status"] == "failed" and "No space left on device" in search["reason"], search
+        assert "Traceback" not in err, err[-3000:]
+        deadline = time.time() + 30
+        while processes_naming(runs) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not processes_naming(runs), processes_naming(runs)
+        # No decision was made from a run the disk broke: the failure is the machine's, not the change's.
+        broken = [r for r in Store(db).runs() if r["status"] != "ok"]
+        decided = {d["experiment_id"] for d in Store(db).decisions(search_id=search["id"])}
+        assert not any(r["experiment_id"] in decided and r["status"] == "crash" for r in broken)
+
+        filler.unlink()
+        again = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        store = Store(db)
+        runs_rows = store.runs()
+        keys = [(r["experiment_id"], r["rung"], r["seed"]) for r in runs_rows]
+        assert len(keys) == len(set(keys)), keys
+        assert all(r["status"] == "ok" for r in runs_rows), [(r["seed"], r["status"], r["reason"]) for r in runs_rows]
+        final = store.find_search("fulldisk")
+        assert final["status"] == "finished" and final["reason"] is None
+    finally:
+        subprocess.run(["umount", "-l", str(runs)], check=False)
+
+
 def test_aa_mode_reports_the_false_promotion_rate_of_each_kind(workdir, shared_data):
     """`--aa 3 --aa-controls 2`: two searches, each with a control of its own on disjoint seeds (the first with two
     nulls of each kind, the second with one); each null is judged against its own search's control, each search

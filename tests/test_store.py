@@ -409,12 +409,44 @@ def test_run_and_experiment_queries(store):
     assert listed["training_hours"] == pytest.approx(0.25)
 
 
+def test_a_run_failed_for_the_machine_is_reopened_and_completed_once(store):
+    store.record_run(finished_run("exp0001", status="crash", failure_class="crash", val_bpb=None,
+                                  reason="No space left on device"), curve(2), experiment=experiment(1))
+    store.record_run(finished_run("exp0001", seed=1), curve(3))
+    assert store.reopen_run("exp0001", "d2", 0) is True
+    [reopened] = [r for r in store.runs() if r["seed"] == 0]
+    assert (reopened["status"], reopened["reason"], reopened["finished_at"]) == ("running", None, None)
+    assert store.metric_points([reopened["id"]]) == []  # its points go with its failed attempt
+    assert store.reopen_run("exp0001", "d2", 1) is False  # a finished ok run is never reopened
+    assert store.record_run(finished_run("exp0001"), curve(4)).action == "completed"
+    [done] = [r for r in store.runs() if r["seed"] == 0]
+    assert done["status"] == "ok" and len(store.metric_points([done["id"]])) == 4
+
+
 def test_search_is_reopened_by_name(store):
     first = store.start_search("s1", tier="cpu")
-    store.finish_search(first)
-    assert store.find_search("s1")["status"] == "finished"
+    store.finish_search(first, "failed", "the baseline failed at d2 seed 0")
+    assert (store.find_search("s1")["status"], store.find_search("s1")["reason"]) == ("failed", "the baseline failed at d2 seed 0")
     assert store.start_search("s1", tier="cpu") == first
-    assert store.find_search("s1")["status"] == "running" and store.find_search("s1")["finished_at"] is None
+    reopened = store.find_search("s1")
+    assert reopened["status"] == "running" and reopened["finished_at"] is None and reopened["reason"] is None
+
+
+def test_a_v4_database_gets_the_failure_reason_column(db_url):
+    """v5 adds searches.reason to a database whose searches table v2-v4 made without it."""
+    with Store(db_url) as store:
+        store.start_search("old", tier="cpu")
+    engine = sa.create_engine(resolve_url(db_url))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE searches DROP COLUMN reason")
+        conn.exec_driver_sql("UPDATE schema_info SET value = '4' WHERE key = 'version'")
+    engine.dispose()
+    with Store(db_url) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        old = store.find_search("old")
+        assert old["status"] == "running" and old["reason"] is None
+        store.finish_search(old["id"], "failed", "disk full")
+        assert store.find_search("old")["reason"] == "disk full"
 
 
 def test_leaderboard_ranks_by_time_to_target(store):
