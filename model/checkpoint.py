@@ -22,11 +22,15 @@ LATEST = "LATEST"
 def atomic_write_bytes(path: Path, write) -> None:
     """Write through `write(file)` to a temp file beside `path`, fsync, then rename over `path`."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a Ctrl-C: leave no half-written file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -42,6 +46,11 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep: int = 2) 
     atomic_write_bytes(directory / LATEST, lambda f: f.write(path.name.encode()))
     for old in sorted(directory.glob("step_*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
+    # Temp files of a process killed mid-write (kill -9 leaves no chance to clean up). The run dir is locked by
+    # this process, so any other process's temp file here is stale.
+    for stale in directory.glob(".*.tmp-*"):
+        if not stale.name.endswith(f".tmp-{os.getpid()}"):
+            stale.unlink(missing_ok=True)
     return path
 
 

@@ -1,6 +1,6 @@
 """Bad pretraining data is one line, exit code 2, and nothing written or recorded, for every command that reads it:
 a parquet without a 'text' column, a corrupt one, a truncated one, a single file too small to hold out a
-validation split. So is an output directory on a read-only file system."""
+validation split, an empty directory. So is an output directory on a read-only file system."""
 
 import os
 import subprocess
@@ -37,13 +37,16 @@ def bad_data(tmp_path: Path, case: str) -> tuple[Path, str]:
         last = d / "shard_00002.parquet"
         last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
         return d, f"cannot read parquet file {last}"
+    if case == "empty":
+        d.mkdir()
+        return d, f"data directory {d} has no"
     if case == "single-block":
         write_shards(d, {"text": texts}, count=1)
         return d, "is a single file with a single block"
     raise ValueError(case)
 
 
-CASES = ["no-text-column", "corrupt", "truncated", "single-block"]
+CASES = ["no-text-column", "corrupt", "truncated", "single-block", "empty"]
 
 
 def command_args(command: str, out: Path, db: Path) -> list[str]:

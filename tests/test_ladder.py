@@ -92,6 +92,20 @@ def test_optuna_suggestions_are_sparse_and_enqueued_proposals_round_trip():
     assert space.suggest(study.ask()) == wanted
 
 
+def test_a_resumed_optuna_study_does_not_propose_its_first_trial_again(tmp_path):
+    from harness.proposers.optuna_tpe import OptunaProposer
+    space, url = Space.named("all"), f"sqlite:///{tmp_path / 'study.db'}"
+    first = OptunaProposer(space, url, "s", seed=0)
+    proposed = [first.propose(1)[0] for _ in range(2)]
+    for p in proposed:
+        first.study.tell(p.trial, 0.01)
+    again = OptunaProposer(space, url, "s", seed=0)  # the search restarted
+    resumed = again.propose(1)[0]
+    assert resumed.tweaks not in [p.tweaks for p in proposed] and resumed.trial == 2
+    fresh = OptunaProposer(space, f"sqlite:///{tmp_path / 'other.db'}", "s", seed=0)
+    assert fresh.propose(1)[0].tweaks == proposed[0].tweaks  # a new study with the same seed is reproducible
+
+
 def test_json_schema_lists_every_knob_with_its_range():
     schema = Space.named("optimizer", {"matrix_lr": 0.08}).json_schema()
     assert schema["additionalProperties"] is False and set(schema["properties"]) == set(SPACES["optimizer"])

@@ -228,3 +228,24 @@ def test_a_second_process_on_the_same_run_dir_waits_for_the_first(tmp_path, shar
     assert second.returncode == 0, second.stderr[-2000:]
     assert "waiting for it to finish" in second.stderr and "nothing to do" in second.stderr
     assert [p["step"] for p in metrics(out)] == [0, 400, 800]
+
+
+def test_checkpoint_writes_leave_no_temp_files(tmp_path):
+    """A write that fails part-way (a full disk) removes its temp file, and a save sweeps away the temp files of a
+    process killed mid-write."""
+    from model.checkpoint import CHECKPOINT_DIR, atomic_write_bytes, latest_checkpoint, save_checkpoint
+    directory = tmp_path / CHECKPOINT_DIR
+    directory.mkdir()
+    stale = directory / ".step_000010.pt.tmp-999999"  # from a process that died while writing
+    stale.write_bytes(b"half a checkpoint")
+
+    def full_disk(f):
+        f.write(b"some bytes")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write_bytes(directory / "step_000020.pt", full_disk)
+    assert not list(directory.glob(f".*.tmp-{os.getpid()}")) and not (directory / "step_000020.pt").exists()
+    path = save_checkpoint(tmp_path, 30, {"step": 30})
+    assert not stale.exists() and latest_checkpoint(tmp_path) == path
+    assert sorted(p.name for p in directory.iterdir()) == ["LATEST", "step_000030.pt"]

@@ -32,6 +32,10 @@ class OptunaProposer:
         self.space = space
         self.study = optuna.create_study(study_name=study_name, storage=storage_for(db_url), direction="minimize",
                                          sampler=optuna.samplers.TPESampler(seed=seed), load_if_exists=True)
+        # A resumed study draws on from where it stopped: a sampler seeded as before would restart its random
+        # start-up sequence and propose trial 0 again. A new study is seeded with `seed` exactly.
+        if self.study.trials:
+            self.study.sampler = optuna.samplers.TPESampler(seed=seed + len(self.study.trials))
         self._asked: dict[int, optuna.Trial] = {}
 
     def enqueue(self, proposal: Proposal) -> None:
