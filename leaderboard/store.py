@@ -94,8 +94,8 @@ def _sqlite_read_only_url(url: URL) -> URL:
     a missing file is an error instead of a new empty database."""
     if url.database in (None, "", ":memory:"):
         raise LeaderboardError(f"SQLite database {url.database or ':memory:'!r}: a read-only store needs a database file")
-    if url.database.startswith("file:"):  # already a URI: the caller chose its parameters
-        return url
+    if url.database.startswith("file:"):  # already a URI: its own mode (e.g. rwc, which creates) gives way to ro
+        return url.set(query={**url.query, "mode": "ro", "uri": "true"})
     path = Path(url.database).absolute()
     if path.is_dir():
         raise LeaderboardError(f"SQLite database {path} is a directory: expected a file path")

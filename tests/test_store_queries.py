@@ -88,6 +88,10 @@ def test_read_only_store_never_creates_a_sqlite_file(tmp_path):
         Store(f"sqlite:///{tmp_path}", read_only=True)
     with pytest.raises(LeaderboardError, match="needs a database file"):
         Store("sqlite://", read_only=True)
+    # A URI of the caller's own asking to create the file (mode=rwc) is opened read-only all the same.
+    with pytest.raises(LeaderboardError):
+        Store(f"sqlite:///file:{path}?mode=rwc&uri=true", read_only=True)
+    assert not path.exists()
 
 
 def test_read_only_store_leaves_a_database_without_tables_empty(db_url):
