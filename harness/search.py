@@ -467,7 +467,8 @@ class Search:
             outcome = read_outcome(r.job, returned, error)
             expected = r.job.rung.tok_per_s * self.throughput_share if r.job.rung.tok_per_s else None
             outcome.loaded = is_loaded(outcome.tok_per_s, expected, self.tier.loaded_fraction)
-            self.store.record_run(run_row(r.job, outcome, self.search_id, r.started_at), points=outcome.points)
+            # started_at stays the run's first start: a run resumed by a later session is counted from there.
+            self.store.record_run(run_row(r.job, outcome, self.search_id, None), points=outcome.points)
             if failed_for_the_machine(outcome.status, outcome.reason):
                 # A full or read-only disk fails every run after it too, whatever its change: stop, decide nothing on
                 # it, and let a rerun (after the disk is fixed) train it again from its checkpoint.

@@ -308,7 +308,7 @@ def run_jobs(jobs: list[Job], executor: Executor, store, parallel: int, estimate
                         error = e
                     outcome = read_outcome(r.job, returned, error)
                     outcome.loaded = is_loaded(outcome.tok_per_s, expected_tok_per_s, loaded_fraction)
-                    store.record_run(run_row(r.job, outcome, None, r.started_at), points=outcome.points)
+                    store.record_run(run_row(r.job, outcome, None, None), points=outcome.points)  # keeps its first start
                     walls.append(outcome.wall_s or time.monotonic() - r.t0)
                     done += 1
                     last_line = time.monotonic()

@@ -169,6 +169,7 @@ def test_kill_and_resume_leaves_no_duplicates_and_no_holes(workdir, shared_data)
     while processes_naming(workdir / "runs") and time.time() < deadline:
         time.sleep(0.2)
     assert not processes_naming(workdir / "runs"), processes_naming(workdir / "runs")
+    first_start = {r["id"]: r["started_at"] for r in Store(db).runs() if r["status"] == "running"}
     logs = [Path(r["run_dir"]) / "train.log" for r in Store(db).runs() if r["status"] == "running"]
     stopped = [log for log in logs if log.exists() and "is gone: stopping the training" in log.read_text()]
     assert stopped, "no job said it stopped its training"
@@ -181,6 +182,9 @@ def test_kill_and_resume_leaves_no_duplicates_and_no_holes(workdir, shared_data)
     keys = [(r["experiment_id"], r["rung"], r["seed"]) for r in runs]
     assert len(keys) == len(set(keys))  # no duplicates
     assert all(r["status"] == "ok" for r in runs)  # no holes: everything ran to the end
+    for r in runs:  # a run the rerun finished keeps its first start (its compute is not under-counted)
+        if r["id"] in first_start:
+            assert r["started_at"] == first_start[r["id"]]
     search = store.find_search("resumable")
     candidates = [e for e in store.experiments(search_id=search["id"]) if e["proposer"] != "baseline"]
     assert len(candidates) == 2
@@ -251,6 +255,52 @@ def test_a_full_disk_fails_the_search_with_the_reason_and_a_rerun_after_freeing_
         assert final["status"] == "finished" and final["reason"] is None
     finally:
         subprocess.run(["umount", "-l", str(runs)], check=False)
+
+
+def test_a_database_on_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_records_every_run(workdir, shared_data):
+    """The database's disk fills mid-search: the search cannot record anything more (not even that it failed), so
+    it says so in one line, exits 1 and stops its jobs; every run that finished is still on disk, and the rerun
+    after freeing space records them without training them again."""
+    dbdir = workdir / "db"
+    dbdir.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(dbdir)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        tier = write_tier(workdir, iterations=60)
+        db = f"sqlite:///{dbdir / 'lb.db'}"
+        cmd = [sys.executable, "-m", "harness.search", "--db", db, "--runs-dir", str(workdir / "runs"), "--data",
+               str(shared_data), "--tier", str(tier), "--trials", "2", "--rungs", "1", "--seed", "3", "--name", "dbfull"]
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            if (dbdir / "lb.db").exists() and any(r["status"] == "ok" for r in Store(db).runs()):
+                break
+        filler = fill(dbdir)
+        out, err = proc.communicate(timeout=600)
+        lines = err.strip().splitlines()
+        assert proc.returncode == 1 and lines and lines[-1].startswith("error: search 'dbfull' failed:"), err[-3000:]
+        assert "Traceback" not in err and "disk is full" in lines[-1], lines[-1]
+        deadline = time.time() + 30
+        while processes_naming(workdir / "runs") and time.time() < deadline:
+            time.sleep(0.2)
+        assert not processes_naming(workdir / "runs")
+        finished_on_disk = {p.parent for p in (workdir / "runs").rglob("result.json")
+                            if json.loads(p.read_text())["status"] == "ok"}
+
+        filler.unlink()
+        again = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        rows = Store(db).runs()
+        keys = [(r["experiment_id"], r["rung"], r["seed"]) for r in rows]
+        assert len(keys) == len(set(keys)) and all(r["status"] == "ok" for r in rows)
+        for run_dir in finished_on_disk:  # recorded already, or by the rerun without training it again
+            log = (run_dir / "train.log").read_text()
+            assert count_launches(run_dir) == 1 or (count_launches(run_dir) == 2 and "nothing to do" in log), run_dir
+        assert Store(db).find_search("dbfull")["status"] == "finished"
+    finally:
+        subprocess.run(["umount", "-l", str(dbdir)], check=False)
 
 
 def test_aa_mode_reports_the_false_promotion_rate_of_each_kind(workdir, shared_data):
