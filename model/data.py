@@ -282,7 +282,11 @@ class FileSource(DataSource):
             if "text" not in pf.schema_arrow.names:
                 columns = ", ".join(pf.schema_arrow.names)
                 raise ValueError(f"parquet file {path} has no 'text' column (columns: {columns})")
-            return [t or "" for t in pf.read_row_group(block, columns=["text"]).column("text").to_pylist()]
+            try:
+                table = pf.read_row_group(block, columns=["text"])
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several types for damaged pages
+                raise ValueError(f"cannot read row group {block} of parquet file {path}: {e}".splitlines()[0]) from None
+            return [t or "" for t in table.column("text").to_pylist()]
         if path.endswith((".jsonl", ".jsonl.gz")):
             texts = self._jsonl_texts(path)
             lo = block * LINES_PER_BLOCK

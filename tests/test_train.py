@@ -206,7 +206,11 @@ def test_a_crash_is_recorded_as_failed_with_its_reason(tmp_path, shared_data, to
     data = tmp_path / "data"
     data.mkdir()
     (data / "shard_00001.parquet").write_bytes((shared_data / "shard_00003.parquet").read_bytes())  # val: fine
-    (data / "shard_00000.parquet").write_bytes((shared_data / "shard_00000.parquet").read_bytes()[:50_000])  # cut
+    # Damaged pages behind an intact footer: the file passes the up-front check, training fails reading it.
+    raw = bytearray((shared_data / "shard_00000.parquet").read_bytes())
+    footer = int.from_bytes(raw[-8:-4], "little") + 8
+    raw[4:len(raw) - footer] = bytes(len(raw) - footer - 4)
+    (data / "shard_00000.parquet").write_bytes(bytes(raw))
     out = tmp_path / "crash"
     proc = run(train_cmd(out, data, tokenizer_dir, "--num-iterations", "5"))
     assert proc.returncode == 1
