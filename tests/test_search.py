@@ -2,6 +2,7 @@
 a failed job never stops the search, kill -9 then rerun resumes without repeating or losing runs, A/A mode
 reports its false-promotion rate, and bad input is one line."""
 
+import contextlib
 import json
 import math
 import os
@@ -211,23 +212,38 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-def test_a_full_disk_fails_the_search_with_the_reason_and_a_rerun_after_freeing_space_finishes(workdir, shared_data):
-    runs = workdir / "runs"
-    runs.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(runs)],
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str):
+    """`path` on a tmpfs of `size` for the block (mounting needs root, as CI has; skipped otherwise)."""
+    path.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                                            capture_output=True).returncode != 0:
         pytest.skip("mounting a small tmpfs needs root")
     try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def start_until_a_run_is_ok(cmd: list[str], db: str) -> subprocess.Popen:
+    """Start a search and return once it has finished a run (or ended, or 300 s passed)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    path = Path(db.removeprefix("sqlite:///"))
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if path.exists() and any(r["status"] == "ok" for r in Store(db).runs()):
+            break
+    return proc
+
+
+def test_a_full_disk_fails_the_search_with_the_reason_and_a_rerun_after_freeing_space_finishes(workdir, shared_data):
+    with small_tmpfs(workdir / "runs", "96m") as runs:
         tier = write_tier(workdir, iterations=60)
         cmd = search_cmd(workdir, shared_data, "--tier", str(tier), "--trials", "2", "--rungs", "1", "--seed", "3",
                          "--name", "fulldisk")
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         db = f"sqlite:///{workdir / 'lb.db'}"
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-            if (workdir / "lb.db").exists() and any(r["status"] == "ok" for r in Store(db).runs()):
-                break
+        proc = start_until_a_run_is_ok(cmd, db)
         filler = fill(runs)  # the runs' disk fills up while jobs train
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 1, out[-3000:] + err[-3000:]
@@ -253,30 +269,18 @@ def test_a_full_disk_fails_the_search_with_the_reason_and_a_rerun_after_freeing_
         assert all(r["status"] == "ok" for r in runs_rows), [(r["seed"], r["status"], r["reason"]) for r in runs_rows]
         final = store.find_search("fulldisk")
         assert final["status"] == "finished" and final["reason"] is None
-    finally:
-        subprocess.run(["umount", "-l", str(runs)], check=False)
 
 
 def test_a_database_on_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_records_every_run(workdir, shared_data):
     """The database's disk fills mid-search: the search cannot record anything more (not even that it failed), so
     it says so in one line, exits 1 and stops its jobs; every run that finished is still on disk, and the rerun
     after freeing space records them without training them again."""
-    dbdir = workdir / "db"
-    dbdir.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(dbdir)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    try:
+    with small_tmpfs(workdir / "db", "16m") as dbdir:
         tier = write_tier(workdir, iterations=60)
         db = f"sqlite:///{dbdir / 'lb.db'}"
         cmd = [sys.executable, "-m", "harness.search", "--db", db, "--runs-dir", str(workdir / "runs"), "--data",
                str(shared_data), "--tier", str(tier), "--trials", "2", "--rungs", "1", "--seed", "3", "--name", "dbfull"]
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-            if (dbdir / "lb.db").exists() and any(r["status"] == "ok" for r in Store(db).runs()):
-                break
+        proc = start_until_a_run_is_ok(cmd, db)
         filler = fill(dbdir)
         out, err = proc.communicate(timeout=600)
         lines = err.strip().splitlines()
@@ -299,8 +303,6 @@ def test_a_database_on_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_r
             log = (run_dir / "train.log").read_text()
             assert count_launches(run_dir) == 1 or (count_launches(run_dir) == 2 and "nothing to do" in log), run_dir
         assert Store(db).find_search("dbfull")["status"] == "finished"
-    finally:
-        subprocess.run(["umount", "-l", str(dbdir)], check=False)
 
 
 def test_aa_mode_reports_the_false_promotion_rate_of_each_kind(workdir, shared_data):
