@@ -89,19 +89,56 @@ def _check_sqlite_path(url: URL) -> None:
         raise LeaderboardError(f"SQLite database {path}: directory {parent} is not writable")
 
 
+def _sqlite_file_of(database: str) -> Path:
+    """The file a SQLite database name points at: a path, or a `file:` URI (file:PATH, file:///PATH,
+    file://localhost/PATH; percent-escapes undone)."""
+    if not database.startswith("file:"):
+        return Path(database).absolute()
+    rest = database[len("file:"):]
+    if rest.startswith("//"):  # an authority (empty or localhost) before the path
+        rest = rest[2:]
+        rest = rest[rest.index("/"):] if "/" in rest else rest
+    return Path(urllib.parse.unquote(rest)).absolute()
+
+
+def _on_read_only_file_system(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _sqlite_read_only_url(url: URL) -> URL:
-    """The URL that opens an existing SQLite file read-only (mode=ro): SQLite itself refuses every write, and
-    a missing file is an error instead of a new empty database."""
+    """The URL that opens an existing SQLite file for reading only; a missing file is an error instead of a
+    new empty database, and the caller's own URI mode (e.g. rwc, which creates) gives way.
+
+    Which mode depends on where the file is, because a WAL database's readers need its -wal and -shm side
+    files: SQLite creates them when they are missing, and a connection opened mode=ro cannot remove them
+    again, so a reader would leave them behind for good. So:
+    - file and directory writable: mode=rw with `PRAGMA query_only` (set on connect), which refuses every
+      write statement; the last connection to close removes the side files it made, as a writer's would.
+      (If a crashed writer left committed pages in the -wal, that close also copies them into the database
+      file: its content is unchanged, only where it is kept.)
+    - a read-only file system: mode=ro with immutable=1. Nobody can write there, so there is nothing to
+      lock or to watch for, and SQLite reads the file as it is (mode=ro alone cannot open a WAL database
+      whose side files are missing and cannot be made).
+    - otherwise (a file we may not write, e.g. another user's): mode=ro.
+    """
     if url.database in (None, "", ":memory:"):
         raise LeaderboardError(f"SQLite database {url.database or ':memory:'!r}: a read-only store needs a database file")
-    if url.database.startswith("file:"):  # already a URI: its own mode (e.g. rwc, which creates) gives way to ro
-        return url.set(query={**url.query, "mode": "ro", "uri": "true"})
-    path = Path(url.database).absolute()
+    path = _sqlite_file_of(url.database)
     if path.is_dir():
         raise LeaderboardError(f"SQLite database {path} is a directory: expected a file path")
     if not path.is_file():
         raise LeaderboardError(f"SQLite database {path} does not exist: expected an existing file (read-only)")
-    return url.set(database="file:" + urllib.parse.quote(str(path)), query={**url.query, "mode": "ro", "uri": "true"})
+    query = {k: v for k, v in url.query.items() if k not in ("mode", "immutable")}
+    if _on_read_only_file_system(path):
+        query.update(mode="ro", immutable="1")
+    elif os.access(path, os.R_OK | os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK):
+        query.update(mode="rw")
+    else:
+        query.update(mode="ro")
+    return url.set(database="file:" + urllib.parse.quote(str(path)), query={**query, "uri": "true"})
 
 
 def _json_dumps(value: Any) -> str:
@@ -184,7 +221,9 @@ class Store:
         try:
             if self.dialect == "sqlite":
                 if read_only:
-                    self._engine = sa.create_engine(_sqlite_read_only_url(self.url), json_serializer=_json_dumps)
+                    # No pool: each read's connection closes after it, so no side file outlives the read.
+                    self._engine = sa.create_engine(_sqlite_read_only_url(self.url), json_serializer=_json_dumps,
+                                                    poolclass=sa.pool.NullPool)
                     event.listen(self._engine, "connect", _sqlite_on_connect_read_only)
                 else:
                     _check_sqlite_path(self.url)

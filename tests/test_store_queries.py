@@ -4,7 +4,10 @@ Same databases as tests/test_store.py (its `db_url` fixture: SQLite, and Postgre
 """
 # ruff: noqa: F811  (tests take the imported `db_url` fixture as an argument, which ruff reads as a redefinition)
 
+import hashlib
+import os
 import sqlite3
+import subprocess
 
 import pytest
 import sqlalchemy as sa
@@ -92,6 +95,57 @@ def test_read_only_store_never_creates_a_sqlite_file(tmp_path):
     with pytest.raises(LeaderboardError):
         Store(f"sqlite:///file:{path}?mode=rwc&uri=true", read_only=True)
     assert not path.exists()
+
+
+def _files_and_digest(directory) -> tuple[list[str], str]:
+    names = sorted(p.name for p in directory.iterdir())
+    return names, hashlib.sha256((directory / "lb.db").read_bytes()).hexdigest()
+
+
+def test_read_only_sqlite_store_leaves_no_side_files_and_the_file_unchanged(tmp_path):
+    """A WAL database's reader needs -wal and -shm files; the dashboard's store must not leave them behind
+    (mode=ro makes them and cannot remove them), and it changes no byte of the database."""
+    url = f"sqlite:///{tmp_path / 'lb.db'}"
+    with Store(url) as writer:
+        writer.record_run(finished_run("exp0001"), curve(), experiment=experiment(1))
+    before = _files_and_digest(tmp_path)
+    assert before[0] == ["lb.db"]
+    with Store(url, read_only=True) as reader:
+        assert [r["experiment_id"] for r in reader.runs()] == ["exp0001"]
+        assert _files_and_digest(tmp_path) == before  # between reads too: the dashboard may run for days
+        with pytest.raises(LeaderboardError, match="(?i)read-?only"):
+            reader._read(lambda conn: conn.exec_driver_sql("DELETE FROM metric_points"))
+    assert _files_and_digest(tmp_path) == before
+
+    # While a writer is open, its side files stay (they are the writer's) and both carry on.
+    with Store(url) as writer, Store(url, read_only=True) as reader:
+        writer.record_run(finished_run("exp0001", seed=1), experiment=experiment(1))
+        assert (tmp_path / "lb.db-wal").exists()
+        assert sorted(r["seed"] for r in reader.runs()) == [0, 1]
+        assert (tmp_path / "lb.db-wal").exists()
+        writer.record_run(finished_run("exp0001", seed=2), experiment=experiment(1))
+        assert sorted(r["seed"] for r in reader.runs()) == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lb.db"]
+
+
+def test_read_only_store_reads_a_wal_database_on_a_read_only_file_system(tmp_path):
+    """A results database on read-only media (its side files cannot be made there) opens and reads."""
+    mount = tmp_path / "media"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        url = f"sqlite:///{mount / 'lb.db'}"
+        with Store(url) as writer:
+            writer.record_run(finished_run("exp0001"), curve(), experiment=experiment(1))
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        with Store(url, read_only=True) as reader:
+            assert [r["experiment_id"] for r in reader.runs()] == ["exp0001"]
+            assert len(reader.metric_points([reader.runs()[0]["id"]])) == len(curve())
+        assert sorted(p.name for p in mount.iterdir()) == ["lb.db"]
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_read_only_store_leaves_a_database_without_tables_empty(db_url):
