@@ -890,7 +890,8 @@ def restored_verdict(row: dict, exp: Experiment, seed_base: int) -> Verdict:
 def prepare_data(spec: str | None, tier: Tier):
     """The pretraining source. A known public corpus that is not downloaded yet (the default, FineWeb-EDU, on a
     fresh machine) is fetched here: the tier's number of train shards plus the validation shard."""
-    from model.data import DEFAULT_SOURCE, DOWNLOAD_SOURCES, download, resolve_source
+    from model.download import download
+    from model.sources import DEFAULT_SOURCE, DOWNLOAD_SOURCES, resolve_source
     name = spec or os.environ.get("NANORESEARCH_DATA") or DEFAULT_SOURCE
     try:
         return resolve_source(spec)

@@ -222,7 +222,7 @@ class TrainConfig:
 TIERS: dict[str, dict[str, object]] = {
     # Measured on a 2-core CPU: at seq 256 and batch 8 x 256 tokens a depth-2 step takes a fraction of a second.
     # Its 32k-token val set is spread over the val shard's documents: the first 32k tokens of a shard of book
-    # chunks are one or two books, and runs then differ by how well they predict those books (model/data.py).
+    # chunks are one or two books, and runs then differ by how well they predict those books (model/loader.py).
     "cpu": dict(vocab_size=8192, sequence_len=256, head_dim=64, device_batch_size=8, total_batch_size=8 * 256,
                 eval_every=50, eval_tokens=16 * 256 * 8, eval_spread=True, log_every=10, compile=False,
                 # d12's horizon says nothing about minutes-long CPU runs: weight decay is used as given.

@@ -26,8 +26,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 
-from model.data import DataSource, resolve_source
 from model.home import nanoresearch_home
+from model.sources import DataSource, resolve_source
 
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|"""
                  r"""\s+(?!\S)|\s+""")

@@ -223,7 +223,8 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
     setup = resolve_setup(args, device, world)
     run_dir = setup.run_dir
 
-    from model.data import BestFitLoader, resolve_source, validation_batches
+    from model.loader import BestFitLoader, validation_batches
+    from model.sources import resolve_source
     from model.tokenizer import Tokenizer, get_tokenizer
     try:
         source = resolve_source(args.data)

@@ -17,7 +17,7 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------------------------------
-# Data and tokenizer (model/data.py, model/tokenizer.py)
+# Data and tokenizer (model/sources.py, model/loader.py, model/tokenizer.py)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -487,7 +487,7 @@ def patch_context(s: Searching, clone, shared_data, tokenizer_dir) -> SearchCont
 
 @pytest.fixture
 def tokenizer_dir(shared_data, tiny_tokenizer) -> Path:
-    from model.data import resolve_source
+    from model.sources import resolve_source
     from model.tokenizer import cached_tokenizer_dir
     return cached_tokenizer_dir(resolve_source(str(shared_data)), 1024, 2_500_000)
 

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import model.data as datamod
-from model.data import BestFitLoader, FileSource, HFSource, download, resolve_source, validation_batches
+from model.download import download
+from model.loader import BestFitLoader, validation_batches
+from model.sources import FileSource, HFSource, resolve_source
 
 BOS = 0
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import model.tokenizer as tokmod
-from model.data import resolve_source
+from model.sources import resolve_source
 from model.tokenizer import SPECIAL_TOKENS, Tokenizer, cached_tokenizer_dir, get_tokenizer
 
 TEXTS = [
