@@ -528,6 +528,7 @@ def test_bad_patches_are_refused_and_never_touch_the_users_tree(tmp_path, clone,
     assert not (worktrees_root() / patched_id).exists()  # a failed check leaves no worktree behind
 
 
+@pytest.mark.slow
 def test_a_good_patch_is_tried_in_a_worktree_and_its_jobs_run_there(tmp_path, clone, shared_data, tokenizer_dir):
     repo, head = clone
     before = tree_state(repo)
@@ -577,6 +578,7 @@ target = "val_bpb<=4.5"
 """)
 
 
+@pytest.mark.slow
 def test_search_with_the_agent_end_to_end_records_its_proposals_and_never_the_key(tmp_path, shared_data, tiny_tokenizer,
                                                                                    nanoresearch_home):
     tier = tmp_path / "tiny.toml"

@@ -13,6 +13,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Every test here starts training subprocesses (model.train, harness.search, harness.speedrun): deselect with -m "not slow" for a quick loop.
+pytestmark = pytest.mark.slow
+
 
 def write_shards(directory: Path, columns: dict, count: int = 3) -> None:
     directory.mkdir(parents=True)

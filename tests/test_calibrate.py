@@ -8,10 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from leaderboard import Store
 from tests.conftest import tiny_tier
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Every test here starts training subprocesses (harness.calibrate): deselect with -m "not slow" for a quick loop.
+pytestmark = pytest.mark.slow
 
 RUNGS = """
 [statistics]

@@ -100,6 +100,7 @@ def test_best_runs_ranking(tmp_path):
     assert baseline["why"].startswith("search result: baseline base of search 's', seed 0: val_bpb 4.0000 at rung d1")
 
 
+@pytest.mark.slow
 def test_chat_best_loads_the_best_record_it_can_find_here(dirs, tmp_path):
     url = f"sqlite:///{tmp_path / 'lb.db'}"
     seed_db(url, dirs)
@@ -112,6 +113,7 @@ def test_chat_best_loads_the_best_record_it_can_find_here(dirs, tmp_path):
     assert f"chat: loaded {dirs['b']} (step 3, base" in proc.stderr and proc.stdout.strip()
 
 
+@pytest.mark.slow
 def test_chat_best_over_every_track_and_without_entries(dirs, tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'lb.db'}"
     seed_db(url, dirs)
@@ -128,6 +130,7 @@ def test_chat_best_over_every_track_and_without_entries(dirs, tmp_path, capsys):
     assert f"loaded {dirs['b']}" in err
 
 
+@pytest.mark.slow
 def test_chat_best_errors_are_one_line(dirs, tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'lb.db'}"
     seed_db(url, {k: tmp_path / "nowhere" for k in dirs})  # nothing recorded has a checkpoint on this machine

@@ -54,6 +54,7 @@ def chat_cli(*args, **kw):
     return run([sys.executable, "-m", "harness.chat", *args], **kw)
 
 
+@pytest.mark.slow
 def test_one_shot_against_a_chat_run(runs):
     _, chat, with_chat = runs
     for run_dir, loaded in ((chat, chat), (with_chat, with_chat / "chat")):
@@ -63,6 +64,7 @@ def test_one_shot_against_a_chat_run(runs):
         assert f"loaded {loaded} (step 3, chat)" in proc.stderr
 
 
+@pytest.mark.slow
 def test_one_shot_against_a_base_run_completes_text(runs):
     base, _, _ = runs
     proc = chat_cli("--run", str(base), "-p", "Once upon a time", "--max-tokens", "8", "--show-prompt")
@@ -71,6 +73,7 @@ def test_one_shot_against_a_base_run_completes_text(runs):
     assert "[prompt] <|bos|>Once upon a time\n" in proc.stderr  # a plain text prefix, no chat format
 
 
+@pytest.mark.slow
 def test_repl_through_stdin_keeps_the_history(runs):
     _, chat, _ = runs
     proc = chat_cli("--run", str(chat), "--max-tokens", "6", "--show-prompt",
@@ -90,6 +93,7 @@ def session_for(run_dir) -> ChatSession:
     return load_session(args)
 
 
+@pytest.mark.slow
 def test_repl_reset_clears_the_history_and_eof_exits(runs):
     _, chat, _ = runs
     session = session_for(chat)
@@ -106,6 +110,7 @@ def test_repl_reset_clears_the_history_and_eof_exits(runs):
     assert "first question" not in tok.decode(session.last_prompt) and len(session.history) == 2
 
 
+@pytest.mark.slow
 def test_old_turns_are_dropped_when_the_context_is_full(runs):
     _, chat, _ = runs
     session = session_for(chat)
@@ -122,6 +127,7 @@ def test_old_turns_are_dropped_when_the_context_is_full(runs):
     assert "oldest turn was dropped" in session.notes.getvalue()
 
 
+@pytest.mark.slow
 def test_base_mode_keeps_no_history(runs):
     base, _, _ = runs
     session = session_for(base)
@@ -130,6 +136,7 @@ def test_base_mode_keeps_no_history(runs):
     assert session.tokenizer.decode(session.last_prompt) == "<|bos|>gamma" and session.history == []
 
 
+@pytest.mark.slow
 def test_bad_run_dir_is_one_line_exit_2(runs, tmp_path, capsys):
     proc = chat_cli("--run", str(tmp_path / "missing"), "-p", "hi")  # once for real: exit code and streams
     assert proc.returncode == 2 and proc.stdout == ""

@@ -70,6 +70,7 @@ def send(at: AppTest, text: str) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
+@pytest.mark.slow
 def test_best_run_of_a_track_is_loaded_and_a_message_gets_a_streamed_reply(monkeypatch, site):
     at = chat_page(monkeypatch, site["url"])
     caption = " ".join(c.value for c in at.caption)
@@ -89,6 +90,7 @@ def test_best_run_of_a_track_is_loaded_and_a_message_gets_a_streamed_reply(monke
     assert expected.strip() and shown.strip() == expected.strip()
 
 
+@pytest.mark.slow
 def test_a_chat_model_keeps_the_conversation_and_reset_clears_it(monkeypatch, site):
     at = chat_page(monkeypatch, site["url"])
     at.segmented_control[0].set_value("any run").run()
@@ -109,6 +111,7 @@ def test_a_chat_model_keeps_the_conversation_and_reset_clears_it(monkeypatch, si
     assert len(at.chat_message) == 0 and at.session_state["chat_history"] == []
 
 
+@pytest.mark.slow
 def test_calculator_calls_show_as_badges(monkeypatch, site):
     at = chat_page(monkeypatch, site["url"])
     at.session_state["chat_history"] = [

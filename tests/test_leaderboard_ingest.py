@@ -159,6 +159,7 @@ def test_bench_command_reports_rates_and_query_times(db_url, capsys):
     assert "expected a database without runs" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_run_made_by_hand_is_ingested_and_shows_on_the_dashboard(tmp_path, shared_data, tiny_tokenizer, monkeypatch):
     """The issue's path: `python -m model.train` outside the harness, `python -m leaderboard ingest`, then the
     Leaderboard page (Best runs) and the Runs page show it."""

@@ -7,7 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+
+# Every test here starts training subprocesses (model.train, model.sft): deselect with -m "not slow" for a quick loop.
+pytestmark = pytest.mark.slow
 TINY = ["--depth", "1", "--set", "vocab_size=1024", "--set", "sequence_len=128", "--set", "head_dim=32",
         "--set", "device_batch_size=4", "--set", "total_batch_size=512", "--set", "eval_tokens=2048"]
 

@@ -20,6 +20,9 @@ from tests.conftest import tiny_tier
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Every test here starts training subprocesses (harness.search): deselect with -m "not slow" for a quick loop.
+pytestmark = pytest.mark.slow
+
 # The ladder's part of the tier; the [baseline] (with the unembedding LR a test cripples) comes from tiny_tier.
 TINY_RUNGS = """
 [statistics]

@@ -195,6 +195,7 @@ def tiny_sft(tiny_tokenizer, shared_data, chat_data, tmp_path_factory):
     return base, proc, before
 
 
+@pytest.mark.slow
 def test_tiny_sft_writes_a_loadable_chat_run(tiny_sft):
     from model.checkpoint import load_model
 
@@ -225,6 +226,7 @@ def test_tiny_sft_writes_a_loadable_chat_run(tiny_sft):
     assert points[-1]["val_loss"] < points[0]["val_loss"]  # it learned something about the chat format
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_writes_nothing(tiny_sft, tmp_path, capsys, chat_data, monkeypatch):
     base, _, _ = tiny_sft
     cases = [

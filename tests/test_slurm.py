@@ -28,6 +28,9 @@ TINY = dict(vocab_size=1024, sequence_len=64, head_dim=32, device_batch_size=4, 
             eval_tokens=2048, eval_every=0, log_every=5, warmup_steps=2)
 ENV = {"OMP_NUM_THREADS": "1"}
 
+# Every test here starts training subprocesses (model.train as SLURM jobs, harness.search): deselect with -m "not slow" for a quick loop.
+pytestmark = pytest.mark.slow
+
 
 def slurm_problem(partition: str) -> str | None:
     """Why this machine's SLURM cluster cannot run our jobs, or None when it can."""

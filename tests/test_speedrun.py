@@ -83,6 +83,7 @@ def entries(root) -> list[dict]:
     return Store(f"sqlite:///{root / 'lb.db'}").leaderboard("tiny")
 
 
+@pytest.mark.slow
 def test_entry_statistics_are_those_of_the_runs(first):
     root, proc = first
     store = Store(f"sqlite:///{root / 'lb.db'}")
@@ -117,6 +118,7 @@ def test_entry_statistics_are_those_of_the_runs(first):
     assert len(references) == 1 and references[0]["is_record"] and references[0]["time_to_target_mean"] == REFERENCE_S
 
 
+@pytest.mark.slow
 def test_rerun_repeats_no_finished_seed_and_more_seeds_add_only_the_new_ones(first):
     root, _ = first
     track = str(root / "track.toml")
@@ -140,6 +142,7 @@ def test_rerun_repeats_no_finished_seed_and_more_seeds_add_only_the_new_ones(fir
     assert len([e for e in latest if e["source"] == "a test reference"]) == 1  # the reference is never duplicated
 
 
+@pytest.mark.slow
 def test_a_failed_seed_is_recorded_and_the_entry_is_no_record(first):
     root, _ = first
     store = Store(f"sqlite:///{root / 'lb.db'}")

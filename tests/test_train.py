@@ -39,6 +39,7 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_tiny_run_learns_and_writes_the_contract(tmp_path, shared_data, tokenizer_dir):
     out = tmp_path / "run"
     # nanochat's LRs shrink by sqrt(256 / 2^19) at this tiny batch; 16x brings them back to where 40 steps
@@ -63,6 +64,7 @@ def test_tiny_run_learns_and_writes_the_contract(tmp_path, shared_data, tokenize
     assert (out / "checkpoints" / "LATEST").exists() and (out / "tokenizer" / "tokenizer.json").exists()
 
 
+@pytest.mark.slow
 def test_time_budget_stops_on_training_time(tmp_path, shared_data, tokenizer_dir):
     out = tmp_path / "run"
     proc = run(train_cmd(out, shared_data, tokenizer_dir, "--time-budget", "2", "--eval-every", "0"))
@@ -77,6 +79,7 @@ def cpu_hog(processes: int = 2) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
 
 
+@pytest.mark.slow
 def test_a_compute_budget_trains_the_same_tokens_and_result_on_a_loaded_machine(tmp_path, shared_data, tokenizer_dir):
     """The same config and seed give the same val_bpb on CPU, and a FLOPs budget gives the same steps and tokens
     whatever the load (a time budget would not); only the measured throughput drops."""
@@ -100,6 +103,7 @@ def test_a_compute_budget_trains_the_same_tokens_and_result_on_a_loaded_machine(
     assert a["tok_per_s"] > 0 and b["tok_per_s"] > 0 and a["step_time_s"] > 0
 
 
+@pytest.mark.slow
 def test_a_flops_budget_buys_more_tokens_for_a_cheaper_model(tmp_path, shared_data, tokenizer_dir):
     runs = {}
     for name, extra in (("mlp4", []), ("mlp2", ["--set", "mlp_ratio=2"])):
@@ -115,6 +119,7 @@ def test_a_flops_budget_buys_more_tokens_for_a_cheaper_model(tmp_path, shared_da
     assert token.returncode == 0 and json.loads((tmp_path / "tokens" / "result.json").read_text())["tokens"] == 11 * 256
 
 
+@pytest.mark.slow
 def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path, shared_data, tokenizer_dir):
     args = ("--num-iterations", "30", "--eval-every", "10", "--save-every", "5")
     straight = tmp_path / "straight"
@@ -145,6 +150,7 @@ def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path, shared_data, to
     assert again.returncode == 0 and "nothing to do" in again.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(tmp_path, shared_data, tokenizer_dir):
     out = tmp_path / "ddp"
     cmd = train_cmd(out, shared_data, tokenizer_dir, "--num-iterations", "6", "--eval-every", "3",
@@ -160,6 +166,7 @@ def test_torchrun_two_processes(tmp_path, shared_data, tokenizer_dir):
     assert [p["step"] for p in metrics(out)] == [0, 3, 6]  # rank 0 alone writes
 
 
+@pytest.mark.slow
 def test_divergence_is_its_own_status(tmp_path, shared_data, tokenizer_dir):
     out = tmp_path / "boom"
     proc = run(train_cmd(out, shared_data, tokenizer_dir, "--num-iterations", "30", "--set", "embedding_lr=1e30",
@@ -181,6 +188,7 @@ def test_divergence_is_its_own_status(tmp_path, shared_data, tokenizer_dir):
     (["--flops-budget", "0"], "--flops-budget 0.0: expected a positive number of FLOPs"),
     (["--token-budget", "-1"], "--token-budget -1: expected a positive number of tokens"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, shared_data, tokenizer_dir, extra, needle):
     out = tmp_path / "never"
     horizon = [] if any(flag in extra for flag in ("--time-budget", "--flops-budget", "--token-budget")) else ["--num-iterations", "2"]
@@ -191,6 +199,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, shared_data,
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_missing_data_and_existing_run_dir(tmp_path, shared_data, tokenizer_dir):
     proc = run(train_cmd(tmp_path / "x", tmp_path / "no-such-dir", tokenizer_dir, "--num-iterations", "2"))
     assert proc.returncode == 2 and "no-such-dir" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -202,6 +211,7 @@ def test_missing_data_and_existing_run_dir(tmp_path, shared_data, tokenizer_dir)
     assert (out / "result.json").read_text() == before  # nothing recorded is lost
 
 
+@pytest.mark.slow
 def test_a_crash_is_recorded_as_failed_with_its_reason(tmp_path, shared_data, tokenizer_dir):
     data = tmp_path / "data"
     data.mkdir()
@@ -219,6 +229,7 @@ def test_a_crash_is_recorded_as_failed_with_its_reason(tmp_path, shared_data, to
     assert "error: training failed" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_same_run_dir_waits_for_the_first(tmp_path, shared_data, tokenizer_dir):
     out = tmp_path / "shared-dir"
     cmd = train_cmd(out, shared_data, tokenizer_dir, "--num-iterations", "800", "--eval-every", "400", "--resume")
