@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -26,45 +27,106 @@ class ConfigError(ValueError):
     """A bad configuration value or an unknown field. The message is one line, meant for users."""
 
 
+# -----------------------------------------------------------------------------
+# Every field is declared once, with its default, a one-line doc and its legal values (`setting`): validate()
+# checks the legal values, and search_spaces/knobs.py takes a knob's doc from here and keeps its search range
+# inside them. validate() adds only the checks that involve several fields.
+
+@dataclass(frozen=True)
+class Legal:
+    """The legal values of a config field: an interval (either end open or closed, or absent), a set of choices or
+    a regular expression for the whole string; `text` is what an error message says is expected."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False           # low itself is not legal
+    high_open: bool = False          # high itself is not legal
+    choices: tuple = ()
+    pattern: str | None = None
+    text: str = ""
+
+    def __contains__(self, value) -> bool:
+        if self.choices:
+            return value in self.choices
+        if self.pattern is not None:
+            return isinstance(value, str) and re.fullmatch(self.pattern, value) is not None
+        if self.low is not None and (value < self.low or self.low_open and value == self.low):
+            return False
+        return self.high is None or not (value > self.high or self.high_open and value == self.high)
+
+    @property
+    def expected(self) -> str:
+        return self.text or "one of " + ", ".join(map(str, self.choices))
+
+    def check(self, name: str, value) -> None:
+        if value not in self:
+            raise ConfigError(f"{name}={value!r}: expected {self.expected}")
+
+
+POSITIVE_INT = Legal(low=1, text="a positive integer")
+NON_NEGATIVE_INT = Legal(low=0, text="a non-negative integer")
+POSITIVE = Legal(low=0, low_open=True, text="a positive number")
+NON_NEGATIVE = Legal(low=0, text="a non-negative number")
+FRACTION = Legal(low=0, high=1, text="a fraction in [0, 1]")
+BETA = Legal(low=0, high=1, high_open=True, text="a number in [0, 1)")  # momentum-like decays
+
+
+def one_of(*choices) -> Legal:
+    return Legal(choices=choices)
+
+
+def setting(default, doc: str = "", legal: Legal | None = None):
+    """A config field: its default, a one-line doc and its legal values (None: any value of the field's type)."""
+    return dataclasses.field(default=default, metadata={"doc": doc, "legal": legal})
+
+
 @dataclass
 class ModelConfig:
     # --- shape (the depth dial sets model_dim and n_head; a tier sets vocab/sequence/head_dim) ---
-    depth: int = 12                  # number of transformer blocks
-    model_dim: int = 768             # residual stream width
-    n_head: int = 6                  # query heads
-    n_kv_head: int = 6               # key/value heads: n_head = MHA, 1 = MQA, in between = GQA
-    head_dim: int = 128
-    aspect_ratio: int = 64           # model_dim ~= depth * aspect_ratio (before rounding to head_dim)
-    vocab_size: int = 32768
-    sequence_len: int = 2048
-    mlp_ratio: int = 4               # ReLU^2 MLP hidden = mlp_ratio * model_dim
+    depth: int = setting(12, "number of transformer blocks", POSITIVE_INT)
+    model_dim: int = setting(768, "residual stream width", POSITIVE_INT)
+    n_head: int = setting(6, "query heads", POSITIVE_INT)
+    n_kv_head: int = setting(6, "key/value heads: n_head = MHA, 1 = MQA, in between = GQA", POSITIVE_INT)
+    head_dim: int = setting(128, "width of one attention head", POSITIVE_INT)
+    aspect_ratio: int = setting(64, "model_dim ~= depth * aspect_ratio (before rounding to head_dim)")
+    vocab_size: int = setting(32768, "tokenizer vocabulary size", POSITIVE_INT)
+    sequence_len: int = setting(2048, "tokens per training sequence (the context)", POSITIVE_INT)
+    mlp_ratio: int = setting(4, "ReLU^2 MLP hidden = mlp_ratio * model_dim", POSITIVE_INT)
     # --- attention ---
-    window_pattern: str = "SSSL"     # tiled over layers: S = short sliding window, L = full; last layer always L
-    short_window_frac: float = 0.25  # short window = this fraction of sequence_len (nanochat: a quarter)
-    rope_base: float = 100000.0
-    qk_scale: float = 1.2            # q and k are each multiplied by this after QK-norm (sharper attention)
-    softcap: float = 15.0            # logits -> softcap * tanh(logits / softcap); 0 = off
-    attention_backend: str = "auto"  # auto | sdpa | flex | fa3 | eager (eager = plain matmul reference)
+    window_pattern: str = setting(
+        "SSSL", "sliding-window pattern tiled over layers (S short, L full; last layer always L)",
+        Legal(pattern="(?i)[SL]+", text="a non-empty string of S and L, e.g. 'SSSL'"))
+    short_window_frac: float = setting(0.25, "the short window as a fraction of the sequence length",
+                                       Legal(low=0, high=1, low_open=True, text="a fraction in (0, 1]"))
+    rope_base: float = setting(100000.0, "rotary embedding base frequency",
+                               Legal(low=1, low_open=True, text="a number > 1"))
+    qk_scale: float = setting(1.2, "multiplier on q and k after QK-norm (sharper attention when larger)", POSITIVE)
+    softcap: float = setting(15.0, "logit soft-cap: logits -> c*tanh(logits/c); 0 = off",
+                             Legal(low=0, text="0 (off) or a positive cap"))
+    attention_backend: str = setting("auto", "attention implementation (eager = plain matmul reference)",
+                                     one_of("auto", "sdpa", "flex", "fa3", "eager"))
     # --- tweaks (nanochat's current recipe has them all on) ---
-    value_embeds: bool = True        # ResFormer value embeddings on alternating layers (always the last)
-    ve_gate_channels: int = 12       # the per-head VE gate reads this many leading channels of x
-    ve_gate_range: float = 3.0       # VE gate = ve_gate_range * sigmoid(...), so in (0, ve_gate_range)
-    smear: bool = True               # mix the previous token's embedding in through a learned gate
-    smear_channels: int = 24         # the smear gate reads this many leading channels
-    backout: bool = True             # subtract a learned fraction of the mid-layer residual before the final norm
-    backout_init: float = 0.2
-    layer_lambdas: bool = True       # per-layer resid/x0 scalars: x <- resid_l * x + x0_l * x0 before each block
-    resid_lambda_init: float = 1.15  # resid lambdas decay linearly from this at the first layer ...
-    resid_lambda_final: float = 1.05  # ... to this at the last layer
-    x0_lambda_init: float = 0.20
-    x0_lambda_final: float = 0.05
-    zero_init_proj: bool = True      # attention/MLP output projections start at zero (blocks start as identity)
-    embedding_init_std: float = 0.8
-    lm_head_init_std: float = 0.001
-    fc_init_scale: float = 0.4       # MLP input projection init relative to the other matrices
-    init_per_param: bool = False     # draw each parameter's init from its own (seed, name) generator (see GPT)
+    value_embeds: bool = setting(True, "ResFormer value embeddings mixed into v on alternating layers (always the last)")
+    ve_gate_channels: int = setting(12, "the per-head VE gate reads this many leading channels of x", POSITIVE_INT)
+    ve_gate_range: float = setting(3.0, "value-embedding gate range: gate = range * sigmoid(.)", POSITIVE)
+    smear: bool = setting(True, "mix the previous token's embedding into each position through a learned gate")
+    smear_channels: int = setting(24, "the smear gate reads this many leading channels", POSITIVE_INT)
+    backout: bool = setting(True, "subtract a learned fraction of the mid-layer residual before the final norm")
+    backout_init: float = setting(0.2, "initial backout fraction")
+    layer_lambdas: bool = setting(True, "learned per-layer resid/x0 scalars blending the input embedding back in "
+                                        "(x <- resid_l * x + x0_l * x0 before each block)")
+    resid_lambda_init: float = setting(1.15, "initial residual lambda of the first layer (decays linearly to "
+                                             "resid_lambda_final at the last)")
+    resid_lambda_final: float = setting(1.05, "residual lambda of the last layer")
+    x0_lambda_init: float = setting(0.20, "initial x0 lambda of the first layer (decays to x0_lambda_final at the last)")
+    x0_lambda_final: float = setting(0.05, "x0 lambda of the last layer")
+    zero_init_proj: bool = setting(True, "attention/MLP output projections start at zero (blocks start as identity)")
+    embedding_init_std: float = setting(0.8, "init std of the token embedding", NON_NEGATIVE)
+    lm_head_init_std: float = setting(0.001, "init std of lm_head", NON_NEGATIVE)
+    fc_init_scale: float = setting(0.4, "MLP input projection init relative to the other matrices", NON_NEGATIVE)
+    init_per_param: bool = setting(False, "draw each parameter's init from its own (seed, name) generator (see GPT)")
     # --- numerics ---
-    dtype: str = "auto"              # auto (bf16 on CUDA SM80+, else fp32) | float32 | bfloat16
+    dtype: str = setting("auto", "compute dtype (auto = bf16 on CUDA SM80+, else fp32)", one_of("auto", "float32", "bfloat16"))
 
     @classmethod
     def from_depth(cls, depth: int, **overrides) -> ModelConfig:
@@ -109,110 +171,72 @@ class ModelConfig:
 
     def validate(self) -> None:
         check_types(self)
-        positive = ["depth", "model_dim", "n_head", "n_kv_head", "head_dim", "vocab_size", "sequence_len",
-                    "mlp_ratio", "ve_gate_channels", "smear_channels"]
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)!r}: expected a positive integer")
+        check_legal(self)
         if self.n_head * self.head_dim != self.model_dim:
             raise ConfigError(f"model_dim={self.model_dim}: expected n_head * head_dim = {self.n_head} * {self.head_dim}")
         if self.n_kv_head > self.n_head or self.n_head % self.n_kv_head:
             divisors = [d for d in range(1, self.n_head + 1) if self.n_head % d == 0]
             raise ConfigError(f"n_kv_head={self.n_kv_head}: expected a divisor of n_head={self.n_head}, one of {divisors}")
-        if not self.window_pattern or any(c not in "SL" for c in self.window_pattern.upper()):
-            raise ConfigError(f"window_pattern={self.window_pattern!r}: expected a non-empty string of S and L, e.g. 'SSSL'")
-        if not 0 < self.short_window_frac <= 1:
-            raise ConfigError(f"short_window_frac={self.short_window_frac}: expected a fraction in (0, 1]")
-        if self.rope_base <= 1:
-            raise ConfigError(f"rope_base={self.rope_base}: expected a number > 1")
-        if self.qk_scale <= 0:
-            raise ConfigError(f"qk_scale={self.qk_scale}: expected a positive number")
-        if self.softcap < 0:
-            raise ConfigError(f"softcap={self.softcap}: expected 0 (off) or a positive cap")
-        if self.ve_gate_range <= 0:
-            raise ConfigError(f"ve_gate_range={self.ve_gate_range}: expected a positive number")
-        for name in ["embedding_init_std", "lm_head_init_std", "fc_init_scale"]:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)}: expected a non-negative number")
-        check_choice("attention_backend", self.attention_backend, ["auto", "sdpa", "flex", "fa3", "eager"])
-        check_choice("dtype", self.dtype, ["auto", "float32", "bfloat16"])
 
 
 @dataclass
 class OptimConfig:
     # --- learning rates (nanochat's, tuned at d12; AdamW ones scale by (model_dim/768)^-0.5, all by sqrt(batch/2^19)) ---
-    matrix_lr: float = 0.02          # Muon, 2-D block matrices
-    embedding_lr: float = 0.3        # AdamW, token embedding (value embeddings get half)
-    unembedding_lr: float = 0.008    # AdamW, lm_head
-    scalar_lr: float = 0.5           # AdamW, per-layer lambdas
-    weight_decay: float = 0.28       # Muon decoupled weight decay at d12's horizon; model.train rescales it
-    wd_schedule: str = "cosine"      # cosine (to zero) | linear (to zero) | constant
-    cautious_wd: bool = True         # decay only coordinates where the update and the weight agree in sign
+    matrix_lr: float = setting(0.02, "Muon learning rate for block matrices (before batch scaling)", NON_NEGATIVE)
+    embedding_lr: float = setting(0.3, "AdamW learning rate for the token embedding (value embeddings get half)",
+                                  NON_NEGATIVE)
+    unembedding_lr: float = setting(0.008, "AdamW learning rate for lm_head", NON_NEGATIVE)
+    scalar_lr: float = setting(0.5, "AdamW learning rate for the per-layer lambdas", NON_NEGATIVE)
+    weight_decay: float = setting(0.28, "Muon decoupled weight decay (at d12's horizon; model.train rescales it)",
+                                  NON_NEGATIVE)
+    wd_schedule: str = setting("cosine", "weight decay schedule: to zero (cosine, linear) or constant",
+                               one_of("cosine", "linear", "constant"))
+    cautious_wd: bool = setting(True, "decay only coordinates where update and weight agree in sign")
     # --- Muon ---
-    orthogonalizer: str = "polar_express"  # polar_express | newton_schulz
-    ns_steps: int = 5
-    ortho_safety: float = 1.02       # normalise by ||G|| * safety so the top singular value starts inside the band
-    nesterov: bool = True
-    momentum_start: float = 0.85     # Muon momentum warms up from here ...
-    momentum_peak: float = 0.97      # ... to here over momentum_warmup_steps ...
-    momentum_warmup_steps: int = 400
-    momentum_end: float = 0.90       # ... and cools to here over the LR warm-down
-    normuon: bool = True             # NorMuon: per-row (or column) second-moment normalisation after orthogonalising
-    normuon_beta2: float = 0.9
-    muon_eq: bool = False            # MuonEq: normalise the rows of the momentum before orthogonalising
-    shape_scaling: bool = True       # scale Muon's LR by sqrt(max(1, rows/cols))
+    orthogonalizer: str = setting("polar_express", "Muon's orthogonalisation: quintic Newton-Schulz or Polar Express",
+                                  one_of("polar_express", "newton_schulz"))
+    ns_steps: int = setting(5, "orthogonalisation iterations", Legal(low=1, high=12, text="an integer in [1, 12]"))
+    ortho_safety: float = setting(1.02, "normalise by ||G|| * safety so the top singular value starts inside the band",
+                                  Legal(low=1, text="a number >= 1"))
+    nesterov: bool = setting(True, "Nesterov momentum")
+    momentum_start: float = setting(0.85, "Muon momentum before warm-up", BETA)
+    momentum_peak: float = setting(0.97, "Muon momentum after warm-up", BETA)
+    momentum_warmup_steps: int = setting(400, "steps to warm Muon momentum up from momentum_start", NON_NEGATIVE_INT)
+    momentum_end: float = setting(0.90, "Muon momentum at the end, cooled to over the LR warm-down", BETA)
+    normuon: bool = setting(True, "NorMuon: normalise update rows by a running second moment")
+    normuon_beta2: float = setting(0.9, "NorMuon's second-moment decay", BETA)
+    muon_eq: bool = setting(False, "MuonEq: equilibrate momentum rows before orthogonalising")
+    shape_scaling: bool = setting(True, "scale Muon's LR by sqrt(max(1, rows/cols))")
 
     def validate(self) -> None:
         check_types(self)
-        for name in ["matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "weight_decay"]:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)}: expected a non-negative number")
-        check_choice("orthogonalizer", self.orthogonalizer, ["polar_express", "newton_schulz"])
-        check_choice("wd_schedule", self.wd_schedule, ["cosine", "linear", "constant"])
-        if not 1 <= self.ns_steps <= 12:
-            raise ConfigError(f"ns_steps={self.ns_steps}: expected an integer in [1, 12]")
-        if self.ortho_safety < 1:
-            raise ConfigError(f"ortho_safety={self.ortho_safety}: expected a number >= 1")
-        for name in ["momentum_start", "momentum_peak", "momentum_end", "normuon_beta2"]:
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)}: expected a number in [0, 1)")
-        if self.momentum_warmup_steps < 0:
-            raise ConfigError(f"momentum_warmup_steps={self.momentum_warmup_steps}: expected a non-negative integer")
+        check_legal(self)
 
 
 @dataclass
 class TrainConfig:
-    total_batch_size: int = 524288   # tokens per optimizer step (all ranks, all micro-steps); reached by grad accumulation
-    device_batch_size: int = 32      # sequences per forward pass per rank
-    warmup_steps: int = 40           # LR linear warm-up
-    warmdown_ratio: float = 0.65     # fraction of the run spent in the linear LR warm-down
-    final_lr_frac: float = 0.05      # LR at the end, as a fraction of the peak
-    param_data_ratio: float = 10.5   # tokens = ratio * scaling params, when no other horizon is given
-    eval_every: int = 250            # steps between val bpb evaluations (and at the end)
-    eval_tokens: int = 10485760      # val tokens per evaluation
-    eval_spread: bool = False        # val documents in a fixed shuffled order (a small set spans many documents)
-    core_every: int = 0              # steps between CORE evaluations (0 = off)
-    core_max_per_task: int = 500     # examples per CORE task during training (0 = all)
-    save_every: int = 0              # steps between checkpoints (0 = only at the end)
-    compile: bool = False            # torch.compile the model
-    scale_wd_to_horizon: bool = True  # rescale weight decay from d12's horizon to this run's (T_epoch rule)
-    tokenizer_max_chars: int = 2_000_000_000  # training characters for the BPE tokenizer (nanochat's budget)
-    log_every: int = 10              # steps between progress lines
+    total_batch_size: int = setting(524288, "tokens per optimizer step (all ranks, all micro-steps); reached by "
+                                            "grad accumulation", POSITIVE_INT)
+    device_batch_size: int = setting(32, "sequences per forward pass per rank", POSITIVE_INT)
+    warmup_steps: int = setting(40, "LR linear warm-up steps", NON_NEGATIVE_INT)
+    warmdown_ratio: float = setting(0.65, "fraction of the run spent annealing the learning rate", FRACTION)
+    final_lr_frac: float = setting(0.05, "LR at the end, as a fraction of the peak", FRACTION)
+    param_data_ratio: float = setting(10.5, "tokens = ratio * scaling params, when no other horizon is given", POSITIVE)
+    eval_every: int = setting(250, "steps between val bpb evaluations (and at the end)", NON_NEGATIVE_INT)
+    eval_tokens: int = setting(10485760, "val tokens per evaluation", POSITIVE_INT)
+    eval_spread: bool = setting(False, "val documents in a fixed shuffled order (a small set spans many documents)")
+    core_every: int = setting(0, "steps between CORE evaluations (0 = off)", NON_NEGATIVE_INT)
+    core_max_per_task: int = setting(500, "examples per CORE task during training (0 = all)", NON_NEGATIVE_INT)
+    save_every: int = setting(0, "steps between checkpoints (0 = only at the end)", NON_NEGATIVE_INT)
+    compile: bool = setting(False, "torch.compile the model")
+    scale_wd_to_horizon: bool = setting(True, "rescale weight decay from d12's horizon to this run's (T_epoch rule)")
+    tokenizer_max_chars: int = setting(2_000_000_000, "training characters for the BPE tokenizer (nanochat's budget)",
+                                       POSITIVE_INT)
+    log_every: int = setting(10, "steps between progress lines", NON_NEGATIVE_INT)
 
     def validate(self) -> None:
         check_types(self)
-        for name in ["total_batch_size", "device_batch_size", "eval_tokens", "tokenizer_max_chars"]:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)}: expected a positive integer")
-        for name in ["warmup_steps", "eval_every", "core_every", "save_every", "log_every", "core_max_per_task"]:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)}: expected a non-negative integer")
-        if not 0 <= self.warmdown_ratio <= 1:
-            raise ConfigError(f"warmdown_ratio={self.warmdown_ratio}: expected a fraction in [0, 1]")
-        if not 0 <= self.final_lr_frac <= 1:
-            raise ConfigError(f"final_lr_frac={self.final_lr_frac}: expected a fraction in [0, 1]")
-        if self.param_data_ratio <= 0:
-            raise ConfigError(f"param_data_ratio={self.param_data_ratio}: expected a positive number")
+        check_legal(self)
 
 
 # -----------------------------------------------------------------------------
@@ -247,6 +271,11 @@ def field_owner(key: str) -> type:
             return cls
     known = sorted(f.name for cls in CONFIG_CLASSES for f in dataclasses.fields(cls))
     raise ConfigError(f"unknown config field {key!r}: expected one of {', '.join(known)}")
+
+
+def config_field(key: str) -> dataclasses.Field:
+    """The declaration of a field of any of the three configs: default, and metadata "doc" and "legal"."""
+    return {f.name: f for f in dataclasses.fields(field_owner(key))}[key]
 
 
 def parse_value(cls: type, key: str, text: str) -> object:
@@ -327,14 +356,16 @@ def check_types(config) -> None:
             raise ConfigError(f"{name}={value!r}: expected a finite number")
 
 
-def check_choice(name: str, value: str, choices: list[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+def check_legal(config) -> None:
+    """Each field's value against the legal values its `setting` declares (after check_types)."""
+    for f in dataclasses.fields(config):
+        if f.metadata.get("legal") is not None:
+            f.metadata["legal"].check(f.name, getattr(config, f.name))
 
 
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-__all__ = ["ModelConfig", "OptimConfig", "TrainConfig", "ConfigError", "TIERS", "split_overrides",
-           "parse_set_args", "field_owner", "to_dict"]
+__all__ = ["ModelConfig", "OptimConfig", "TrainConfig", "ConfigError", "Legal", "TIERS", "split_overrides",
+           "parse_set_args", "field_owner", "config_field", "to_dict"]

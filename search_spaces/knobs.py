@@ -1,8 +1,9 @@
 """
-Every knob a proposer may turn, declared once: its config field, type, range or choices, and a one-line doc.
+Every knob a proposer may turn, declared once: its config field, type, search range or choices, kind of change.
 
 A knob's name is the ModelConfig / OptimConfig / TrainConfig field it sets (so a tweak {"smear": false} is
-exactly `--set smear=false`), and its default is that field's default: nanochat's recipe. A tier's baseline
+exactly `--set smear=false`); its default and its one-line doc are that field's (model/config.py declares both,
+with the field's legal values), and its search range must lie inside the field's legal values. A tier's baseline
 recipe (experiments/tiers/*.toml) may move the default (e.g. the CPU tier's learning rates); proposals are
 always expressed relative to the baseline of the tier they run on.
 
@@ -19,10 +20,9 @@ A proposal is structural if any knob it turns is (or it carries a code patch), e
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
-from model.config import CONFIG_CLASSES, field_owner
+from model.config import config_field, field_owner
 
 TYPES = ("bool", "int", "float", "logfloat", "categorical")
 KINDS = ("parametric", "structural")
@@ -33,10 +33,14 @@ class Knob:
     name: str
     type: str                      # one of TYPES
     kind: str                      # one of KINDS: how a change of this knob perturbs training (see above)
-    doc: str
-    low: float | None = None
+    low: float | None = None       # the search range (int, float, logfloat) ...
     high: float | None = None
-    choices: tuple = ()
+    choices: tuple = ()            # ... or the choices (categorical)
+    doc: str = ""                  # "": the config field's doc
+
+    def __post_init__(self):
+        if not self.doc:
+            object.__setattr__(self, "doc", config_field(self.name).metadata.get("doc", ""))
 
     @property
     def config(self) -> str:
@@ -48,54 +52,73 @@ class Knob:
         """nanochat's value: the field's default (None for n_kv_head, meaning 'as many as query heads')."""
         if self.name == "n_kv_head":
             return None
-        field = {f.name: f for cls in CONFIG_CLASSES for f in dataclasses.fields(cls)}[self.name]
-        return field.default
+        return config_field(self.name).default
+
+
+def _check(k: Knob) -> None:
+    """A known type and kind, a real config field with a doc, and a search range (or choices) inside the field's
+    legal values; a ValueError naming the knob otherwise."""
+    def bad(why: str):
+        return ValueError(f"knob {k.name!r}: {why}")
+
+    if k.type not in TYPES or k.kind not in KINDS:
+        raise bad(f"type {k.type!r} / kind {k.kind!r}: expected one of {TYPES} / {KINDS}")
+    legal = config_field(k.name).metadata.get("legal")  # every knob sets a real config field
+    if not k.doc:
+        raise bad("no doc (its config field has none)")
+    if k.type == "categorical":
+        if not k.choices:
+            raise bad("a categorical knob needs choices")
+        values = [c for c in k.choices if c is not None]  # None: the config's own value (n_kv_head)
+    elif k.type != "bool":
+        if k.low is None or k.high is None or not k.low < k.high:
+            raise bad(f"search range [{k.low}, {k.high}]: expected low < high")
+        values = [k.low, k.high]
+    else:
+        values = []
+    outside = [v for v in values if legal is not None and v not in legal]
+    if outside:
+        raise bad(f"{outside} outside the legal values of its config field ({legal.expected})")
 
 
 def _declare(*knobs: Knob) -> dict[str, Knob]:
     for k in knobs:
-        assert k.type in TYPES and k.kind in KINDS, k
-        field_owner(k.name)  # every knob sets a real config field
-        if k.type == "categorical":
-            assert k.choices, k
-        elif k.type != "bool":
-            assert k.low is not None and k.high is not None and k.low < k.high, k
+        _check(k)
     return {k.name: k for k in knobs}
 
 
 KNOBS: dict[str, Knob] = _declare(
     # --- architecture ---
-    Knob("smear", "bool", "structural", "mix the previous token's embedding into each position through a learned gate"),
-    Knob("backout", "bool", "structural", "subtract a learned fraction of the mid-layer residual before the final norm"),
-    Knob("value_embeds", "bool", "structural", "ResFormer value embeddings mixed into v on alternating layers (always the last)"),
-    Knob("layer_lambdas", "bool", "structural", "learned per-layer resid/x0 scalars blending the input embedding back in"),
-    Knob("window_pattern", "categorical", "structural", "sliding-window pattern tiled over layers (S short, L full; last layer always L)",
-         choices=("SSSL", "SSL", "SL", "SLLL", "L")),
-    Knob("short_window_frac", "float", "parametric", "the short window as a fraction of the sequence length", 0.125, 0.5),
-    Knob("softcap", "categorical", "structural", "logit soft-cap: logits -> c*tanh(logits/c); 0 = off", choices=(0.0, 10.0, 15.0, 20.0, 30.0)),
-    Knob("qk_scale", "float", "parametric", "multiplier on q and k after QK-norm (sharper attention when larger)", 0.8, 2.0),
-    Knob("rope_base", "logfloat", "parametric", "rotary embedding base frequency", 1e3, 1e6),
-    Knob("n_kv_head", "categorical", "structural", "key/value heads: null = as many as query heads (MHA), 2 = GQA, 1 = MQA",
-         choices=(None, 2, 1)),
-    Knob("x0_lambda_init", "float", "parametric", "initial x0 lambda of the first layer (decays to x0_lambda_final at the last)", 0.0, 0.5),
-    Knob("resid_lambda_init", "float", "parametric", "initial residual lambda of the first layer", 0.9, 1.3),
-    Knob("backout_init", "float", "parametric", "initial backout fraction", 0.0, 0.5),
-    Knob("ve_gate_range", "float", "parametric", "value-embedding gate range: gate = range * sigmoid(.)", 1.0, 4.0),
+    Knob("smear", "bool", "structural"),
+    Knob("backout", "bool", "structural"),
+    Knob("value_embeds", "bool", "structural"),
+    Knob("layer_lambdas", "bool", "structural"),
+    Knob("window_pattern", "categorical", "structural", choices=("SSSL", "SSL", "SL", "SLLL", "L")),
+    Knob("short_window_frac", "float", "parametric", 0.125, 0.5),
+    Knob("softcap", "categorical", "structural", choices=(0.0, 10.0, 15.0, 20.0, 30.0)),
+    Knob("qk_scale", "float", "parametric", 0.8, 2.0),
+    Knob("rope_base", "logfloat", "parametric", 1e3, 1e6),
+    # The knob's null (the config's n_kv_head = n_head) is its own value, so it says what its choices mean.
+    Knob("n_kv_head", "categorical", "structural", choices=(None, 2, 1),
+         doc="key/value heads: null = as many as query heads (MHA), 2 = GQA, 1 = MQA"),
+    Knob("x0_lambda_init", "float", "parametric", 0.0, 0.5),
+    Knob("resid_lambda_init", "float", "parametric", 0.9, 1.3),
+    Knob("backout_init", "float", "parametric", 0.0, 0.5),
+    Knob("ve_gate_range", "float", "parametric", 1.0, 4.0),
     # --- optimizer ---
-    Knob("orthogonalizer", "categorical", "structural", "Muon's orthogonalisation: quintic Newton-Schulz or Polar Express",
-         choices=("polar_express", "newton_schulz")),
-    Knob("ns_steps", "int", "structural", "orthogonalisation iterations", 3, 8),
-    Knob("normuon", "bool", "structural", "NorMuon: normalise update rows by a running second moment"),
-    Knob("normuon_beta2", "float", "parametric", "NorMuon's second-moment decay", 0.8, 0.99),
-    Knob("muon_eq", "bool", "structural", "MuonEq: equilibrate momentum rows before orthogonalising"),
-    Knob("cautious_wd", "bool", "structural", "decay only coordinates where update and weight agree in sign"),
-    Knob("momentum_peak", "float", "parametric", "Muon momentum after warm-up", 0.9, 0.99),
-    Knob("momentum_warmup_steps", "int", "parametric", "steps to warm Muon momentum up from momentum_start", 0, 800),
-    Knob("matrix_lr", "logfloat", "parametric", "Muon learning rate for block matrices (before batch scaling)", 0.003, 0.3),
-    Knob("embedding_lr", "logfloat", "parametric", "AdamW learning rate for the token embedding (value embeddings get half)", 0.03, 3.0),
-    Knob("unembedding_lr", "logfloat", "parametric", "AdamW learning rate for lm_head", 0.001, 0.1),
-    Knob("weight_decay", "float", "parametric", "Muon decoupled weight decay", 0.0, 0.6),
-    Knob("warmdown_ratio", "float", "parametric", "fraction of the run spent annealing the learning rate", 0.1, 0.9),
+    Knob("orthogonalizer", "categorical", "structural", choices=("polar_express", "newton_schulz")),
+    Knob("ns_steps", "int", "structural", 3, 8),
+    Knob("normuon", "bool", "structural"),
+    Knob("normuon_beta2", "float", "parametric", 0.8, 0.99),
+    Knob("muon_eq", "bool", "structural"),
+    Knob("cautious_wd", "bool", "structural"),
+    Knob("momentum_peak", "float", "parametric", 0.9, 0.99),
+    Knob("momentum_warmup_steps", "int", "parametric", 0, 800),
+    Knob("matrix_lr", "logfloat", "parametric", 0.003, 0.3),
+    Knob("embedding_lr", "logfloat", "parametric", 0.03, 3.0),
+    Knob("unembedding_lr", "logfloat", "parametric", 0.001, 0.1),
+    Knob("weight_decay", "float", "parametric", 0.0, 0.6),
+    Knob("warmdown_ratio", "float", "parametric", 0.1, 0.9),
 )
 
 SPACES: dict[str, tuple[str, ...]] = {

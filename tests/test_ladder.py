@@ -77,6 +77,20 @@ def test_every_knob_sets_a_config_field_and_spaces_cover_them():
             assert knob.low <= knob.default <= knob.high, knob.name  # nanochat's value is inside the range
 
 
+def test_a_knob_takes_its_doc_from_its_config_field_and_searches_only_legal_values():
+    from model.config import config_field
+    from search_spaces.knobs import Knob, _check
+    assert KNOBS["qk_scale"].doc == config_field("qk_scale").metadata["doc"] != ""
+    assert KNOBS["n_kv_head"].doc.startswith("key/value heads: null")  # its own: null is a value of the knob only
+    for knob, needle in [(Knob("qk_scale", "float", "parametric", -1.0, 2.0), r"\[-1.0\] outside .*\(a positive number\)"),
+                         (Knob("ns_steps", "int", "structural", 0, 8), r"\[0\] outside .*an integer in \[1, 12\]"),
+                         (Knob("orthogonalizer", "categorical", "structural", choices=("svd",)), "one of polar_express"),
+                         (Knob("window_pattern", "categorical", "structural", choices=("SXL",)), "string of S and L")]:
+        with pytest.raises(ValueError, match=needle):
+            _check(knob)
+    _check(Knob("qk_scale", "float", "parametric", 0.1, 5.0))  # a wider search range, still legal
+
+
 def test_optuna_suggestions_are_sparse_and_enqueued_proposals_round_trip():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = Space.named("all")

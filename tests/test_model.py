@@ -1,6 +1,8 @@
 """The GPT: causality, every switch really changes the computation, shapes, counts, backends, cache, errors."""
 
+import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -341,3 +343,33 @@ def test_bad_optim_and_train_values_and_set_parsing():
         parse_set_args(["smear"])
     model, optim, train = split_overrides(parse_set_args(["smear=off", "matrix_lr=0.01", "eval_every=7"]))
     assert model == {"smear": False} and optim == {"matrix_lr": 0.01} and train == {"eval_every": 7}
+
+
+def test_validate_refuses_just_outside_every_declared_legal_range():
+    """A field's legal values are declared once, on the field (model/config.py's `setting`); validate() enforces
+    them: a value just outside each one (an open end itself, a step past a closed one, an unknown choice, a string
+    that does not match) is refused with the field's name and what it accepts."""
+    from model.config import field_types
+    checked = set()
+    for cls in (ModelConfig, OptimConfig, TrainConfig):
+        kinds = field_types(cls)
+        for f in dataclasses.fields(cls):
+            legal = f.metadata.get("legal")
+            if legal is None:
+                continue
+            if legal.choices:
+                bad = ["bogus"]
+            elif legal.pattern is not None:
+                bad = ["", "SXL"]
+            else:
+                step = 1 if kinds[f.name] is int else 0.5
+                bad = [legal.low if legal.low_open else legal.low - step] if legal.low is not None else []
+                bad += [legal.high if legal.high_open else legal.high + step] if legal.high is not None else []
+            for value in bad:
+                config = cls()
+                setattr(config, f.name, kinds[f.name](value))
+                with pytest.raises(ConfigError, match=re.escape(f"{f.name}=") + ".*" + re.escape(f": expected {legal.expected}")):
+                    config.validate()
+                checked.add(f.name)
+    assert {"depth", "short_window_frac", "window_pattern", "dtype", "ns_steps", "momentum_peak", "warmdown_ratio",
+            "param_data_ratio"} <= checked and len(checked) >= 40
