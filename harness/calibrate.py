@@ -21,8 +21,9 @@ import sys
 
 from experiments.catalog import CatalogError, Tier
 from harness.noise import control_spread, mde, per_look_alpha
+from harness.preparation import BadInput
 from harness.runs import Outcome
-from harness.search import SearchError, SearchSpaceError, build_parser, execute, resolve_tier
+from harness.search import SearchSpaceError, build_parser, execute, resolve_tier
 from model.cli import ArgumentParser
 from search_spaces import KINDS
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         design = resolve_tier(build_parser().parse_args(forwarded))  # the seeds a search starts each rung with
         seeds = args.seeds or design.statistics.max_seeds  # default: every slot adaptive seeding could ask for
         status, search = execute(build_parser().parse_args([*forwarded, "--seeds", str(seeds)]), calibrate=True)
-    except (SearchError, CatalogError, SearchSpaceError) as e:
+    except (BadInput, CatalogError, SearchSpaceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(calibration_table(search, status, search.threads_per_job, design), flush=True)

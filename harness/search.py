@@ -22,24 +22,34 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import statistics
 import sys
 import time
 from argparse import Namespace
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from experiments.catalog import CatalogError, Rung, Tier, load_recipe, load_tier
 from harness.compute_multiplier import ComputeMultiplier, compute_multiplier
 from harness.executors import EXECUTORS, Executor, SlurmOptions
 from harness.experiment import NOISE_FLOOR_REPLICA, Experiment, parametric_null_tweaks
-from harness.jobs import Job, stop_training, terminate_as_interrupt, unwritable
+from harness.jobs import Job, terminate_as_interrupt
 from harness.ladder import Verdict, decide
 from harness.noise import CONTROL_INITS, Spread, control_spread, fit_prior, mde, per_look_alpha
+from harness.pool import Finished, JobPool
+from harness.preparation import (
+    BadInput,
+    job_timeout,
+    local_threads,
+    patch_worktree,
+    prepare_data,
+    prepare_runs_dir,
+    prepare_tokenizer,
+    threads_per_job,
+)
 from harness.proposers import Proposal
-from harness.runs import Outcome, failed_for_the_machine, is_loaded, read_outcome, run_row
+from harness.runs import Outcome, failed_for_the_machine
 from leaderboard.schema import NOISE_FLOOR_PROPOSER
 from model.cli import ArgumentParser
 from search_spaces import KINDS, SPACES, SearchSpaceError, Space
@@ -48,7 +58,7 @@ POLL_S = 0.5
 MAX_DUPLICATES_IN_A_ROW = 20
 
 
-class SearchError(ValueError):
+class SearchError(BadInput):
     """Bad input or an unrecoverable search state; one line for the user, exit code 2."""
 
 
@@ -139,16 +149,6 @@ def resolve_tier(args) -> Tier:
     return replace(tier, rungs=tuple(rungs), statistics=statistics)
 
 
-def job_timeout(rung: Rung) -> float:
-    """A job's wall-clock limit: the rung's own (tiers set one for compute-budgeted rungs from their calibrated
-    cost), else from its time budget, else 12 hours."""
-    if rung.timeout_s:
-        return rung.timeout_s
-    if rung.time_budget is not None:
-        return 3 * rung.time_budget + 600  # start-up, tokenizer load, evaluations, a loaded machine
-    return 12 * 3600.0
-
-
 def read_enqueue_file(path: str, space: Space) -> list[Proposal]:
     try:
         items = json.loads(Path(path).read_text())
@@ -184,21 +184,13 @@ class Candidate:
     told: bool = False
 
 
-@dataclass
-class Running:
-    job: Job
-    handle: object                     # the submitit job
-    started_at: datetime
-    slot: int
-
-
 class Search:
     def __init__(self, *, store, search_id: int, name: str, tier: Tier, recipe, space: Space, proposer, executor: Executor,
                  runs_root: Path, data: str | None, tokenizer: str | None, trials: int, budget_hours: float | None,
                  parallel: int, code_version: str, seed_base: int = 0, throughput_share: float = 1.0,
                  every_rung: bool = False, out=sys.stdout):
         self.store, self.search_id, self.name, self.tier, self.recipe = store, search_id, name, tier, recipe
-        self.space, self.proposer, self.executor, self.runs_root = space, proposer, executor, runs_root
+        self.space, self.proposer, self.runs_root = space, proposer, runs_root
         self.data, self.tokenizer, self.trials, self.budget_hours = data, tokenizer, trials, budget_hours
         self.parallel, self.code_version, self.out = parallel, code_version, out
         self.seed_base = seed_base
@@ -217,7 +209,8 @@ class Search:
                       for kind in KINDS}
         self.candidates: dict[str, Candidate] = {}
         self.results: dict[tuple[str, str, int], Outcome | dict] = {}  # (experiment, rung, slot) -> outcome
-        self.running: dict[tuple[str, str, int], Running] = {}
+        self.pool = JobPool(executor, store, search_id=search_id, throughput_share=throughput_share,
+                            loaded_fraction=tier.loaded_fraction)
         self.spreads: dict[tuple[str, str], Spread] = {}  # (rung name, kind) -> null spread
         self.curves: dict[tuple[str, str, int], list[tuple[float, float]]] = {}  # learning curves read from the store
         self.compute_s = 0.0
@@ -354,7 +347,7 @@ class Search:
                 for slot in range(cand.slots):
                     out.append((cand.experiment, cand.rung, slot))
         return [(e, i, s) for e, i, s in out
-                if (e.id, self.tier.rungs[i].name, s) not in self.results and (e.id, self.tier.rungs[i].name, s) not in self.running]
+                if (e.id, self.tier.rungs[i].name, s) not in self.results and (e.id, self.tier.rungs[i].name, s) not in self.pool]
 
     def make_job(self, exp: Experiment, index: int, slot: int) -> Job:
         rung = self.tier.rungs[index]
@@ -363,31 +356,12 @@ class Search:
                    run_dir=self.runs_root / self.name / exp.id / rung.name / f"seed{seed}",
                    train_tier=self.tier.train_tier, overrides=exp.overrides(self.tier.baseline, self.recipe.overrides),
                    data=self.data, tokenizer=self.tokenizer, timeout_s=job_timeout(rung),
-                   workdir=self.worktree(exp) if exp.patch else None, data_seed=exp.data_seed(slot, self.seed_base))
-
-    def worktree(self, exp: Experiment) -> Path:
-        """The git worktree a patched experiment's jobs run in (checked when proposed; made again if it is gone)."""
-        from harness.patches import PatchError, prepare, worktrees_root
-        try:
-            return prepare(exp.patch, exp.code_version, worktrees_root() / exp.id)
-        except PatchError as e:
-            raise SearchError(f"experiment {exp.id}: its patch no longer applies to commit {exp.code_version}: {e}") from None
+                   workdir=patch_worktree(exp), data_seed=exp.data_seed(slot, self.seed_base))
 
     def submit(self, exp: Experiment, index: int, slot: int) -> None:
         job = self.make_job(exp, index, slot)
-        started = datetime.now(UTC)
-        if job.key in self.retrying:
-            self.store.reopen_run(*job.key, started_at=started)
-            self.retrying.discard(job.key)
-        self.store.record_run(run_row(job, None, self.search_id, started))
-        # Jobs ignore Ctrl-C (an ignored signal stays ignored across exec): the search alone handles it and stops
-        # each job's training cleanly, instead of every worker process dying with a traceback of its own.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            handle = self.executor.submit(job)
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        self.running[(exp.id, job.rung.name, slot)] = Running(job, handle, started, slot)
+        self.pool.submit(job, reopen=job.key in self.retrying)
+        self.retrying.discard(job.key)
         self.say(f"start {job.rung.name} seed {job.seed} of {self.label(exp)}")
 
     def label(self, exp: Experiment) -> str:
@@ -400,7 +374,7 @@ class Search:
     def want_proposal(self) -> bool:
         if self.failed or self.proposals_exhausted or self.proposals_made >= self.trials or self.out_of_budget():
             return False
-        return len(self.running) + len(self.needed()) < self.parallel
+        return len(self.pool) + len(self.needed()) < self.parallel
 
     def propose(self) -> None:
         for proposal in self.proposer.propose(1):
@@ -456,44 +430,37 @@ class Search:
 
     # --- results and decisions ---------------------------------------------------------------------------------
     def collect(self) -> int:
-        finished = [k for k, r in self.running.items() if r.handle.done()]
-        for key in finished:
-            r = self.running.pop(key)
-            returned, error = None, None
-            try:
-                returned = r.handle.result()
-            except Exception as e:  # noqa: BLE001 - a job that blew up is a crash result, never the search's end
-                error = e
-            outcome = read_outcome(r.job, returned, error)
-            expected = r.job.rung.tok_per_s * self.throughput_share if r.job.rung.tok_per_s else None
-            outcome.loaded = is_loaded(outcome.tok_per_s, expected, self.tier.loaded_fraction)
-            # started_at stays the run's first start: a run resumed by a later session is counted from there.
-            self.store.record_run(run_row(r.job, outcome, self.search_id, None), points=outcome.points)
-            if failed_for_the_machine(outcome.status, outcome.reason):
-                # A full or read-only disk fails every run after it too, whatever its change: stop, decide nothing on
-                # it, and let a rerun (after the disk is fixed) train it again from its checkpoint.
-                self.failed = (f"{r.job.rung.name} seed {r.job.seed} of {self.label(self.experiment_of(r.job.experiment_id))} "
-                               f"failed for the machine, not its change: {outcome.reason}; fix that and rerun the same "
-                               "command to resume")
-                self.say(f"done  {r.job.rung.name} seed {r.job.seed}: {outcome.status}: {outcome.reason}")
-                continue
-            self.results[key] = outcome
-            self.compute_s += (outcome.wall_s or (datetime.now(UTC) - r.started_at).total_seconds()) * r.job.rung.devices
-            exp = self.experiment_of(r.job.experiment_id)
-            base = None if exp is self.baseline else self.val(self.result(self.baseline, r.job.rung, r.slot))
-            delta = f" (d {outcome.val_bpb - base:+.4f} vs baseline)" if (outcome.ok and base is not None) else ""
-            what = f"val_bpb {outcome.val_bpb:.4f}{delta}" if outcome.ok else f"{outcome.status}: {outcome.reason}"
-            if outcome.loaded:
-                stands = ("a time-budgeted result from a loaded machine is noise" if r.job.rung.time_budget is not None
-                          else "the result stands: the rung is budgeted in compute")
-                what += (f" | LOADED: {outcome.tok_per_s:,.0f} tok/s against a calibrated {expected:,.0f} ({stands})")
-            self.say(f"done  {r.job.rung.name} seed {r.job.seed} of {self.label(exp)}: {what} | {self.progress()}")
-            if self.is_own(exp.id):
-                if exp is self.baseline and not outcome.ok:
-                    self.failed = (f"the baseline failed at {r.job.rung.name} seed {r.job.seed} ({outcome.status}: "
-                                   f"{outcome.reason}); see {r.job.run_dir / 'train.log'}")
-                self.update_null_spreads(r.job.rung)
+        finished = self.pool.collect()
+        for f in finished:
+            self.take(f)
         return len(finished)
+
+    def take(self, f: Finished) -> None:
+        """A finished run into the search's state (or, failed for the machine, the reason to stop)."""
+        job, outcome = f.job, f.outcome
+        exp = self.experiment_of(job.experiment_id)
+        if failed_for_the_machine(outcome.status, outcome.reason):
+            # A full or read-only disk fails every run after it too, whatever its change: stop, decide nothing on
+            # it, and let a rerun (after the disk is fixed) train it again from its checkpoint.
+            self.failed = (f"{job.rung.name} seed {job.seed} of {self.label(exp)} failed for the machine, not its "
+                           f"change: {outcome.reason}; fix that and rerun the same command to resume")
+            self.say(f"done  {job.rung.name} seed {job.seed}: {outcome.status}: {outcome.reason}")
+            return
+        self.results[(job.experiment_id, job.rung.name, job.slot)] = outcome
+        self.compute_s += f.wall_s * job.rung.devices
+        base = None if exp is self.baseline else self.val(self.result(self.baseline, job.rung, job.slot))
+        delta = f" (d {outcome.val_bpb - base:+.4f} vs baseline)" if (outcome.ok and base is not None) else ""
+        what = f"val_bpb {outcome.val_bpb:.4f}{delta}" if outcome.ok else f"{outcome.status}: {outcome.reason}"
+        if outcome.loaded:
+            stands = ("a time-budgeted result from a loaded machine is noise" if job.rung.time_budget is not None
+                      else "the result stands: the rung is budgeted in compute")
+            what += f" | LOADED: {outcome.tok_per_s:,.0f} tok/s against a calibrated {f.expected_tok_per_s:,.0f} ({stands})"
+        self.say(f"done  {job.rung.name} seed {job.seed} of {self.label(exp)}: {what} | {self.progress()}")
+        if self.is_own(exp.id):
+            if exp is self.baseline and not outcome.ok:
+                self.failed = (f"the baseline failed at {job.rung.name} seed {job.seed} ({outcome.status}: "
+                               f"{outcome.reason}); see {job.run_dir / 'train.log'}")
+            self.update_null_spreads(job.rung)
 
     def control(self, exp: Experiment) -> list[Experiment]:
         """The baseline-recipe runs a change is compared with on its slot (harness/noise.py, CONTROL_INITS): the
@@ -655,7 +622,7 @@ class Search:
         best = self.best()
         best_text = f" | best {best[0].experiment.id[:8]} d {best[1]:+.4f} at {best[2]}" if self.beats_baseline(best) else ""
         return (f"trials {self.proposals_made}/{self.trials} ({decided} decided, {promoted} promoted) | running "
-                f"{len(self.running)}, queued {len(self.needed())}{best_text} | compute {self.compute_s / 3600:.2f} h")
+                f"{len(self.pool)}, queued {len(self.needed())}{best_text} | compute {self.compute_s / 3600:.2f} h")
 
     def best(self):
         """(candidate, mean delta, rung name) of the candidate that got furthest with the best mean delta there.
@@ -702,9 +669,9 @@ class Search:
                 self.decide_ready()
             if self.failed:
                 break
-            for exp, index, slot in self.needed()[: max(0, self.parallel - len(self.running))]:
+            for exp, index, slot in self.needed()[: max(0, self.parallel - len(self.pool))]:
                 self.submit(exp, index, slot)
-            if not self.running:
+            if not self.pool:
                 if not self.needed() and not self.want_proposal():
                     break
                 continue
@@ -717,12 +684,7 @@ class Search:
         return "finished"
 
     def stop_running(self) -> None:
-        for r in self.running.values():
-            if self.executor.kind == "slurm":
-                r.handle.cancel()  # SLURM signals the job's processes; model.train checkpoints on SIGTERM
-            else:
-                stop_training(r.job.run_dir)
-                r.handle.cancel(check=False)
+        self.pool.stop_all()
 
     # --- the end -----------------------------------------------------------------------------------------------
     def rung_mde(self, rung: Rung, kind: str, n: int) -> float | None:
@@ -887,33 +849,11 @@ def restored_verdict(row: dict, exp: Experiment, seed_base: int) -> Verdict:
 
 # -----------------------------------------------------------------------------------------------------------
 
-def prepare_data(spec: str | None, tier: Tier):
-    """The pretraining source. A known public corpus that is not downloaded yet (the default, FineWeb-EDU, on a
-    fresh machine) is fetched here: the tier's number of train shards plus the validation shard."""
-    from model.download import download
-    from model.sources import DEFAULT_SOURCE, DOWNLOAD_SOURCES, resolve_source
-    name = spec or os.environ.get("NANORESEARCH_DATA") or DEFAULT_SOURCE
-    try:
-        return resolve_source(spec)
-    except (ValueError, OSError) as e:
-        if name not in DOWNLOAD_SOURCES:
-            raise SearchError(str(e).splitlines()[0]) from None
-    print(f"data: {name} is not downloaded yet: fetching {tier.data_shards} train shards and the validation shard "
-          f"(use --data DIR or NANORESEARCH_DATA for a local copy)", flush=True)
-    try:
-        download(name, tier.data_shards)
-        return resolve_source(spec)
-    except Exception as e:  # noqa: BLE001 - offline, mirror down...: say what to do instead
-        raise SearchError(f"could not download {name} ({str(e).splitlines()[0]}); download it with `python -m "
-                          f"model.data download --source {name} -n {tier.data_shards}` or point --data / "
-                          f"NANORESEARCH_DATA at a local directory of parquet shards") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (SearchError, CatalogError, SearchSpaceError) as e:
+    except (BadInput, CatalogError, SearchSpaceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except SearchFailed as e:
@@ -979,7 +919,6 @@ def execute(args, calibrate: bool = False, first_replica: int = 1) -> tuple[str,
     from leaderboard import LeaderboardError, Store
     from model.home import nanoresearch_home
     from model.provenance import code_version
-    from model.tokenizer import cached_tokenizer_dir, get_tokenizer
 
     for flag in ("trials", "parallel"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
@@ -1019,9 +958,7 @@ def execute(args, calibrate: bool = False, first_replica: int = 1) -> tuple[str,
     except ValueError as e:
         raise SearchError(str(e)) from None
     source = prepare_data(args.data, tier)  # bad data is one line before anything is recorded
-    runs_root = Path(args.runs_dir) if args.runs_dir else nanoresearch_home() / "runs"
-    if why := unwritable(runs_root):
-        raise SearchError(f"--runs-dir {runs_root}: {why}; expected a writable directory for the run dirs")
+    runs_root = prepare_runs_dir(Path(args.runs_dir) if args.runs_dir else nanoresearch_home() / "runs")
 
     try:
         store = Store(args.db)
@@ -1042,13 +979,7 @@ def execute(args, calibrate: bool = False, first_replica: int = 1) -> tuple[str,
                           f"{existing['config'].get('parallel', 1)} (the thread count of its CPU runs); use that, or "
                           f"another --name")
 
-    # The tokenizer once, here, so parallel jobs never race to train the same one.
-    from model.config import TIERS, TrainConfig
-    tier_values = {**TIERS[tier.train_tier], **baseline_values}
-    vocab = int(tier_values.get("vocab_size"))
-    chars = int(tier_values.get("tokenizer_max_chars", TrainConfig.tokenizer_max_chars))
-    get_tokenizer(source, vocab, max_chars=chars)
-    tokenizer_dir = cached_tokenizer_dir(source, vocab, chars)
+    tokenizer_dir = prepare_tokenizer(source, tier.train_tier, baseline_values)
 
     baseline_id = Experiment(tweaks={}, tier=tier.name, recipe=recipe.name, code_version=code_version()).id
     config = {**{k: v for k, v in vars(args).items() if k not in ("slurm_setup",)}, "baseline_experiment_id": baseline_id,
@@ -1058,10 +989,7 @@ def execute(args, calibrate: bool = False, first_replica: int = 1) -> tuple[str,
     # its jobs are stopped (each saves a checkpoint); finished runs stay in their run dirs for the next start.
     search = None
     try:
-        env, throughput_share = {}, 1.0
-        if tier.train_tier == "cpu" and args.executor == "local" and args.parallel > 1:
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.parallel))  # jobs share the cores
-            throughput_share = 1.0 / args.parallel
+        env, throughput_share = local_threads(tier.train_tier, args.executor, args.parallel)
         executor = Executor(args.executor, runs_root / name / "submitit", slurm, env)
 
         if proposer_kind in ("aa", "calibration"):
@@ -1074,7 +1002,7 @@ def execute(args, calibrate: bool = False, first_replica: int = 1) -> tuple[str,
                                       seed=args.seed)
             trials = args.trials
         search = Search(store=store, search_id=search_id, name=name, tier=tier, recipe=recipe, space=space, proposer=proposer,
-                        executor=executor, runs_root=runs_root, data=args.data or source.name, tokenizer=str(tokenizer_dir),
+                        executor=executor, runs_root=runs_root, data=args.data or source.name, tokenizer=tokenizer_dir,
                         trials=trials, budget_hours=args.budget_hours, parallel=args.parallel, code_version=code_version(),
                         seed_base=args.seed_base, throughput_share=throughput_share, every_rung=calibrate)
         if proposer_kind == "agent":
@@ -1100,11 +1028,11 @@ def execute(args, calibrate: bool = False, first_replica: int = 1) -> tuple[str,
                 exp = Experiment(tweaks=p.tweaks, tier=tier.name, recipe=recipe.name, code_version=search.code_version)
                 if exp.id not in search.candidates:
                     proposer.enqueue(p)
-        search.threads_per_job = int(env.get("OMP_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+        search.threads_per_job = threads_per_job(env)
         status = search.run()
         store.finish_search(search_id, status, search.failed if status == "failed" else None)
     except (Exception, KeyboardInterrupt) as e:
-        reason = str(e).splitlines()[0] if isinstance(e, (SearchError, LeaderboardError)) and str(e) else (
+        reason = str(e).splitlines()[0] if isinstance(e, (BadInput, LeaderboardError)) and str(e) else (
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'}")
         if search is not None:
             search.stop_running()
@@ -1112,7 +1040,7 @@ def execute(args, calibrate: bool = False, first_replica: int = 1) -> tuple[str,
             store.finish_search(search_id, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed", reason)
         except LeaderboardError as again:
             reason += f" (and the database could not record that: {again})"
-        if isinstance(e, (SearchError, KeyboardInterrupt)):
+        if isinstance(e, (BadInput, KeyboardInterrupt)):
             raise
         raise SearchFailed(f"search {name!r} failed: {reason}. Finished runs are kept in {runs_root / name}; "
                            "fix the cause and rerun the same command to resume") from e

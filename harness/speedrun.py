@@ -42,9 +42,7 @@ speedrun was interrupted, 2 for bad input (one line on stderr).
 from __future__ import annotations
 
 import math
-import os
 import shlex
-import signal
 import statistics
 import sys
 import time
@@ -55,9 +53,18 @@ from pathlib import Path
 from experiments.catalog import CatalogError, Rung, Track, load_recipe, load_tier, load_track, names
 from harness.executors import EXECUTORS, Executor, SlurmOptions
 from harness.experiment import Experiment
-from harness.jobs import Job, stop_training, terminate_as_interrupt, unwritable
-from harness.runs import Outcome, is_loaded, read_outcome, run_row
-from harness.search import SearchError, job_timeout, prepare_data
+from harness.jobs import Job, terminate_as_interrupt
+from harness.pool import JobPool
+from harness.preparation import (
+    BadInput,
+    job_timeout,
+    local_threads,
+    patch_worktree,
+    prepare_data,
+    prepare_runs_dir,
+    prepare_tokenizer,
+)
+from harness.runs import Outcome
 from model.cli import ArgumentParser
 
 RECORD_ALPHA = 0.01            # the significance a record needs (modded-nanogpt's p < 0.01)
@@ -66,7 +73,7 @@ POLL_S = 0.5
 HEARTBEAT_S = 60.0             # a progress line at least this often while seeds run
 
 
-class SpeedrunError(ValueError):
+class SpeedrunError(BadInput):
     """Bad input; one line for the user, exit code 2."""
 
 
@@ -260,73 +267,43 @@ def summarize(runs: list[dict], seeds: int, metric: str, target: float, record: 
 # -----------------------------------------------------------------------------------------------------------
 # Running the seeds.
 
-@dataclass
-class Running:
-    job: Job
-    handle: object
-    started_at: datetime
-    t0: float
-
-
-def run_jobs(jobs: list[Job], executor: Executor, store, parallel: int, estimate_s: float | None,
-             expected_tok_per_s: float | None = None, loaded_fraction: float = 0.5) -> bool:
-    """Run the jobs, `parallel` at a time, recording each run as it starts and ends (flagged as loaded when its
-    throughput falls below `loaded_fraction` of `expected_tok_per_s`). False when interrupted."""
-    pending, running, walls = list(jobs), {}, []
+def run_jobs(jobs: list[Job], pool: JobPool, parallel: int, estimate_s: float | None) -> bool:
+    """Run the jobs, `parallel` at a time, through the pool (which records each run as it starts and ends), with a
+    line per finished seed and a heartbeat while they run. False when interrupted."""
+    pending, walls = list(jobs), []
     total, done, last_line = len(jobs), 0, time.monotonic()
 
     def eta() -> str:
         per_job = statistics.fmean(walls) if walls else estimate_s
         if per_job is None:
             return "ETA unknown"
-        oldest = max((time.monotonic() - r.t0 for r in running.values()), default=0.0)
-        rounds = math.ceil((len(pending) + len(running)) / parallel)
+        oldest = max((r.age_s() for r in pool), default=0.0)
+        rounds = math.ceil((len(pending) + len(pool)) / parallel)
         return f"ETA {max(0.0, rounds * per_job - min(oldest, per_job)) / 60:.1f} min"
 
     try:
         with terminate_as_interrupt():  # `kill PID` stops the seeds as Ctrl-C does
-            while pending or running:
-                while pending and len(running) < parallel:
+            while pending or pool:
+                while pending and len(pool) < parallel:
                     job = pending.pop(0)
-                    started = datetime.now(UTC)
-                    store.record_run(run_row(job, None, None, started))
-                    # Jobs ignore Ctrl-C (as in the search): this process alone handles it and stops them cleanly.
-                    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-                    try:
-                        handle = executor.submit(job)
-                    finally:
-                        signal.signal(signal.SIGINT, previous)
-                    running[job.seed] = Running(job, handle, started, time.monotonic())
+                    pool.submit(job)
                     say(f"start seed {job.seed} -> {job.run_dir}")
                 time.sleep(POLL_S)
-                for seed in [s for s, r in running.items() if r.handle.done()]:
-                    r = running.pop(seed)
-                    returned, error = None, None
-                    try:
-                        returned = r.handle.result()
-                    except Exception as e:  # noqa: BLE001 - a job that blew up is a failed seed, recorded like any other
-                        error = e
-                    outcome = read_outcome(r.job, returned, error)
-                    outcome.loaded = is_loaded(outcome.tok_per_s, expected_tok_per_s, loaded_fraction)
-                    store.record_run(run_row(r.job, outcome, None, None), points=outcome.points)  # keeps its first start
-                    walls.append(outcome.wall_s or time.monotonic() - r.t0)
+                for f in pool.collect():
+                    walls.append(f.wall_s)
                     done += 1
                     last_line = time.monotonic()
-                    flag = (f" | LOADED: {outcome.tok_per_s:,.0f} tok/s against a calibrated {expected_tok_per_s:,.0f}: its "
-                            "time to target measures the machine" if outcome.loaded else "")
-                    say(f"done  seed {seed}: {describe_outcome(outcome)}{flag} | {done}/{total} seeds this session, {eta()}")
-                if running and time.monotonic() - last_line >= HEARTBEAT_S:
+                    flag = (f" | LOADED: {f.outcome.tok_per_s:,.0f} tok/s against a calibrated {f.expected_tok_per_s:,.0f}: "
+                            "its time to target measures the machine" if f.outcome.loaded else "")
+                    say(f"done  seed {f.job.seed}: {describe_outcome(f.outcome)}{flag} | {done}/{total} seeds this session, "
+                        f"{eta()}")
+                if pool and time.monotonic() - last_line >= HEARTBEAT_S:
                     last_line = time.monotonic()
-                    ages = ", ".join(f"seed {s} {(time.monotonic() - r.t0) / 60:.1f} min" for s, r in running.items())
+                    ages = ", ".join(f"seed {r.job.seed} {r.age_s() / 60:.1f} min" for r in pool)
                     say(f"running: {ages} | {done}/{total} seeds this session, {eta()}")
     except KeyboardInterrupt:
         say("interrupted: stopping the running seeds (each saves a checkpoint first)")
-        for r in running.values():
-            if executor.kind == "slurm":
-                r.handle.cancel()  # SLURM signals the job's processes; model.train checkpoints on SIGTERM
-            else:
-                stop_training(r.job.run_dir)
-                r.handle.cancel(check=False)
+        pool.stop_all()
         say("stopped; rerun the same command to resume")
         return False
     return True
@@ -348,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (SpeedrunError, SearchError, CatalogError) as e:
+    except (BadInput, CatalogError) as e:
         print(f"error: {e}".splitlines()[0], file=sys.stderr)
         return 2
 
@@ -397,23 +374,10 @@ def load_experiment(args, store, tier) -> tuple[Experiment, str, object]:
     return exp, row["id"], load_recipe(exp.recipe)
 
 
-def patch_worktree(exp: Experiment, experiment_id: str) -> Path | None:
-    """The git worktree a patched experiment runs in (its commit + its patch); None: this checkout."""
-    if not exp.patch:
-        return None
-    from harness.patches import PatchError, prepare, worktrees_root
-    try:
-        return prepare(exp.patch, exp.code_version, worktrees_root() / experiment_id)
-    except PatchError as e:
-        raise SpeedrunError(f"experiment {experiment_id}: its patch does not apply to commit {exp.code_version}: {e}") from None
-
-
 def run(args) -> int:
     from leaderboard import Entry
-    from model.config import TIERS, TrainConfig
     from model.home import nanoresearch_home
     from model.provenance import code_version
-    from model.tokenizer import cached_tokenizer_dir, get_tokenizer
 
     if args.list:
         return list_tracks(args)
@@ -431,9 +395,8 @@ def run(args) -> int:
     tier = load_tier(track.tier)
     rung = track_rung(track, args.seeds)
     source = prepare_data(args.data, tier)  # bad data is one line before anything is recorded
-    runs_root = (Path(args.runs_dir) if args.runs_dir else nanoresearch_home() / "runs") / "speedrun" / track.name
-    if why := unwritable(runs_root):
-        raise SpeedrunError(f"--runs-dir {runs_root}: {why}; expected a writable directory for the run dirs")
+    runs_root = prepare_runs_dir((Path(args.runs_dir) if args.runs_dir else nanoresearch_home() / "runs") / "speedrun"
+                                 / track.name)
     store = open_store(args.db)
     exp, experiment_id, recipe = load_experiment(args, store, tier)
     new_references = record_track(store, track)
@@ -457,26 +420,19 @@ def run(args) -> int:
         + (f"; {new_references} published reference entries recorded" if new_references else ""))
 
     if todo:
-        # The tokenizer once, here, so parallel seeds never race to train the same one.
-        values = {**TIERS[tier.train_tier], **overrides}
-        vocab, chars = int(values["vocab_size"]), int(values.get("tokenizer_max_chars", TrainConfig.tokenizer_max_chars))
-        get_tokenizer(source, vocab, max_chars=chars)
-        tokenizer_dir = cached_tokenizer_dir(source, vocab, chars)
+        tokenizer_dir = prepare_tokenizer(source, tier.train_tier, overrides)
         workdir = patch_worktree(exp, experiment_id)
         jobs = [Job(experiment_id=experiment_id, rung=rung, slot=seed, seed=seed, data_seed=track.data_seed,
                     run_dir=runs_root / experiment_id / f"seed{seed}", train_tier=tier.train_tier, overrides=overrides,
-                    data=args.data or source.name, tokenizer=str(tokenizer_dir), timeout_s=job_timeout(rung),
+                    data=args.data or source.name, tokenizer=tokenizer_dir, timeout_s=job_timeout(rung),
                     workdir=workdir) for seed in todo]
-        env = {}
+        env, share = local_threads(tier.train_tier, args.executor, parallel)
         if args.eval_bundle:
             env["NANORESEARCH_EVAL_BUNDLE"] = str(Path(args.eval_bundle).resolve())
-        if tier.train_tier == "cpu" and args.executor == "local" and parallel > 1:
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))  # seeds share the cores
         executor = Executor(args.executor, runs_root / "submitit", slurm, env)
+        pool = JobPool(executor, store, throughput_share=share, loaded_fraction=track.loaded_fraction)
         estimate = rung.time_budget * 1.5 + 60 if rung.time_budget is not None else None
-        share = 1.0 / parallel if (tier.train_tier == "cpu" and args.executor == "local") else 1.0
-        expected = track.tok_per_s * share if track.tok_per_s else None
-        if not run_jobs(jobs, executor, store, parallel, estimate, expected, track.loaded_fraction):
+        if not run_jobs(jobs, pool, parallel, estimate):
             return 1
 
     rows = {r["seed"]: r for r in store.runs(experiment_id=experiment_id, rung=rung.name, details=True)}
