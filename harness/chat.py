@@ -21,7 +21,6 @@ format: each input is a text prefix and its continuation is streamed, with no hi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,29 +28,22 @@ from typing import TextIO
 
 import torch
 
-from model.checkpoint import RunDirError, latest_checkpoint, load_model
+from model.checkpoint import latest_checkpoint, load_model
 from model.cli import ArgumentParser
 from model.engine import Engine, ReplyStream
+from model.run_dir import CONFIG, RunDirError, load_config
 
 
 def resolve_run(run_dir: Path) -> tuple[Path, bool]:
     """(the dir to load, whether it is a chat model) for a --run argument."""
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise RunDirError(f"--run {run_dir}: no config.json (expected a run dir made by model.train or model.sft)")
-    if _is_chat(config_path):
+    if not (run_dir / CONFIG).is_file():
+        raise RunDirError(f"--run {run_dir}: no {CONFIG} (expected a run dir made by model.train or model.sft)")
+    if load_config(run_dir).get("chat") is True:
         return run_dir, True
-    chat_config = run_dir / "chat" / "config.json"
-    if chat_config.is_file() and _is_chat(chat_config):
-        return run_dir / "chat", True
+    chat = run_dir / "chat"
+    if (chat / CONFIG).is_file() and load_config(chat).get("chat") is True:
+        return chat, True
     return run_dir, False
-
-
-def _is_chat(config_path: Path) -> bool:
-    try:
-        return json.loads(config_path.read_text()).get("chat") is True
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise RunDirError(f"{config_path}: malformed ({e})") from None
 
 
 @dataclass
@@ -157,7 +149,7 @@ def build_parser() -> ArgumentParser:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    return any((d / "config.json").is_file() and latest_checkpoint(d) is not None for d in (run_dir, run_dir / "chat"))
+    return any((d / CONFIG).is_file() and latest_checkpoint(d) is not None for d in (run_dir, run_dir / "chat"))
 
 
 def best_run(db: str | None, track: str | None) -> tuple[Path, dict, int]:

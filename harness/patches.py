@@ -30,6 +30,7 @@ from pathlib import Path
 
 from harness.experiment import format_set
 from harness.jobs import REPO, clean_env
+from model.run_dir import read_result
 
 # A patch may touch these files only: the model package's own modules (no subpackages, no other file types).
 ALLOWED_PATH = re.compile(r"model/[A-Za-z0-9_]+\.py")
@@ -233,10 +234,8 @@ def _smoke_run(dest: Path, smoke: SmokeTest) -> None:
         if smoke.tokenizer:
             command += ["--tokenizer", smoke.tokenizer]
         done = _run(command, cwd=dest, timeout=smoke.timeout_s)
-        try:
-            status = json.loads((Path(out) / "result.json").read_text()).get("status")
-        except (OSError, json.JSONDecodeError):
-            status = None
+        result = read_result(out)
+        status = result.status if result else None
         if done.returncode != 0 or status != "ok":
             raise PatchError(f"the one-step smoke run (depth 1) of the patched model failed "
                              f"(exit {done.returncode}, status {status}): {_last_line(done.stderr or done.stdout)}")

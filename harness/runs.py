@@ -8,7 +8,6 @@ the reason and the log tail recorded). A failed job is a result like any other: 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.jobs import Job
+from model.run_dir import read_config, read_points, read_result
 
 LOG_TAIL_CHARS = 4000
 OOM_PATTERNS = re.compile(r"out of memory|OutOfMemoryError|MemoryError|Cannot allocate memory|oom-kill", re.IGNORECASE)
@@ -29,7 +29,7 @@ EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*$")
 class Outcome:
     status: str                       # ok | diverged | timeout | oom | crash
     reason: str | None = None
-    result: dict | None = None        # result.json
+    result: dict | None = None        # result.json (model.run_dir.Result.to_dict())
     config: dict | None = None        # config.json
     points: list[dict] = field(default_factory=list)  # metrics.jsonl
     log_tail: str | None = None
@@ -55,24 +55,6 @@ def is_loaded(tok_per_s: float | None, expected: float | None, fraction: float) 
     if tok_per_s is None or not expected:
         return None
     return tok_per_s < fraction * expected
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def read_points(path: Path) -> list[dict]:
-    points = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                points.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill: the run's result.json is what counts
-    return points
 
 
 def log_tail(path: Path | str | None, chars: int = LOG_TAIL_CHARS) -> str | None:
@@ -139,13 +121,14 @@ def disk_problem(run_dir: Path, min_free: int = 1 << 20) -> str | None:
 
 def read_outcome(job: Job, returned: dict | None = None, error: BaseException | None = None) -> Outcome:
     run_dir = Path(job.run_dir)
-    result = read_json(run_dir / "result.json")
+    parsed = read_result(run_dir)  # None when missing or unreadable: a killed run may leave none
+    result = parsed.to_dict() if parsed else None
     tail = log_tail((returned or {}).get("log") or run_dir / "train.log")
     status, reason = classify(returned, error, result, tail)
     if status == "crash" and not DISK_PATTERNS.search(reason or "") and (disk := disk_problem(run_dir)):
         reason = f"{disk} ({reason})"[:500]
-    return Outcome(status=status, reason=reason, result=result, config=read_json(run_dir / "config.json"),
-                   points=read_points(run_dir / "metrics.jsonl"), log_tail=tail,
+    return Outcome(status=status, reason=reason, result=result, config=read_config(run_dir),
+                   points=read_points(run_dir), log_tail=tail,
                    wall_s=(returned or {}).get("wall_s"))
 
 
@@ -153,15 +136,12 @@ def run_row(job: Job, outcome: Outcome | None, search_id: int | None, started_at
             finished_at: datetime | None = None):
     """A leaderboard Run for this job: 'running' when outcome is None, else its final state."""
     from leaderboard import Run
+    from leaderboard.ingest import run_record
     common = dict(experiment_id=job.experiment_id, rung=job.rung.name, seed=job.seed, depth=job.rung.depth,
                   world_size=job.rung.devices, run_dir=str(job.run_dir), search_id=search_id, started_at=started_at)
     if outcome is None:
         return Run(status="running", **common)
-    result, config = outcome.result or {}, outcome.config or {}
-    return Run(status=outcome.status, failure_class=None if outcome.ok else outcome.status, reason=outcome.reason,
-               hardware=config.get("hardware"), finished_at=finished_at or datetime.now(UTC), config=config or None,
-               val_bpb=result.get("val_bpb"), core=result.get("core"),
-               total_training_time=result.get("total_training_time"), time_to_target=result.get("time_to_target"),
-               tokens=result.get("tokens"), flops=result.get("flops"), peak_memory_bytes=result.get("peak_memory_bytes"),
-               steps=result.get("steps"), tok_per_s=result.get("tok_per_s"), loaded=outcome.loaded, cost=None,
-               log_tail=None if outcome.ok else outcome.log_tail, **common)
+    return run_record(outcome.result, outcome.config, status=outcome.status,
+                      failure_class=None if outcome.ok else outcome.status, reason=outcome.reason,
+                      finished_at=finished_at or datetime.now(UTC), loaded=outcome.loaded, cost=None,
+                      log_tail=None if outcome.ok else outcome.log_tail, **common)

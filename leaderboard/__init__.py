@@ -1,7 +1,8 @@
 """The leaderboard: every run, proposal, promotion decision and speedrun entry, in one database.
 
 SQLite by default (`nanoresearch.db`), PostgreSQL by URL (NANORESEARCH_DB or --db). Imports nothing
-else of ours, so any tool can read and write it. Start at `leaderboard.store.Store`.
+else of ours (but `leaderboard.ingest`, which reads run dirs through the torch-free `model.run_dir`), so any tool
+can read and write it. Start at `leaderboard.store.Store`.
 """
 
 from leaderboard.errors import LeaderboardError, SchemaError

@@ -9,11 +9,10 @@ token by token; the calculator tool's calls are shown as badges. The model is lo
 (cached by path and modification time); the conversation lives in the session and Reset clears it.
 
 Leaderboard pages import nothing of ours outside `leaderboard`; this one is the exception, for `model.engine` and
-`model.checkpoint` only. The database is only read.
+`model.checkpoint` (and the torch-free `model.run_dir`) only. The database is only read.
 A page script that leaderboard/app.py runs (st.Page), not a module to import.
 """
 
-import json
 from pathlib import Path
 
 import streamlit as st
@@ -23,23 +22,17 @@ from leaderboard import dashboard_db as db
 from leaderboard import dashboard_format as fmt
 from model.checkpoint import latest_checkpoint, load_model
 from model.engine import Engine, ReplyStream
+from model.run_dir import CONFIG, is_chat
 
 HISTORY_KEY = "chat_history"   # [{"role": "user", "content": str} | {"role": "assistant", "content": [parts]}]
 MODEL_KEY = "chat_model"       # the checkpoint the history was made with: another model starts a new conversation
 BEST, ANY = "best of a track", "any run"
 
 
-def is_chat(path: Path) -> bool:
-    try:
-        return json.loads((path / "config.json").read_text()).get("chat") is True
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def chat_target(run_dir: str | None) -> tuple[Path, bool] | None:
     """(the dir to load, whether it is a chat model) for a run dir, or None when it has no checkpoint here. As the
     chat CLI: the run itself when it is a chat run, else its chat run RUN/chat, else its base model."""
-    if not run_dir or not (Path(run_dir) / "config.json").is_file():
+    if not run_dir or not (Path(run_dir) / CONFIG).is_file():
         return None
     base = Path(run_dir)
     if not is_chat(base) and is_chat(base / "chat") and latest_checkpoint(base / "chat") is not None:

@@ -4,9 +4,11 @@ A run dir holds config.json (how it was run), metrics.jsonl (one JSON object per
 (how it ended; written last, so its presence means the run finished). A run the harness launched names
 its experiment and rung in config.json; a run made by hand gets an experiment id hashed from its
 canonical spec, named after its directory, proposer "manual", rung f"d{depth}".
+
+The files are read through model.run_dir (torch-free: the contract's one owner), and `run_record` is the one
+mapping from a run dir's result.json and config.json to a leaderboard Run, here and for the runs the harness watches.
 """
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,8 +19,12 @@ from leaderboard.identity import experiment_id
 from leaderboard.records import Experiment, Run, check_point
 from leaderboard.schema import RUN_STATUSES
 from leaderboard.store import Recorded, Store
+from model.run_dir import CONFIG, RESULT, Result, RunDirError, load_object, load_points
 
 FINISHED_STATUSES = tuple(s for s in RUN_STATUSES if s != "running")
+# The Run columns that come from result.json as they are.
+RESULT_COLUMNS = ("val_bpb", "core", "total_training_time", "time_to_target", "tokens", "flops", "peak_memory_bytes",
+                  "steps", "tok_per_s")
 
 
 @dataclass
@@ -35,41 +41,28 @@ def canonical_spec(config: dict[str, Any]) -> dict[str, Any]:
             "budget": config.get("budget"), "data": config.get("data"), "code_version": config.get("code_version")}
 
 
-def _load_json(path: Path) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise LeaderboardError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LeaderboardError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+def run_record(result: Result | dict[str, Any] | None, config: dict[str, Any] | None, **columns: Any) -> Run:
+    """The leaderboard Run of a run dir: result.json's numbers (RESULT_COLUMNS), config.json's hardware and the
+    config itself, and `columns` (identity, status, reason, times: what the caller knows best). Used for a run dir
+    ingested from disk and for a job the harness watched (harness.runs.run_row)."""
+    result = result if isinstance(result, Result) else Result.from_dict(result or {})
+    config = config or {}
+    return Run(hardware=config.get("hardware"), config=config or None,
+               **{name: result.get(name) for name in RESULT_COLUMNS}, **columns)
 
 
 def _load_object(path: Path) -> dict[str, Any]:
-    value = _load_json(path)
-    if not isinstance(value, dict):
-        raise LeaderboardError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _load_points(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():  # a run that failed before its first eval has no curve
-        return []
-    points = []
     try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise LeaderboardError(f"{path}: cannot read ({e.strerror})") from None
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            point = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LeaderboardError(f"{path}:{lineno}: malformed JSON: {e.msg}") from None
-        points.append(check_point(point, f"{path}:{lineno}"))
-    return points
+        return load_object(path)
+    except RunDirError as e:
+        raise LeaderboardError(str(e)) from None
+
+
+def _load_points(run_dir: Path) -> list[dict[str, Any]]:
+    try:  # [] when missing: a run that failed before its first eval has no curve
+        return load_points(run_dir, check=check_point)
+    except RunDirError as e:
+        raise LeaderboardError(str(e)) from None
 
 
 def _timestamp(value: Any, where: str) -> datetime | None:
@@ -94,18 +87,18 @@ def read_run_dir(path: str | Path, *, search_id: int | None = None) -> RunDir:
     path = Path(path)
     if not path.is_dir():
         raise LeaderboardError(f"{path}: not a directory (expected a run dir)")
-    config_path, result_path = path / "config.json", path / "result.json"
+    config_path, result_path = path / CONFIG, path / RESULT
     if not config_path.exists():
-        raise LeaderboardError(f"{path}: no config.json (expected a run dir written by model.train)")
+        raise LeaderboardError(f"{path}: no {CONFIG} (expected a run dir written by model.train)")
     if not result_path.exists():
-        raise LeaderboardError(f"{path}: no result.json (the run has not finished)")
+        raise LeaderboardError(f"{path}: no {RESULT} (the run has not finished)")
     config = _load_object(config_path)
-    result = _load_object(result_path)
-    points = _load_points(path / "metrics.jsonl")
+    result = Result.from_dict(_load_object(result_path))
+    points = _load_points(path)
 
     depth = _integer(config.get("depth"), f"{config_path}: depth")
     seed = _integer(config.get("seed"), f"{config_path}: seed")
-    status = result.get("status")
+    status = result.status
     if status not in FINISHED_STATUSES:
         raise LeaderboardError(f"{result_path}: status {status!r}: expected one of {', '.join(FINISHED_STATUSES)}")
     overrides = config.get("overrides") or {}
@@ -122,15 +115,12 @@ def read_run_dir(path: str | Path, *, search_id: int | None = None) -> RunDir:
         experiment = Experiment(
             id=config.get("experiment_id") or spec_id, name=config.get("name") or path.resolve().name,
             tweaks=overrides, proposer="manual", code_version=config.get("code_version"))
-        run = Run(
-            experiment_id=experiment.id, rung=config.get("rung") or f"d{depth}", seed=seed, status=status,
-            depth=depth, failure_class=result.get("failure_class"), reason=result.get("reason"),
-            hardware=config.get("hardware"), world_size=config.get("world_size"),
+        run = run_record(
+            result, config, experiment_id=experiment.id, rung=config.get("rung") or f"d{depth}", seed=seed,
+            status=status, depth=depth, failure_class=result.get("failure_class"), reason=result.reason,
+            world_size=config.get("world_size"),
             started_at=_timestamp(config.get("created_at"), f"{config_path}: created_at"), finished_at=finished_at,
-            config=config, run_dir=str(path.resolve()), val_bpb=result.get("val_bpb"), core=result.get("core"),
-            total_training_time=result.get("total_training_time"), time_to_target=result.get("time_to_target"),
-            tokens=result.get("tokens"), flops=result.get("flops"), peak_memory_bytes=result.get("peak_memory_bytes"),
-            steps=result.get("steps"), tok_per_s=result.get("tok_per_s"), cost=result.get("cost"), search_id=search_id)
+            run_dir=str(path.resolve()), cost=result.get("cost"), search_id=search_id)
     except LeaderboardError as e:
         raise LeaderboardError(f"{path}: {e}") from None
     return RunDir(path=path, experiment=experiment, run=run, points=points)

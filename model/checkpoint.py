@@ -9,32 +9,15 @@ file. Loading falls back to the newest readable file if LATEST is missing.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
+from model.run_dir import CONFIG, TOKENIZER_DIR, RunDirError, atomic_write_bytes, load_config
+
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "LATEST"
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write through `write(file)` to a temp file beside `path`, fsync, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, a Ctrl-C: leave no half-written file behind
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(Path(path), lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
 
 
 def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep: int = 2) -> Path:
@@ -69,10 +52,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     return torch.load(path, map_location=device, weights_only=False)
 
 
-class RunDirError(ValueError):
-    """A run dir that cannot be loaded; the message names the path and what is missing."""
-
-
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the trained model of a run dir: (model in eval mode, tokenizer, meta). meta is config.json plus
     the checkpoint's step."""
@@ -81,13 +60,13 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):
     from model.tokenizer import Tokenizer
 
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
+    config_path = run_dir / CONFIG
     if not config_path.exists():
         raise RunDirError(f"{config_path}: not found (is {run_dir} a run dir made by model.train?)")
+    meta = load_config(run_dir)
     try:
-        meta = json.loads(config_path.read_text())
         config = ModelConfig(**meta["model"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise RunDirError(f"{config_path}: malformed ({e})") from None
     path = latest_checkpoint(run_dir)
     if path is None:
@@ -97,5 +76,5 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu"):
         model = GPT(config)
     model.load_state_dict(state["model"])
     model.eval()
-    tokenizer = Tokenizer.load(run_dir / "tokenizer")
+    tokenizer = Tokenizer.load(run_dir / TOKENIZER_DIR)
     return model, tokenizer, {**meta, "step": state.get("step"), "checkpoint": str(path)}

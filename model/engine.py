@@ -290,17 +290,18 @@ def _bench_model(args: argparse.Namespace, device: torch.device):
     if args.depth is None and args.sequence_len is None:
         model, tokenizer, _ = load_model(args.run, device)
         return model, tokenizer, "trained"
-    import json
     from pathlib import Path
 
-    base = json.loads((Path(args.run) / "config.json").read_text())["model"]
+    from model.run_dir import TOKENIZER_DIR, load_config
+
+    base = load_config(args.run)["model"]
     keep = {k: base[k] for k in ("vocab_size", "head_dim", "window_pattern", "smear", "value_embeds", "backout")}
     config = ModelConfig.from_depth(args.depth or base["depth"], sequence_len=args.sequence_len or base["sequence_len"],
                                     **keep)
     torch.manual_seed(0)
     with torch.device(device):
         model = GPT(config).eval()
-    return model, Tokenizer.load(Path(args.run) / "tokenizer"), "random-init"
+    return model, Tokenizer.load(Path(args.run) / TOKENIZER_DIR), "random-init"
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -356,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--prompt-tokens", type=int, default=16)
     bench.add_argument("--device", choices=["cpu", "cuda"], default=None)
     args = parser.parse_args(argv)
-    from model.checkpoint import RunDirError
     from model.config import ConfigError
+    from model.run_dir import RunDirError
     try:
         if args.tokens < 1 or args.prompt_tokens < 1:
             raise ValueError(f"--tokens {args.tokens} / --prompt-tokens {args.prompt_tokens}: expected positive integers")

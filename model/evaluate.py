@@ -45,6 +45,7 @@ import torch.nn.functional as F
 import yaml
 
 from model.home import nanoresearch_home
+from model.run_dir import RESULT, RunDirError, atomic_write_text, load_result, update_result
 
 # The bundle nanochat downloads (core.yaml, eval_meta_data.csv, eval_data/ inside a top-level eval_bundle/).
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
@@ -575,41 +576,32 @@ def _device_of(model, fallback: torch.Tensor) -> torch.device:
 # Reports and the CLI
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_core_report(run_dir: str | Path, results: dict) -> None:
     """core.json (the results as returned by evaluate_core) and core.csv (one row per task, then CORE)."""
     run_dir = Path(run_dir)
-    _write_atomic(run_dir / "core.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(run_dir / "core.json", json.dumps(results, indent=2) + "\n")
     lines = ["task,accuracy,centered,n,baseline"]
     for label, r in results["tasks"].items():
         lines.append(f"{label},{r['accuracy']:.6f},{r['centered']:.6f},{r['n']},{r['baseline']:.4f}")
     lines.append(f"CORE,,{results['core']:.6f},,")
-    _write_atomic(run_dir / "core.csv", "\n".join(lines) + "\n")
+    atomic_write_text(run_dir / "core.csv", "\n".join(lines) + "\n")
 
 
-def _read_result_json(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        result = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        raise ValueError(f"{path}: not readable JSON ({e}); refusing to overwrite it") from None
-    if not isinstance(result, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(result).__name__}; refusing to overwrite it")
-    return result
+def _check_result_json(run_dir: Path) -> None:
+    """Raise ValueError (one line) when RUN_DIR/result.json exists but cannot be rewritten."""
+    if (run_dir / RESULT).exists():
+        try:
+            load_result(run_dir)
+        except RunDirError as e:
+            raise ValueError(f"{e}; refusing to overwrite it") from None
 
 
 def record_core(run_dir: str | Path, core: float) -> None:
     """Set `core` in RUN_DIR/result.json, keeping its other keys (atomic rewrite; created when missing)."""
-    path = Path(run_dir) / "result.json"
-    result = _read_result_json(path)
-    result["core"] = core
-    _write_atomic(path, json.dumps(result, indent=2) + "\n")
+    try:
+        update_result(run_dir, core=core)
+    except RunDirError as e:
+        raise ValueError(f"{e}; refusing to overwrite it") from None
 
 
 def _fail(message: str) -> None:
@@ -645,7 +637,7 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         _fail(f"--device {args.device}: CUDA is not available on this machine")
     try:
-        _read_result_json(run_dir / "result.json")  # fail now, not after the evaluation
+        _check_result_json(run_dir)  # fail now, not after the evaluation
         bundle = resolve_eval_bundle(args.eval_bundle)
         load_bundle(bundle)
     except (EvalBundleError, ValueError) as e:

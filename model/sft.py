@@ -52,7 +52,8 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import RunDirError, atomic_write_json, load_model, save_checkpoint
+from model import run_dir as rd
+from model.checkpoint import load_model, save_checkpoint
 from model.cli import ArgumentParser
 from model.config import OptimConfig
 from model.engine import Engine
@@ -479,12 +480,12 @@ def run(args, argv: list[str]) -> int:
     if not base_dir.is_dir():
         raise BadInput(f"--from {base_dir}: no such run dir")
     out = Path(args.out) if args.out else base_dir / "chat"
-    if (out / "config.json").exists():
+    if (out / rd.CONFIG).exists():
         raise BadInput(f"--out {out}: already holds a run; choose a new --out or remove it")
     chat_dir = resolve_chat_dir(args.chat_data)
     try:
         model, tokenizer, meta = load_model(base_dir, device)
-    except RunDirError as e:
+    except rd.RunDirError as e:
         raise BadInput(f"--from {base_dir}: {e}") from None
     except Exception as e:  # noqa: BLE001 - a checkpoint that cannot be loaded is bad input, in one line
         raise BadInput(f"--from {base_dir}: cannot load the model ({type(e).__name__}: {e})") from None
@@ -537,10 +538,9 @@ def run(args, argv: list[str]) -> int:
     from model.provenance import code_version
     config["code_version"] = code_version()
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", config)
-    tokenizer.save(out / "tokenizer")
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
+    rd.write_config(out, config)
+    tokenizer.save(out / rd.TOKENIZER_DIR)
+    rd.clear_points(out)
 
     token_bytes = tokenizer.token_bytes()
     state = {"step": 0, "train_time": 0.0, "tokens": 0, "val_loss": None, "val_bpb": None, "train_loss": None}
@@ -554,21 +554,18 @@ def run(args, argv: list[str]) -> int:
         point = {"step": step, "tokens": state["tokens"], "elapsed_train_s": round(state["train_time"], 3),
                  "train_loss": state["train_loss"], "val_loss": state["val_loss"], "val_bpb": state["val_bpb"],
                  "wall_time": time.time()}
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(point) + "\n")
+        rd.append_point(out, point)
         log(f"eval: step {step} | val loss {state['val_loss']:.4f} | val bpb {state['val_bpb']:.4f}")
 
     def write_result(status: str, reason: str | None, chat: dict | None) -> None:
         from model.hardware import peak_memory_bytes
-        result = {"status": status, "val_loss": state["val_loss"], "val_bpb": state["val_bpb"], "core": None,
-                  "chat_eval": None if chat is None else {k: r["accuracy"] for k, r in chat["tasks"].items()},
-                  "chatcore": None if chat is None else chat["chatcore"],
-                  "total_training_time": round(state["train_time"], 3), "time_to_target": None,
-                  "tokens": state["tokens"], "flops": flops_per_token * state["tokens"], "steps": state["step"],
-                  "peak_memory_bytes": peak_memory_bytes(device)}
-        if reason:
-            result["reason"] = reason
-        atomic_write_json(out / "result.json", result)
+        rd.write_result(out, rd.Result(
+            status=status, val_loss=state["val_loss"], val_bpb=state["val_bpb"], core=None,
+            chat_eval=None if chat is None else {k: r["accuracy"] for k, r in chat["tasks"].items()},
+            chatcore=None if chat is None else chat["chatcore"],
+            total_training_time=round(state["train_time"], 3), time_to_target=None,
+            tokens=state["tokens"], flops=flops_per_token * state["tokens"], steps=state["step"],
+            peak_memory_bytes=peak_memory_bytes(device), reason=reason or None, keys=rd.CHAT_KEYS))
 
     batches = TrainBatches(train_rendered, batch_size, T + 1, tokenizer.bos_id, args.seed, device)
     model.train()
@@ -616,7 +613,7 @@ def run(args, argv: list[str]) -> int:
             if args.eval_examples:
                 model.eval()
                 chat = chat_eval(model, tokenizer, chat_dir, args.eval_examples, args.gsm8k_max_tokens, args.seed)
-                atomic_write_json(out / "chat_eval.json", chat)
+                rd.atomic_write_json(out / "chat_eval.json", chat)
             write_result("ok", None, chat)
             log(f"ok | {state['step']} steps | val loss {state['val_loss']:.4f}"
                 + (f" | chatcore {chat['chatcore']:.4f}" if chat and chat["chatcore"] is not None else "")

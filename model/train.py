@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import shlex
@@ -39,7 +38,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from model.checkpoint import atomic_write_json, latest_checkpoint, load_checkpoint, save_checkpoint
+from model import run_dir as rd
+from model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from model.cli import ArgumentParser
 from model.config import TIERS, ConfigError, ModelConfig, OptimConfig, TrainConfig, parse_set_args, split_overrides
 from model.gpt import GPT
@@ -233,9 +233,8 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
     if master and (why := unwritable(run_dir)):  # before minutes of tokenizer training, and before writing anything
         raise BadInput(f"--out {run_dir}: cannot write there ({why}); expected a writable directory")
 
-    config_path = run_dir / "config.json"
-    resuming_config = json.loads(config_path.read_text()) if (args.resume and config_path.exists()) else None
-    tokenizer_dir = run_dir / "tokenizer"
+    resuming_config = rd.load_config(run_dir) if (args.resume and (run_dir / rd.CONFIG).exists()) else None
+    tokenizer_dir = run_dir / rd.TOKENIZER_DIR
     if resuming_config is not None:
         tokenizer = Tokenizer.load(tokenizer_dir)
     elif args.tokenizer:
@@ -262,11 +261,10 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
     if world > 1:
         dist.barrier()
     # An existing run dir is continued only with --resume; a finished run is left alone.
-    previous_result = run_dir / "result.json"
-    if (run_dir / "config.json").exists() and not args.resume:
+    if (run_dir / rd.CONFIG).exists() and not args.resume:
         raise BadInput(f"--out {run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
-    if args.resume and previous_result.exists():
-        status = json.loads(previous_result.read_text()).get("status")
+    if args.resume and (run_dir / rd.RESULT).exists():
+        status = rd.load_result(run_dir).status
         if status in ("ok", "diverged"):
             if master:
                 print(f"train: {run_dir} already finished with status {status}; nothing to do", file=sys.stderr)
@@ -347,15 +345,14 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
         torch.set_rng_state(saved["rng"]["cpu"])
         if device.type == "cuda" and saved["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(saved["rng"]["cuda"])
-    metrics_path = run_dir / "metrics.jsonl"
     if master:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(config_path, config_record)
+        rd.write_config(run_dir, config_record)
         if not tokenizer_dir.exists():
             tokenizer.save(tokenizer_dir)
         # Evaluations from after the checkpoint (and at its step, which is evaluated again) are dropped.
-        keep_metrics_before(metrics_path, state["step"] if checkpoint is not None else 0)
-        (run_dir / "result.json").unlink(missing_ok=True)  # a stale result (e.g. timeout) must not outlive the rerun
+        rd.keep_points_before(run_dir, state["step"] if checkpoint is not None else 0)
+        rd.remove_result(run_dir)  # a stale result (e.g. timeout) must not outlive the rerun
         print(f"train: {describe(device, world)} | depth {model_config.depth} dim {model_config.model_dim} "
               f"heads {model_config.n_head}/{model_config.n_kv_head} | {counts['total'] / 1e6:.2f}M params "
               f"({counts['scaling'] / 1e6:.2f}M scaling) | batch {train.total_batch_size} tokens "
@@ -393,8 +390,7 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
                  "train_loss": debiased(state["smooth_loss"], step), "val_bpb": val_bpb,
                  "tok_per_s": tok_per_s, "mfu": mfu(tok_per_s), "core": core, "wall_time": time.time()}
         if master:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(point) + "\n")
+            rd.append_point(run_dir, point)
             extra = f" | core {core:.4f}" if core is not None else ""
             print(f"eval: step {step} | val_bpb {val_bpb:.4f}{extra} | train time {state['train_time']:.1f}s"
                   + (f" | target {setup.target} met at {state['time_to_target']:.1f}s" if state["time_to_target"] is not None else ""),
@@ -593,19 +589,6 @@ def debiased(ema: float, steps: int) -> float | None:
     return None if steps == 0 else ema / (1 - 0.9 ** steps)
 
 
-def keep_metrics_before(path: Path, step: int) -> None:
-    """On resume, drop evaluations at or after the checkpoint's step (they are logged again): no duplicates."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < step]
-    atomic_write_json_lines(path, kept)
-
-
-def atomic_write_json_lines(path: Path, lines: list[str]) -> None:
-    from model.checkpoint import atomic_write_bytes
-    atomic_write_bytes(path, lambda f: f.write("".join(line + "\n" for line in lines).encode()))
-
-
 def throughput(state: dict, tokens_per_step: int) -> dict:
     """Training speed over the timed steps (nanochat's rule: the first UNTIMED_STEPS are not timed): tokens per
     second and seconds per optimizer step; None when no step was timed."""
@@ -619,15 +602,12 @@ def throughput(state: dict, tokens_per_step: int) -> dict:
 def write_result(run_dir: Path, status: str, reason: str | None, state: dict, flops_per_token: int,
                  device: torch.device, tokens_per_step: int) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    result = {
-        "status": status, "val_bpb": state["last_val_bpb"], "min_val_bpb": state["min_val_bpb"], "core": state["last_core"],
-        "total_training_time": round(state["train_time"], 3), "time_to_target": state["time_to_target"],
-        "tokens": state["tokens"], "flops": flops_per_token * state["tokens"], "steps": state["step"],
-        "peak_memory_bytes": peak_memory_bytes(device), **throughput(state, tokens_per_step),
-    }
-    if reason:
-        result["reason"] = reason
-    atomic_write_json(run_dir / "result.json", result)
+    rd.write_result(run_dir, rd.Result(
+        status=status, val_bpb=state["last_val_bpb"], min_val_bpb=state["min_val_bpb"], core=state["last_core"],
+        total_training_time=round(state["train_time"], 3), time_to_target=state["time_to_target"],
+        tokens=state["tokens"], flops=flops_per_token * state["tokens"], steps=state["step"],
+        peak_memory_bytes=peak_memory_bytes(device), **throughput(state, tokens_per_step), reason=reason or None,
+        keys=rd.TRAIN_KEYS))
 
 
 def progress_line(step, num_iterations, budget, state, loss, lr_mult, tok_per_s, mfu) -> str:
