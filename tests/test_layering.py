@@ -2,7 +2,8 @@
 inside a function) is an edge of a module graph that must have no cycle and must point the documented way.
 
     harness       -> model, search_spaces, experiments, leaderboard
-    leaderboard   -> nothing of ours, except its chat page (leaderboard.dashboard_chat), which uses model
+    leaderboard   -> nothing of ours, except its chat page (leaderboard.dashboard_chat), which uses model, and
+                     leaderboard.ingest, which reads run dirs through the torch-free model.run_dir
     search_spaces -> model.config (to validate knobs)
     experiments   -> model.config (to validate a recipe's overrides)
     model         -> nothing of ours
@@ -23,7 +24,7 @@ ALLOWED: dict[str, list[tuple[str, str]]] = {
     "model": [],
     "search_spaces": [("*", "model.config")],
     "experiments": [("*", "model.config")],
-    "leaderboard": [("leaderboard.dashboard_chat", "model")],
+    "leaderboard": [("leaderboard.dashboard_chat", "model"), ("leaderboard.ingest", "model.run_dir")],
     "harness": [("*", "model"), ("*", "search_spaces"), ("*", "experiments"), ("*", "leaderboard")],
 }
 
