@@ -7,8 +7,9 @@
 
 --best asks the leaderboard (--db, else NANORESEARCH_DB) which run is best (`Store.best_runs`): the best seed of
 the fastest record entry of the track (without --track: of every track, the deepest model's first), else of the
-other entries, else the best search result (the lowest val_bpb at the deepest rung among experiments a search
-promoted or passed, and the searches' baselines). Run dirs live where they were made: the first of those runs whose
+other entries, else the best search result (the deepest model first, then the search's own ranking of best --
+furthest up the ladder, lowest mean paired difference there -- among experiments a search promoted or passed, and
+the searches' baselines after them). Run dirs live where they were made: the first of those runs whose
 run dir has a checkpoint on this machine is loaded, and a line on stderr says which and why.
 
 Which model: RUN_DIR itself when it is a chat run (config.json has "chat": true), else its chat run RUN_DIR/chat/

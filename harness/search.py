@@ -50,6 +50,8 @@ from harness.preparation import (
 )
 from harness.proposers import Proposal
 from harness.runs import Outcome, failed_for_the_machine
+from leaderboard import ranking
+from leaderboard.ranking import Standing
 from leaderboard.schema import NOISE_FLOOR_PROPOSER
 from model.cli import ArgumentParser
 from search_spaces import KINDS, SPACES, SearchSpaceError, Space
@@ -620,30 +622,16 @@ class Search:
         decided = sum(1 for c in self.candidates.values() if c.state != "active")
         promoted = sum(1 for c in self.candidates.values() if c.rung > 0 or c.state == "passed")
         best = self.best()
-        best_text = f" | best {best[0].experiment.id[:8]} d {best[1]:+.4f} at {best[2]}" if self.beats_baseline(best) else ""
+        best_text = f" | best {best.experiment_id[:8]} d {best.mean_delta:+.4f} at {best.rung}" if best and best.beats_baseline() else ""
         return (f"trials {self.proposals_made}/{self.trials} ({decided} decided, {promoted} promoted) | running "
                 f"{len(self.pool)}, queued {len(self.needed())}{best_text} | compute {self.compute_s / 3600:.2f} h")
 
-    def best(self):
-        """(candidate, mean delta, rung name) of the candidate that got furthest with the best mean delta there.
-        Nulls are never the best: a lucky null is noise, not progress."""
-        scored = []
-        for c in self.candidates.values():
-            if c.experiment.replica:
-                continue
-            for index in range(len(self.tier.rungs) - 1, -1, -1):
-                v = c.verdicts.get(self.tier.rungs[index].name)
-                if v is not None and v.mean_delta is not None:
-                    scored.append(((-index, v.mean_delta), c, v.mean_delta, self.tier.rungs[index].name))
-                    break
-        if not scored:
-            return None
-        _, c, d, rung = min(scored, key=lambda s: s[0])
-        return c, d, rung
-
-    def beats_baseline(self, best) -> bool:
-        """Is `best` (from best()) worth the name: promoted past the first rung, or better on average there?"""
-        return best is not None and (best[2] != self.tier.rungs[0].name or best[1] < 0)
+    def best(self) -> Standing | None:
+        """The search's best experiment so far, by the one definition of best (leaderboard/ranking.py): furthest up
+        the ladder, then the lowest mean paired difference there. Nulls are never the best."""
+        decisions = [{"experiment_id": c.experiment.id, "from_rung": rung, "mean_delta": v.mean_delta}
+                     for c in self.candidates.values() if not c.experiment.replica for rung, v in c.verdicts.items()]
+        return ranking.best(decisions, [r.name for r in self.tier.rungs])
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> str:
@@ -740,11 +728,13 @@ class Search:
         promoted = [c for c in real if c.rung > 0 or c.state == "passed"]
         lines.append(f"  promotions: {len(promoted)} of {len(real)}")
         best = self.best()
-        if self.beats_baseline(best):
-            lines.append(f"  best: {best[0].experiment.id} ({best[0].experiment.describe()}), mean d {best[1]:+.4f} at {best[2]}")
-        elif best:
-            lines.append(f"  best: none beat the baseline (closest: {best[0].experiment.id[:12]}, "
-                         f"{best[0].experiment.describe()}, mean d {best[1]:+.4f} at {best[2]})")
+        if best:
+            what = self.experiment_of(best.experiment_id).describe()
+            if best.beats_baseline():
+                lines.append(f"  best: {best.experiment_id} ({what}), mean d {best.mean_delta:+.4f} at {best.rung}")
+            else:
+                lines.append(f"  best: none beat the baseline (closest: {best.experiment_id[:12]}, {what}, mean d "
+                             f"{best.mean_delta:+.4f} at {best.rung})")
         for c in real:
             if c.state == "passed" and len(self.tier.rungs) > 1:
                 lines.append(f"  passed the ladder: {c.experiment.id}. Submit it as a speedrun:\n"

@@ -13,6 +13,8 @@ from leaderboard import dashboard_charts as charts
 from leaderboard import dashboard_db as db
 from leaderboard import dashboard_format as fmt
 
+BEST_SHOWN = 10  # rows of the best-experiments table
+
 url = db.current_url()
 st.title("Search")
 
@@ -59,16 +61,20 @@ if not summary["trials"]:
     st.info("No finished runs yet in this search.")
 else:
     trials = fmt.trials_frame(summary["trials"], db.device_seconds(url, search["id"]), known)
-    st.subheader("Best val_bpb per rung")
+    st.subheader("Best experiments")
+    st.caption("Furthest up the ladder first, then the lowest mean paired difference from the control there "
+               "(candidate - control val_bpb on the same seeds; negative is better): the ranking the search's summary "
+               "and its agent use too. The baseline and the nulls are never ranked.")
     if not summary["best"]:
-        st.caption("No ok run yet: every finished run failed, diverged or timed out.")
+        st.caption("No decision with a paired result yet.")
     else:
-        st.dataframe(pd.DataFrame([{"rung": rung, "experiment": all_names.get(b["experiment_id"], b["experiment_id"]),
-                                    "mean val_bpb": b["mean_val_bpb"], "seeds": b["n"],
+        st.dataframe(pd.DataFrame([{"experiment": all_names.get(b["experiment_id"], b["experiment_id"]), "rung": b["rung"],
+                                    "mean d": b["mean_delta"], "seeds": b["n"],
+                                    "beats baseline": "yes" if b["beats_baseline"] else "no",
                                     "details": fmt.experiment_link(b["experiment_id"])}
-                                   for rung, b in sorted(summary["best"].items(), key=lambda kv: fmt.rung_key(kv[0]))]),
+                                   for b in summary["best"][:BEST_SHOWN]]),
                      hide_index=True, placeholder=fmt.MISSING, column_config={
-                         "mean val_bpb": st.column_config.NumberColumn(format="%.4f"),
+                         "mean d": st.column_config.NumberColumn(format="%+.4f"),
                          "details": st.column_config.LinkColumn(display_text="experiment ↗")})
 
     scored = trials.dropna(subset=["val_bpb"])

@@ -29,7 +29,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 
-from leaderboard import schema
+from leaderboard import ranking, schema
 from leaderboard.errors import LeaderboardError, SchemaError
 from leaderboard.migrations import bring_up_to_date, check_version, read_version
 from leaderboard.records import Decision, Entry, Experiment, RejectedProposal, Run, Track, as_row, check_point
@@ -617,12 +617,14 @@ class Store:
         - `training_hours` (sum of total_training_time) and `device_hours` (the same times world_size);
         - `trials`: finished runs in finish order, each with `best_val_bpb`, the best ok val_bpb of its rung
           so far (rungs are different model sizes, so their val_bpb do not compare);
-        - `best`: {rung: {experiment_id, mean_val_bpb, n}}: the lowest mean val_bpb over ok runs per rung;
+        - `best`: the search's experiments best first, by the one definition of best (leaderboard/ranking.py:
+          furthest up the ladder, then the lowest mean paired difference there), each {experiment_id, rung,
+          mean_delta, n, beats_baseline}; the baseline and the nulls never appear;
         - `funnel`: per rung in ladder order (search config "rungs", else first-run order):
           proposed (first rung: proposals, else promotions into the rung), run (experiments with a finished
           run there, baseline included), promoted and rejected (experiments with that verdict from it).
         The noise-floor replica's runs are trials (they cost compute) but never the best, nor in the funnel:
-        they are the baseline again, and a lucky init of it is noise, not progress.
+        they are the baseline again, and a lucky init of it is noise, not progress. Nor are A/A nulls the best.
         """
         r, d = schema.runs.c, schema.decisions.c
 
@@ -640,16 +642,21 @@ class Store:
                                       .where(schema.proposals.c.search_id == search_id)).scalar_one()
             e = schema.experiments.c
             noise = set(conn.execute(sa.select(e.id).where(e.proposer == schema.NOISE_FLOOR_PROPOSER)).scalars())
-            return found[0], runs, verdicts, n_proposed, noise
+            decided = _rows(conn.execute(sa.select(d.experiment_id, d.from_rung, d.mean_delta, d.n)
+                                         .where(d.search_id == search_id).order_by(d.created_at, d.id)))
+            ids = sorted({x["experiment_id"] for x in decided})
+            replicas = {row.id for i in range(0, len(ids), 500) for row in conn.execute(
+                sa.select(e.id, e.extra).where(e.id.in_(ids[i:i + 500])))
+                if isinstance(row.extra, dict) and row.extra.get("replica")}
+            return found[0], runs, verdicts, n_proposed, noise, decided, replicas
 
         fetched = self._read(work)
         if fetched is None:
             return None
-        search, runs, verdicts, n_proposed, noise = fetched
+        search, runs, verdicts, n_proposed, noise, decided, replicas = fetched
 
         runs_by_status: dict[str, int] = {}
         trials, best_so_far = [], {}
-        ok_values: dict[tuple[str, str], list[float]] = {}
         ran_at: dict[str, set[str]] = {}
         for run in runs:
             runs_by_status[run["status"]] = runs_by_status.get(run["status"], 0) + 1
@@ -659,17 +666,10 @@ class Store:
             if counts:
                 ran_at.setdefault(run["rung"], set()).add(run["experiment_id"])
             if counts and run["status"] == "ok" and run["val_bpb"] is not None:
-                ok_values.setdefault((run["rung"], run["experiment_id"]), []).append(run["val_bpb"])
                 best_so_far[run["rung"]] = min(best_so_far.get(run["rung"], math.inf), run["val_bpb"])
             trials.append({"run_id": run["id"], "experiment_id": run["experiment_id"], "rung": run["rung"],
                            "seed": run["seed"], "status": run["status"], "finished_at": run["finished_at"],
                            "val_bpb": run["val_bpb"], "best_val_bpb": best_so_far.get(run["rung"])})
-
-        best: dict[str, dict[str, Any]] = {}
-        for (rung, experiment_id), values in ok_values.items():
-            mean = sum(values) / len(values)
-            if rung not in best or mean < best[rung]["mean_val_bpb"]:
-                best[rung] = {"experiment_id": experiment_id, "mean_val_bpb": mean, "n": len(values)}
 
         config = search["config"] if isinstance(search["config"], dict) else {}
         order = [str(rung) for rung in config.get("rungs") or []]
@@ -677,9 +677,16 @@ class Store:
         for rung in first_run_order + [v.from_rung for v in verdicts]:
             if rung not in order:
                 order.append(rung)
+        n_at = {(x["experiment_id"], x["from_rung"]): x["n"] for x in decided}  # the latest decision's seeds
+        baseline = {str(config["baseline_experiment_id"])} if config.get("baseline_experiment_id") else set()
+        best = [{"experiment_id": s.experiment_id, "rung": s.rung, "mean_delta": s.mean_delta,
+                 "n": n_at.get((s.experiment_id, s.rung)), "beats_baseline": s.beats_baseline()}
+                for s in ranking.standings(decided, order, exclude=noise | replicas | baseline)]
         with_verdict: dict[tuple[str, str], set[str]] = {}
         promoted_into: dict[str, set[str]] = {}
         for v in verdicts:
+            if v.experiment_id in noise:
+                continue
             with_verdict.setdefault((v.from_rung, v.verdict), set()).add(v.experiment_id)
             if v.verdict == "promote" and v.to_rung is not None:
                 promoted_into.setdefault(v.to_rung, set()).add(v.experiment_id)
@@ -706,7 +713,8 @@ class Store:
            ties. Within an entry, its best seed first (the track's metric).
         2. Then the best search results, also when a track was asked for (a track with no entry to load falls
            back to them): ok runs of experiments a search promoted (or passed at its top rung) and of the searches'
-           baselines; the deepest run first (the highest rung reached), then the lowest val_bpb.
+           baselines; the deepest model first (a chat wants the bigger one), then at one depth the experiments by
+           their search's ranking of best (leaderboard/ranking.py), the baselines after them, then the lowest val_bpb.
 
         Run dirs live on the machines that made them, out of the store's sight: a caller takes the first run whose
         run dir has a checkpoint where it runs."""
@@ -730,12 +738,20 @@ class Store:
                          if isinstance(c, dict) and c.get("baseline_experiment_id")}
             promoted = {row.experiment_id for row in conn.execute(
                 sa.select(d.experiment_id).where(d.verdict == "promote").distinct())}
+            decided = _rows(conn.execute(sa.select(d.search_id, d.experiment_id, d.from_rung, d.mean_delta)
+                                         .where(d.experiment_id.in_(sorted(promoted))).order_by(d.created_at, d.id)))
             search_runs = _rows(conn.execute(sa.select(*_RUN_SUMMARY_COLUMNS).where(
                 r.search_id.is_not(None), r.status == "ok", r.val_bpb.is_not(None), r.run_dir.is_not(None),
                 r.experiment_id.in_(sorted(baselines | promoted)))))
-            return entries, entry_runs, searches, baselines, search_runs
+            return entries, entry_runs, searches, baselines, search_runs, decided
 
-        entries, entry_runs, searches, baselines, search_runs = self._read(work)
+        entries, entry_runs, searches, baselines, search_runs, decided = self._read(work)
+        standing: dict[tuple[int | None, str], tuple] = {}  # (search, experiment) -> its ranking key in that search
+        for search_id in {x["search_id"] for x in decided}:
+            config = (searches.get(search_id) or (None, None))[1]
+            rungs = [str(x) for x in (config or {}).get("rungs") or []] if isinstance(config, dict) else []
+            for s in ranking.standings([x for x in decided if x["search_id"] == search_id], rungs, exclude=baselines):
+                standing[(search_id, s.experiment_id)] = s.key
 
         def entry_order(x: dict[str, Any]) -> tuple:
             ttt = x["time_to_target_mean"]
@@ -764,7 +780,11 @@ class Store:
                        f"{timing}; seed {run['seed']} ({metric} {shown})")
                 out.append({**run, "why": why, "track": x["track"], "entry_id": x["id"]})
 
-        for run in sorted(search_runs, key=lambda run: (-(run["depth"] or 0), run["val_bpb"], run["id"])):
+        def search_order(run: dict[str, Any]) -> tuple:
+            key = standing.get((run["search_id"], run["experiment_id"]), (math.inf, math.inf))
+            return (-(run["depth"] or 0), run["experiment_id"] in baselines, key, run["val_bpb"], run["id"])
+
+        for run in sorted(search_runs, key=search_order):
             if run["id"] in seen:
                 continue
             role = "baseline" if run["experiment_id"] in baselines else "promoted experiment"

@@ -143,3 +143,19 @@ def test_chat_best_errors_are_one_line(dirs, tmp_path, capsys):
         captured = capsys.readouterr()
         err = captured.err.strip()
         assert captured.out == "" and err.startswith("error: ") and expected in err and "\n" not in err, err
+
+
+def test_search_results_at_one_depth_follow_the_search_ranking_of_best(tmp_path):
+    """At one depth the experiments come in the order of the one definition of best (the mean paired difference
+    their search decided on), not by a run's raw val_bpb; the baselines after them."""
+    with Store(f"sqlite:///{tmp_path / 'lb.db'}") as store:
+        search = store.start_search("s", config={"baseline_experiment_id": "base", "rungs": ["d1", "d2"]})
+        for exp_id in ("base", "x", "y"):
+            store.record_experiment(Experiment(id=exp_id, name=exp_id, proposer="manual"), search_id=search)
+        for exp_id, mean in (("x", -0.001), ("y", -0.01)):
+            store.record_decision(Decision(experiment_id=exp_id, from_rung="d1", to_rung="d2", verdict="promote",
+                                           search_id=search, mean_delta=mean, n=3))
+        ids = {exp_id: store.record_run(Run(experiment_id=exp_id, rung="d1", seed=0, status="ok", depth=1, val_bpb=v,
+                                            run_dir=str(tmp_path / exp_id), search_id=search, finished_at=T0)).run_id
+               for exp_id, v in (("x", 3.0), ("y", 3.2), ("base", 2.9))}  # x and the baseline drew low inits
+        assert [r["id"] for r in store.best_runs()] == [ids["y"], ids["x"], ids["base"]]

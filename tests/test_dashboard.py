@@ -229,9 +229,12 @@ def test_search_page_funnel_decisions_trials_and_agent_spend(monkeypatch, seeded
     assert list(d2["experiment"]) == ["baseline"] * 2 + ["smear"] * 2 + ["backout"] * 2 + ["untested idea"]
     assert list(d2["best_val_bpb"]) == [2.00, 2.00, 1.95, 1.95, 1.95, 1.95, 1.95]  # best so far, per rung
     assert list(trials["compute_hours"])[-1] == pytest.approx(3.0 + 60 / 3600)
-    best = frame_with(at, "mean val_bpb")
-    assert list(best["experiment"]) == ["smear", "smear"]
-    assert best["mean val_bpb"].tolist() == pytest.approx([1.955, 1.755])
+    # The one definition of best (leaderboard/ranking.py): by the decisions' paired differences, the baseline never.
+    best = frame_with(at, "mean d")
+    assert best[["experiment", "rung", "seeds", "beats baseline"]].to_dict("records") == [
+        {"experiment": "smear", "rung": "d2", "seeds": 2, "beats baseline": "yes"},
+        {"experiment": "backout", "rung": "d2", "seeds": 2, "beats baseline": "no"}]
+    assert best["mean d"].tolist() == pytest.approx([-0.05, 0.02])
 
     charts = [chart_data(c) for c in at.get("vega_lite_chart")]
     assert len(charts) == 4  # trials over time, best by trial, best by compute, funnel
@@ -259,7 +262,7 @@ def test_search_page_when_every_run_failed(monkeypatch, tmp_path):
         store.record_run(Run(experiment_id="e1", rung="d2", seed=0, status="diverged", finished_at=T0,
                              search_id=search_id), experiment=Experiment(id="e1", name="nan", proposer="optuna"))
     at = render(monkeypatch, url, page="search")
-    assert any("No ok run yet" in c.value for c in at.caption)
+    assert any("No decision with a paired result yet" in c.value for c in at.caption)
     assert len(at.get("vega_lite_chart")) == 1  # the funnel only: no val_bpb to draw
     assert frame_with(at, "best_val_bpb")[["experiment", "status"]].to_dict("records") == [
         {"experiment": "nan", "status": "diverged"}]

@@ -365,8 +365,9 @@ def test_search_summary_trials_best_funnel_and_compute(store):
         seen = [t["val_bpb"] for t in trials if t["rung"] == rung and t["val_bpb"] is not None]
         assert [t["best_val_bpb"] for t in trials if t["rung"] == rung and t["val_bpb"] is not None] == \
             [min(seen[:i + 1]) for i in range(len(seen))]
-    assert summary["best"]["d2"] == {"experiment_id": "exp0001", "mean_val_bpb": pytest.approx(1.71), "n": 2}
-    assert summary["best"]["d4"]["experiment_id"] == "exp0001"
+    # The one definition of best (leaderboard/ranking.py): decisions with a paired result, not raw val_bpb.
+    assert summary["best"] == [{"experiment_id": "exp0001", "rung": "d2", "mean_delta": pytest.approx(-0.1), "n": 2,
+                                "beats_baseline": True}]
     assert summary["funnel"] == [
         {"rung": "d2", "proposed": 4, "run": 3, "promoted": 1, "rejected": 1},
         {"rung": "d4", "proposed": 1, "run": 2, "promoted": 0, "rejected": 0}]
@@ -380,6 +381,8 @@ def test_search_summary_leaves_the_noise_floor_replica_out_of_best_and_funnel(st
     store.record_experiment(Experiment(id="noise", name="baseline, another init", proposer=NOISE_FLOOR_PROPOSER))
     store.record_run(finished_run("noise", "d2", 0, val_bpb=1.0, search_id=search_id, total_training_time=100.0,
                                   finished_at=T0 + timedelta(hours=1)))
+    store.record_decision(Decision(experiment_id="noise", from_rung="d2", verdict="promote", search_id=search_id,
+                                   mean_delta=-0.5, n=1))
     summary = store.search_summary(search_id)
     assert summary["best"] == before["best"] and summary["funnel"] == before["funnel"]
     assert summary["trials"][-1]["experiment_id"] == "noise"  # it is a trial: it cost compute

@@ -48,6 +48,8 @@ from harness.patches import PatchError, SmokeTest, check_paths, prepare, worktre
 from harness.proposers import Proposal
 from harness.proposers.optuna_tpe import OptunaProposer
 from harness.proposers.prices import canonical, cost_usd, price
+from leaderboard import ranking
+from leaderboard.schema import NOISE_FLOOR_PROPOSER
 from search_spaces import SearchSpaceError, Space
 
 DEFAULT_MODEL = "claude-opus-5-5"  # Anthropic's recommended default for most workloads (models overview)
@@ -192,19 +194,14 @@ class History:
         self.failures = store.runs(search_id=sid, status=FAILED_STATUSES, details=True)
         self.rejected = store.rejected_proposals(sid)
         self.spreads = {(r["rung"], r["kind"]): r for r in store.null_spreads(context.name)}
-        self.rung_index = {r.name: i for i, r in enumerate(context.tier.rungs)}
+        nulls = {e["id"] for e in self.experiments
+                 if e.get("proposer") == NOISE_FLOOR_PROPOSER or (e.get("extra") or {}).get("replica")}
+        # "Best" as the terminal summary and the dashboard define it (leaderboard/ranking.py).
+        self.standings = ranking.standings(self.decisions, [r.name for r in context.tier.rungs],
+                                           exclude={context.baseline_id} | nulls)
         self.by_experiment: dict[str, list[dict]] = {}
         for d in self.decisions:
             self.by_experiment.setdefault(d["experiment_id"], []).append(d)
-
-    def furthest(self, experiment_id: str) -> tuple[int, float]:
-        """(furthest rung index with a paired result, the mean delta there): the sort key of 'best'."""
-        scored = [(self.rung_index.get(d["from_rung"], 0), d["mean_delta"]) for d in self.by_experiment.get(experiment_id, [])
-                  if d["mean_delta"] is not None]
-        if not scored:
-            return (-1, math.inf)
-        top = max(i for i, _ in scored)
-        return (top, [m for i, m in scored if i == top][-1])
 
     def summary(self, exp: dict, text_chars: int) -> dict:
         extra = exp.get("extra") or {}
@@ -251,8 +248,8 @@ class History:
         return dict(sorted(stats.items()))
 
     def data_lines(self, best: int, recent: int, failures: int, tail: int, rejected: int, text: int) -> list[str]:
-        decided = [e for e in self.experiments if self.furthest(e["id"])[0] >= 0]
-        ranked = sorted(decided, key=lambda e: (-self.furthest(e["id"])[0], self.furthest(e["id"])[1]))[:best]
+        by_id = {e["id"]: e for e in self.experiments}
+        ranked = [by_id[s.experiment_id] for s in self.standings if s.experiment_id in by_id][:best]
         shown = {e["id"] for e in ranked}
         latest = [e for e in self.experiments if e["id"] not in shown][-recent:] if recent else []
         shown |= {e["id"] for e in latest}
