@@ -34,6 +34,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -191,7 +192,134 @@ def init_distributed() -> tuple[int, int, int]:
     return rank, local_rank, world
 
 
+def select_device(args, local_rank: int, world: int) -> torch.device:
+    want = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if want == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda: no CUDA device is available")
+    device = torch.device(f"cuda:{local_rank}" if want == "cuda" else "cpu")
+    if device.type == "cpu" and world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    return device
+
+
+def resolve_inputs(setup: Setup, rank: int, world: int) -> tuple:
+    """(data source, tokenizer, the config.json of the run being resumed or None). The tokenizer is the resumed
+    run's, else --tokenizer, else trained (or found in the cache) for the data by rank 0."""
+    from model.sources import resolve_source
+    from model.tokenizer import Tokenizer, get_tokenizer
+    args, run_dir, master = setup.args, setup.run_dir, rank == 0
+    try:
+        source = resolve_source(args.data)
+    except (ValueError, OSError) as e:
+        raise BadInput(str(e).splitlines()[0]) from None
+    if master and (why := unwritable(run_dir)):  # before minutes of tokenizer training, and before writing anything
+        raise BadInput(f"--out {run_dir}: cannot write there ({why}); expected a writable directory")
+
+    resuming_config = rd.load_config(run_dir) if (args.resume and (run_dir / rd.CONFIG).exists()) else None
+    if resuming_config is not None:
+        tokenizer = Tokenizer.load(run_dir / rd.TOKENIZER_DIR)
+    elif args.tokenizer:
+        try:
+            tokenizer = Tokenizer.load(args.tokenizer)
+        except (OSError, ValueError) as e:
+            raise BadInput(f"--tokenizer {args.tokenizer}: {e}".splitlines()[0]) from None
+    else:
+        vocab, chars = setup.model_config.vocab_size, setup.train.tokenizer_max_chars
+        if master:  # rank 0 trains (or finds) the cached tokenizer; the others then load it from the cache
+            tokenizer = get_tokenizer(source, vocab, max_chars=chars)
+        if world > 1:
+            dist.barrier()
+        if not master:
+            tokenizer = get_tokenizer(source, vocab, max_chars=chars, progress=False)
+    if tokenizer.vocab_size != setup.model_config.vocab_size:
+        raise BadInput(f"tokenizer vocab {tokenizer.vocab_size} != vocab_size={setup.model_config.vocab_size}")
+    return source, tokenizer, resuming_config
+
+
+def claim_run_dir(setup: Setup, rank: int, world: int) -> int | None:
+    """Everything the user gave has been checked; from here on the run dir is ours. Rank 0 holds a lock on it for
+    the whole run, so a second process pointed at the same dir (a search restarted while an orphaned job still
+    trains, a SLURM requeue racing the old job) waits instead of writing alongside. An existing run dir is
+    continued only with --resume, and a finished run is left alone: its exit code is returned, else None."""
+    args, run_dir, master = setup.args, setup.run_dir, rank == 0
+    if master:
+        acquire_run_lock(run_dir)
+    if world > 1:
+        dist.barrier()
+    if (run_dir / rd.CONFIG).exists() and not args.resume:
+        raise BadInput(f"--out {run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
+    if args.resume and (run_dir / rd.RESULT).exists():
+        status = rd.load_result(run_dir).status
+        if status in ("ok", "diverged"):
+            if master:
+                print(f"train: {run_dir} already finished with status {status}; nothing to do", file=sys.stderr)
+            return EXIT_OK if status == "ok" else EXIT_DIVERGED
+    if world > 1:
+        dist.barrier()  # every rank has checked the run dir before rank 0 writes into it
+    return None
+
+
 # -----------------------------------------------------------------------------------------------------------
+# Loop state and the training context
+
+@dataclasses.dataclass
+class LoopState:
+    """What the loop carries from step to step: saved in every checkpoint (as a dict, "loop"), restored on resume."""
+    step: int = 0
+    train_time: float = 0.0  # timed seconds of training (nanochat's rule, see the module docstring)
+    tokens: int = 0
+    smooth_loss: float = 0.0  # EMA of the train loss (debiased when shown)
+    time_to_target: float | None = None
+    min_val_bpb: float | None = None
+    last_val_bpb: float | None = None
+    last_core: float | None = None
+
+    @classmethod
+    def restore(cls, saved: dict) -> LoopState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in names})
+
+
+@dataclasses.dataclass
+class Training:
+    """Everything the loop, its evaluations and its checkpoints use: built by prepare(); `state` changes as it goes."""
+    setup: Setup
+    rank: int
+    world: int
+    tokenizer: Any
+    model: GPT
+    train_model: torch.nn.Module  # the model as trained: DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    loader: Any
+    val_batches: Any
+    token_bytes: torch.Tensor
+    flops_per_token: int
+    grad_accum: int
+    num_iterations: int | None  # a compute horizon, or
+    budget: float | None  # seconds of training time
+    state: LoopState
+    resume_step: int | None  # the checkpoint's step when resumed (it is not saved again)
+    peak: float | None  # peak FLOP/s of one device (None: unknown, no MFU)
+    wandb_run: Any = None
+    core_bundle: Any = None  # resolved at the first CORE evaluation
+    terminated: bool = False  # set by SIGTERM: save a checkpoint and stop
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.setup.device
+
+    @property
+    def train(self) -> TrainConfig:
+        return self.setup.train
+
+    @property
+    def run_dir(self) -> Path:
+        return self.setup.run_dir
+
 
 class Terminated(Exception):
     pass
@@ -213,115 +341,124 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args, rank: int, local_rank: int, world: int) -> int:
-    master = rank == 0
-    want = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if want == "cuda" and not torch.cuda.is_available():
-        raise BadInput("--device cuda: no CUDA device is available")
-    device = torch.device(f"cuda:{local_rank}" if want == "cuda" else "cpu")
-    if device.type == "cpu" and world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    device = select_device(args, local_rank, world)
     setup = resolve_setup(args, device, world)
-    run_dir = setup.run_dir
+    source, tokenizer, resuming_config = resolve_inputs(setup, rank, world)
+    if (exit_code := claim_run_dir(setup, rank, world)) is not None:
+        return exit_code
+    training = prepare(setup, source, tokenizer, resuming_config, rank, local_rank, world)
+    return train_loop(training)
 
-    from model.loader import BestFitLoader, validation_batches
-    from model.sources import resolve_source
-    from model.tokenizer import Tokenizer, get_tokenizer
-    try:
-        source = resolve_source(args.data)
-    except (ValueError, OSError) as e:
-        raise BadInput(str(e).splitlines()[0]) from None
-    if master and (why := unwritable(run_dir)):  # before minutes of tokenizer training, and before writing anything
-        raise BadInput(f"--out {run_dir}: cannot write there ({why}); expected a writable directory")
 
-    resuming_config = rd.load_config(run_dir) if (args.resume and (run_dir / rd.CONFIG).exists()) else None
-    tokenizer_dir = run_dir / rd.TOKENIZER_DIR
-    if resuming_config is not None:
-        tokenizer = Tokenizer.load(tokenizer_dir)
-    elif args.tokenizer:
-        try:
-            tokenizer = Tokenizer.load(args.tokenizer)
-        except (OSError, ValueError) as e:
-            raise BadInput(f"--tokenizer {args.tokenizer}: {e}".splitlines()[0]) from None
-    else:
-        vocab, chars = setup.model_config.vocab_size, setup.train.tokenizer_max_chars
-        if master:  # rank 0 trains (or finds) the cached tokenizer; the others then load it from the cache
-            tokenizer = get_tokenizer(source, vocab, max_chars=chars)
-        if world > 1:
-            dist.barrier()
-        if not master:
-            tokenizer = get_tokenizer(source, vocab, max_chars=chars, progress=False)
-    if tokenizer.vocab_size != setup.model_config.vocab_size:
-        raise BadInput(f"tokenizer vocab {tokenizer.vocab_size} != vocab_size={setup.model_config.vocab_size}")
-
-    # Everything the user gave has been checked; from here on the run dir is ours. Rank 0 holds a lock on it
-    # for the whole run, so a second process pointed at the same dir (a search restarted while an orphaned
-    # job still trains, a SLURM requeue racing the old job) waits instead of writing alongside.
-    if master:
-        acquire_run_lock(run_dir)
-    if world > 1:
-        dist.barrier()
-    # An existing run dir is continued only with --resume; a finished run is left alone.
-    if (run_dir / rd.CONFIG).exists() and not args.resume:
-        raise BadInput(f"--out {run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
-    if args.resume and (run_dir / rd.RESULT).exists():
-        status = rd.load_result(run_dir).status
-        if status in ("ok", "diverged"):
-            if master:
-                print(f"train: {run_dir} already finished with status {status}; nothing to do", file=sys.stderr)
-            return EXIT_OK if status == "ok" else EXIT_DIVERGED
-    if world > 1:
-        dist.barrier()  # every rank has checked the run dir before rank 0 writes into it
-
-    model_config, optim, train = setup.model_config, setup.optim, setup.train
+def prepare(setup: Setup, source, tokenizer, resuming_config: dict | None, rank: int, local_rank: int,
+            world: int) -> Training:
+    """Model, optimizer and data; config.json written and the loop state restored from the checkpoint on --resume."""
+    args, train, model_config, device = setup.args, setup.train, setup.model_config, setup.device
     data_seed = args.seed if args.data_seed is None else args.data_seed
-    torch.manual_seed(args.seed)
-    with torch.device(device):
-        model = GPT(model_config)
+    model = build_model(setup)
     counts = model.num_params()
     flops_per_token = model.num_flops_per_token()
-
     T = model_config.sequence_len
     grad_accum = train.total_batch_size // (train.device_batch_size * T * world)
+    num_iterations, budget, horizon = horizon_of(args, train, counts["scaling"], flops_per_token)
+    weight_decay = scaled_weight_decay(setup, num_iterations)
+    optimizer = build_optimizer(model, setup.optim, total_batch_size=train.total_batch_size, weight_decay=weight_decay)
+    train_model = wrap_for_training(model, setup, local_rank, world)
+    loader, val_batches, token_bytes = build_data(setup, source, tokenizer, rank, world, data_seed)
 
-    # Horizon: steps from a compute budget, or a time budget checked as training goes.
-    num_iterations, budget = None, None
+    state = LoopState()
+    checkpoint = latest_checkpoint(setup.run_dir) if args.resume else None
+    record = config_record(setup, source, world, data_seed=data_seed, horizon=horizon, counts=counts,
+                           flops_per_token=flops_per_token, grad_accum=grad_accum, weight_decay=weight_decay)
+    if resuming_config is not None:
+        check_resumed_config(setup.run_dir, resuming_config, record)
+    if checkpoint is not None:
+        state = restore_checkpoint(checkpoint, model, optimizer, loader, rank, device)
+    if rank == 0:
+        # Evaluations from after the checkpoint (and at its step, which is evaluated again) are dropped.
+        start_run_dir(setup.run_dir, record, tokenizer, state.step if checkpoint is not None else 0)
+        print(f"train: {describe(device, world)} | depth {model_config.depth} dim {model_config.model_dim} "
+              f"heads {model_config.n_head}/{model_config.n_kv_head} | {counts['total'] / 1e6:.2f}M params "
+              f"({counts['scaling'] / 1e6:.2f}M scaling) | batch {train.total_batch_size} tokens "
+              f"({train.device_batch_size}x{T} x{grad_accum} accum x{world} ranks) | horizon {horizon}"
+              + (f" | resumed at step {state.step}" if checkpoint else ""), file=sys.stderr, flush=True)
+
+    wandb_run = start_wandb(args, setup.run_dir, record) if (rank == 0 and args.wandb) else None
+    return Training(setup=setup, rank=rank, world=world, tokenizer=tokenizer, model=model, train_model=train_model,
+                    optimizer=optimizer, loader=loader, val_batches=val_batches, token_bytes=token_bytes,
+                    flops_per_token=flops_per_token, grad_accum=grad_accum, num_iterations=num_iterations,
+                    budget=budget, state=state, resume_step=state.step if checkpoint is not None else None,
+                    peak=peak_flops(device), wandb_run=wandb_run)
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Model and optimizer
+
+def build_model(setup: Setup) -> GPT:
+    torch.manual_seed(setup.args.seed)
+    with torch.device(setup.device):
+        return GPT(setup.model_config)
+
+
+def horizon_of(args, train: TrainConfig, scaling: int, flops_per_token: int) -> tuple[int | None, float | None, dict]:
+    """(optimizer steps, time budget, the horizon as recorded): steps from a compute budget, or a time budget
+    checked as training goes."""
     if args.time_budget is not None:
-        budget = args.time_budget
-        horizon = {"time_budget": budget}
-    else:
-        num_iterations, horizon = compute_horizon(args, train, counts["scaling"], flops_per_token)
-    # Weight decay: nanochat's value is tuned at d12's compute-optimal horizon and batch 2^19 tokens. It is
-    # rescaled (T_epoch rule: wd ~ sqrt(B / B_ref) * D_ref / D) when the horizon is known in tokens and the
-    # tier asks for it; otherwise it is used as given.
+        return None, args.time_budget, {"time_budget": args.time_budget}
+    num_iterations, horizon = compute_horizon(args, train, scaling, flops_per_token)
+    return num_iterations, None, horizon
+
+
+def scaled_weight_decay(setup: Setup, num_iterations: int | None) -> float:
+    """Weight decay: nanochat's value is tuned at d12's compute-optimal horizon and batch 2^19 tokens. It is
+    rescaled (T_epoch rule: wd ~ sqrt(B / B_ref) * D_ref / D) when the horizon is known in tokens and the tier asks
+    for it; otherwise it is used as given."""
+    optim, train, model_config = setup.optim, setup.train, setup.model_config
     weight_decay = optim.weight_decay
     if train.scale_wd_to_horizon and num_iterations is not None:
         ref_config = ModelConfig.from_depth(REFERENCE_DEPTH, **{k: getattr(model_config, k) for k in ("vocab_size", "sequence_len", "head_dim")})
         ref_tokens = train.param_data_ratio * scaling_params(ref_config)
         weight_decay *= math.sqrt(train.total_batch_size / REFERENCE_BATCH_TOKENS) * ref_tokens / (num_iterations * train.total_batch_size)
-    optimizer = build_optimizer(model, optim, total_batch_size=train.total_batch_size, weight_decay=weight_decay)
+    return weight_decay
 
+
+def wrap_for_training(model: GPT, setup: Setup, local_rank: int, world: int) -> torch.nn.Module:
     train_model = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
-        train_model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    if train.compile:
+        train_model = DistributedDataParallel(model, device_ids=[local_rank] if setup.device.type == "cuda" else None)
+    if setup.train.compile:
         train_model = torch.compile(train_model, dynamic=False)
+    return train_model
 
+
+# -----------------------------------------------------------------------------------------------------------
+# Data
+
+def build_data(setup: Setup, source, tokenizer, rank: int, world: int, data_seed: int) -> tuple:
+    """(the train loader, the validation batches, bytes per token for bits per byte)."""
+    from model.loader import BestFitLoader, validation_batches
+    train, T, device = setup.train, setup.model_config.sequence_len, setup.device
     loader = BestFitLoader(tokenizer, source, "train", train.device_batch_size, T, rank=rank, world_size=world,
                            device=device, seed=data_seed)
     val_batches = validation_batches(tokenizer, source, train.device_batch_size, T, train.eval_tokens, rank=rank,
                                      world_size=world, device=device, spread=train.eval_spread)
-    token_bytes = tokenizer.token_bytes().to(device)
+    return loader, val_batches, tokenizer.token_bytes().to(device)
 
-    # Loop state (restored on resume).
-    state = dict(step=0, train_time=0.0, tokens=0, smooth_loss=0.0, time_to_target=None, min_val_bpb=None,
-                 last_val_bpb=None, last_core=None)
-    checkpoint = latest_checkpoint(run_dir) if args.resume else None
-    config_record = {
+
+# -----------------------------------------------------------------------------------------------------------
+# Run dir: config.json, resume
+
+def config_record(setup: Setup, source, world: int, *, data_seed: int, horizon: dict, counts: dict,
+                  flops_per_token: int, grad_accum: int, weight_decay: float) -> dict:
+    """config.json: everything needed to reproduce the run."""
+    args, device = setup.args, setup.device
+    return {
         "depth": args.depth, "tier": setup.tier, "seed": args.seed, "data_seed": data_seed, "device": device.type,
         "world_size": world,
         "overrides": {k: v for k, v in setup.overrides.items()},
-        "model": dataclasses.asdict(model_config), "optim": dataclasses.asdict(optim), "train": dataclasses.asdict(train),
+        "model": dataclasses.asdict(setup.model_config), "optim": dataclasses.asdict(setup.optim),
+        "train": dataclasses.asdict(setup.train),
         "data": source.name, "data_fingerprint": source.fingerprint(), "budget": horizon,
         "target": str(setup.target) if setup.target else None, "code_version": code_version(),
         "hardware": describe(device, world), "command": command_line(world),
@@ -329,202 +466,243 @@ def run(args, rank: int, local_rank: int, world: int) -> int:
         "chat": False, "num_params": counts, "flops_per_token": flops_per_token, "grad_accum": grad_accum,
         "weight_decay_used": weight_decay,
     }
-    if resuming_config is not None:
-        resuming_config.setdefault("data_seed", resuming_config.get("seed"))  # run dirs from before --data-seed
-        changed = [k for k in ("depth", "seed", "data_seed", "model", "optim", "train", "budget", "data_fingerprint")
-                   if resuming_config.get(k) != config_record[k]]
-        if changed:
-            raise BadInput(f"--resume {run_dir}: the run was started with different settings ({', '.join(changed)})")
-        config_record["created_at"] = resuming_config.get("created_at")
-    if checkpoint is not None:
-        saved = load_checkpoint(checkpoint, device)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        loader.load_state_dict(saved["loader"][rank])
-        state.update(saved["loop"])
-        torch.set_rng_state(saved["rng"]["cpu"])
-        if device.type == "cuda" and saved["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(saved["rng"]["cuda"])
-    if master:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        rd.write_config(run_dir, config_record)
-        if not tokenizer_dir.exists():
-            tokenizer.save(tokenizer_dir)
-        # Evaluations from after the checkpoint (and at its step, which is evaluated again) are dropped.
-        rd.keep_points_before(run_dir, state["step"] if checkpoint is not None else 0)
-        rd.remove_result(run_dir)  # a stale result (e.g. timeout) must not outlive the rerun
-        print(f"train: {describe(device, world)} | depth {model_config.depth} dim {model_config.model_dim} "
-              f"heads {model_config.n_head}/{model_config.n_kv_head} | {counts['total'] / 1e6:.2f}M params "
-              f"({counts['scaling'] / 1e6:.2f}M scaling) | batch {train.total_batch_size} tokens "
-              f"({train.device_batch_size}x{T} x{grad_accum} accum x{world} ranks) | horizon {horizon}"
-              + (f" | resumed at step {state['step']}" if checkpoint else ""), file=sys.stderr, flush=True)
 
-    wandb_run = start_wandb(args, run_dir, config_record) if (master and args.wandb) else None
-    terminated = {"flag": False}
-    signal.signal(signal.SIGTERM, lambda *_: terminated.__setitem__("flag", True))
 
-    peak = peak_flops(device)
-    core_bundle = None
-    last_log = (time.perf_counter(), state["step"])
+def check_resumed_config(run_dir: Path, resuming_config: dict, record: dict) -> None:
+    """A resumed run must be the run it continues (BadInput otherwise); it keeps its first created_at."""
+    resuming_config.setdefault("data_seed", resuming_config.get("seed"))  # run dirs from before --data-seed
+    changed = [k for k in ("depth", "seed", "data_seed", "model", "optim", "train", "budget", "data_fingerprint")
+               if resuming_config.get(k) != record[k]]
+    if changed:
+        raise BadInput(f"--resume {run_dir}: the run was started with different settings ({', '.join(changed)})")
+    record["created_at"] = resuming_config.get("created_at")
+
+
+def restore_checkpoint(path: Path, model: GPT, optimizer, loader, rank: int, device: torch.device) -> LoopState:
+    saved = load_checkpoint(path, device)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    loader.load_state_dict(saved["loader"][rank])
+    state = LoopState.restore(saved["loop"])
+    torch.set_rng_state(saved["rng"]["cpu"])
+    if device.type == "cuda" and saved["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(saved["rng"]["cuda"])
+    return state
+
+
+def start_run_dir(run_dir: Path, record: dict, tokenizer, keep_points_before: int) -> None:
+    """Rank 0: config.json, the tokenizer, metrics.jsonl cut to the evaluations before `keep_points_before`, and no
+    result.json (a stale result, e.g. timeout, must not outlive the rerun)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rd.write_config(run_dir, record)
+    tokenizer_dir = run_dir / rd.TOKENIZER_DIR
+    if not tokenizer_dir.exists():
+        tokenizer.save(tokenizer_dir)
+    rd.keep_points_before(run_dir, keep_points_before)
+    rd.remove_result(run_dir)
+
+
+def save(tr: Training, step: int) -> None:
+    """A checkpoint (every rank's loader position; written by rank 0)."""
+    loader_states = [tr.loader.state_dict()]
+    if tr.world > 1:
+        gathered = [None] * tr.world
+        dist.all_gather_object(gathered, loader_states[0])
+        loader_states = gathered
+    if tr.master:
+        device = tr.device
+        save_checkpoint(tr.run_dir, step, {
+            "step": step, "model": tr.model.state_dict(), "optimizer": tr.optimizer.state_dict(),
+            "loader": loader_states, "loop": dataclasses.asdict(tr.state),
+            "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        })
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Evaluation
+
+def evaluate(tr: Training, step: int, final: bool) -> None:
+    """val_bpb (and CORE when due) at `step`: the state's last/min values and time to target, a metrics.jsonl line."""
+    from model.evaluate import evaluate_bpb
+    model, state, train, target = tr.model, tr.state, tr.train, tr.setup.target
+    model.eval()
+    with torch.no_grad():
+        val_bpb = evaluate_bpb(model, tr.val_batches, tr.token_bytes)
+    core = None
+    if train.core_every and (final or step % train.core_every == 0):
+        core = run_core(tr)
+    model.train()
+    state.last_val_bpb = val_bpb
+    state.min_val_bpb = val_bpb if state.min_val_bpb is None else min(state.min_val_bpb, val_bpb)
+    if core is not None:
+        state.last_core = core
+    if target and state.time_to_target is None and target.met(core if target.metric == "core" else val_bpb):
+        state.time_to_target = state.train_time
+    timed = max(0, step - UNTIMED_STEPS)
+    tok_per_s = timed * train.total_batch_size / state.train_time if state.train_time > 0 else None
+    point = {"step": step, "tokens": state.tokens, "elapsed_train_s": round(state.train_time, 3),
+             "train_loss": debiased(state.smooth_loss, step), "val_bpb": val_bpb,
+             "tok_per_s": tok_per_s, "mfu": mfu(tr, tok_per_s), "core": core, "wall_time": time.time()}
+    if tr.master:
+        rd.append_point(tr.run_dir, point)
+        extra = f" | core {core:.4f}" if core is not None else ""
+        print(f"eval: step {step} | val_bpb {val_bpb:.4f}{extra} | train time {state.train_time:.1f}s"
+              + (f" | target {target} met at {state.time_to_target:.1f}s" if state.time_to_target is not None else ""),
+              file=sys.stderr, flush=True)
+        if tr.wandb_run:
+            tr.wandb_run.log({k: v for k, v in point.items() if v is not None}, step=step)
+
+
+def run_core(tr: Training) -> float:
+    """CORE of the current model: evaluated on rank 0, broadcast to the others."""
+    from model.evaluate import evaluate_core, resolve_eval_bundle
+    if tr.core_bundle is None:
+        tr.core_bundle = resolve_eval_bundle(tr.setup.args.eval_bundle)
+    result = None
+    if tr.master:
+        result = evaluate_core(tr.model, tr.tokenizer, tr.core_bundle, max_per_task=tr.train.core_max_per_task or None,
+                               device=tr.device, progress=False)
+    if tr.world > 1:
+        box = [result["core"] if tr.master else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return result["core"]
+
+
+def mfu(tr: Training, tok_per_s: float | None) -> float | None:
+    if tok_per_s is None or tr.peak is None:
+        return None
+    return tr.flops_per_token * tok_per_s / (tr.peak * tr.world)
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Training loop
+
+def finished(tr: Training, step: int) -> bool:
+    if tr.num_iterations is not None:
+        done = step >= tr.num_iterations
+    else:
+        done = tr.state.train_time >= tr.budget
+    if tr.world > 1:  # every rank must stop on the same step; rank 0's clock decides
+        flag = torch.tensor([int(done)], device=tr.device)
+        dist.broadcast(flag, src=0)
+        done = bool(flag.item())
+    return done
+
+
+def progress_of(tr: Training, step: int) -> float:
+    if tr.num_iterations is not None:
+        return step / tr.num_iterations
+    return min(1.0, tr.state.train_time / tr.budget)
+
+
+def train_step(tr: Training, step: int) -> tuple[float, float]:
+    """One optimizer step: grad_accum micro-batches, then the update. Returns (train loss, LR multiplier); its time
+    (after the first UNTIMED_STEPS) and tokens are added to the state."""
+    device, train, train_model = tr.device, tr.train, tr.train_model
+    synchronize(device)
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(tr.grad_accum):
+        x, y = next(tr.loader)
+        sync_grads = micro == tr.grad_accum - 1
+        # DDP: all-reduce gradients once per optimizer step, on the last micro-batch.
+        context = train_model.no_sync() if (tr.world > 1 and not sync_grads and not train.compile) else contextlib.nullcontext()
+        with context:
+            loss = train_model(x, y)
+            (loss / tr.grad_accum).backward()
+        loss_sum += loss.detach()
+    lr_mult = apply_schedules(tr.optimizer, step, progress_of(tr, step), tr.setup.optim, train)
+    tr.optimizer.step()
+    tr.model.zero_grad(set_to_none=True)
+    train_loss = (loss_sum / tr.grad_accum).item()  # also a sync point
+    synchronize(device)
+    dt = time.perf_counter() - t0
+    if step >= UNTIMED_STEPS:
+        tr.state.train_time += dt
+    tr.state.tokens += train.total_batch_size
+    return train_loss, lr_mult
+
+
+def train_loop(tr: Training) -> int:
+    """Evaluate when due, checkpoint when due, step; until the horizon (or the target, with --stop-at-target), a
+    non-finite loss (diverged), SIGTERM (timeout: checkpoint saved) or a crash (failed)."""
+    signal.signal(signal.SIGTERM, lambda *_: setattr(tr, "terminated", True))
+    state, train = tr.state, tr.train
+    last_log = (time.perf_counter(), state.step)
     status, reason = "ok", None
-
-    def evaluate(step: int, final: bool) -> None:
-        from model.evaluate import evaluate_bpb
-        model.eval()
-        with torch.no_grad():
-            val_bpb = evaluate_bpb(model, val_batches, token_bytes)
-        core = None
-        if train.core_every and (final or step % train.core_every == 0):
-            core = run_core(step)
-        model.train()
-        state["last_val_bpb"] = val_bpb
-        state["min_val_bpb"] = val_bpb if state["min_val_bpb"] is None else min(state["min_val_bpb"], val_bpb)
-        if core is not None:
-            state["last_core"] = core
-        target = setup.target
-        if target and state["time_to_target"] is None and target.met(core if target.metric == "core" else val_bpb):
-            state["time_to_target"] = state["train_time"]
-        timed = max(0, step - UNTIMED_STEPS)
-        tok_per_s = timed * train.total_batch_size / state["train_time"] if state["train_time"] > 0 else None
-        point = {"step": step, "tokens": state["tokens"], "elapsed_train_s": round(state["train_time"], 3),
-                 "train_loss": debiased(state["smooth_loss"], step), "val_bpb": val_bpb,
-                 "tok_per_s": tok_per_s, "mfu": mfu(tok_per_s), "core": core, "wall_time": time.time()}
-        if master:
-            rd.append_point(run_dir, point)
-            extra = f" | core {core:.4f}" if core is not None else ""
-            print(f"eval: step {step} | val_bpb {val_bpb:.4f}{extra} | train time {state['train_time']:.1f}s"
-                  + (f" | target {setup.target} met at {state['time_to_target']:.1f}s" if state["time_to_target"] is not None else ""),
-                  file=sys.stderr, flush=True)
-            if wandb_run:
-                wandb_run.log({k: v for k, v in point.items() if v is not None}, step=step)
-
-    def run_core(step: int) -> float:
-        nonlocal core_bundle
-        from model.evaluate import evaluate_core, resolve_eval_bundle
-        if core_bundle is None:
-            core_bundle = resolve_eval_bundle(args.eval_bundle)
-        result = None
-        if master:
-            result = evaluate_core(model, tokenizer, core_bundle, max_per_task=train.core_max_per_task or None, device=device,
-                                   progress=False)
-        if world > 1:
-            box = [result["core"] if master else None]
-            dist.broadcast_object_list(box, src=0)
-            return box[0]
-        return result["core"]
-
-    def mfu(tok_per_s):
-        if tok_per_s is None or peak is None:
-            return None
-        return flops_per_token * tok_per_s / (peak * world)
-
-    def save(step: int) -> None:
-        loader_states = [loader.state_dict()]
-        if world > 1:
-            gathered = [None] * world
-            dist.all_gather_object(gathered, loader_states[0])
-            loader_states = gathered
-        if master:
-            save_checkpoint(run_dir, step, {
-                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "loader": loader_states, "loop": dict(state),
-                "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-            })
-
-    def finished(step: int) -> bool:
-        if num_iterations is not None:
-            done = step >= num_iterations
-        else:
-            done = state["train_time"] >= budget
-        if world > 1:  # every rank must stop on the same step; rank 0's clock decides
-            flag = torch.tensor([int(done)], device=device)
-            dist.broadcast(flag, src=0)
-            done = bool(flag.item())
-        return done
-
-    def progress_of(step: int) -> float:
-        if num_iterations is not None:
-            return step / num_iterations
-        return min(1.0, state["train_time"] / budget)
-
-    resume_step = state["step"] if checkpoint is not None else None
     try:
-        step = state["step"]
+        step = state.step
         while True:
-            last = finished(step)
+            last = finished(tr, step)
             if last or (train.eval_every and step % train.eval_every == 0):
-                evaluate(step, final=last)
-                if args.stop_at_target and state["time_to_target"] is not None:
+                evaluate(tr, step, final=last)
+                if tr.setup.args.stop_at_target and state.time_to_target is not None:
                     last = True
             if last:
                 break
-            if terminated["flag"]:
+            if tr.terminated:
                 raise Terminated()
-            if train.save_every and step % train.save_every == 0 and step not in (0, resume_step):
-                save(step)
-
-            # One optimizer step: grad_accum micro-batches, then the update.
-            synchronize(device)
-            t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(grad_accum):
-                x, y = next(loader)
-                sync_grads = micro == grad_accum - 1
-                # DDP: all-reduce gradients once per optimizer step, on the last micro-batch.
-                context = train_model.no_sync() if (world > 1 and not sync_grads and not train.compile) else contextlib.nullcontext()
-                with context:
-                    loss = train_model(x, y)
-                    (loss / grad_accum).backward()
-                loss_sum += loss.detach()
-            lr_mult = apply_schedules(optimizer, step, progress_of(step), optim, train)
-            optimizer.step()
-            model.zero_grad(set_to_none=True)
-            train_loss = (loss_sum / grad_accum).item()  # also a sync point
-            synchronize(device)
-            dt = time.perf_counter() - t0
-            if step >= UNTIMED_STEPS:
-                state["train_time"] += dt
-            state["tokens"] += train.total_batch_size
+            if train.save_every and step % train.save_every == 0 and step not in (0, tr.resume_step):
+                save(tr, step)
+            train_loss, lr_mult = train_step(tr, step)
             if not math.isfinite(train_loss):
                 status, reason = "diverged", f"loss became {train_loss} at step {step}"
                 step += 1
-                state["step"] = step
+                state.step = step
                 break
-            state["smooth_loss"] = 0.9 * state["smooth_loss"] + 0.1 * train_loss
+            state.smooth_loss = 0.9 * state.smooth_loss + 0.1 * train_loss
             step += 1
-            state["step"] = step
-            if master and train.log_every and step % train.log_every == 0:
+            state.step = step
+            if tr.master and train.log_every and step % train.log_every == 0:
                 now = time.perf_counter()
                 rate = (step - last_log[1]) * train.total_batch_size / max(now - last_log[0], 1e-9)
                 last_log = (now, step)
-                print(progress_line(step, num_iterations, budget, state, debiased(state["smooth_loss"], step),
-                                    lr_mult, rate, mfu(rate)), file=sys.stderr, flush=True)
+                print(progress_line(step, tr.num_iterations, tr.budget, state, debiased(state.smooth_loss, step),
+                                    lr_mult, rate, mfu(tr, rate)), file=sys.stderr, flush=True)
     except Terminated:
-        save(state["step"])
-        if master:
-            write_result(run_dir, "timeout", "terminated by SIGTERM (preempted or out of time); rerun with --resume",
-                         state, flops_per_token, device, train.total_batch_size)
+        save(tr, state.step)
+        if tr.master:
+            write_result(tr, "timeout", "terminated by SIGTERM (preempted or out of time); rerun with --resume")
             print("train: terminated; checkpoint saved, rerun with --resume", file=sys.stderr)
         return EXIT_TERMINATED
     except Exception as e:  # noqa: BLE001 - any crash is recorded as a failed run, then re-raised for the log
-        if master:
-            write_result(run_dir, "failed", f"{type(e).__name__}: {e}".splitlines()[0], state, flops_per_token, device, train.total_batch_size)
+        if tr.master:
+            write_result(tr, "failed", f"{type(e).__name__}: {e}".splitlines()[0])
             print(f"error: training failed: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
         import traceback
         traceback.print_exc()
         return EXIT_FAILED
+    return finish(tr, status, reason)
 
+
+# -----------------------------------------------------------------------------------------------------------
+# Finish: the last checkpoint, result.json, a summary line
+
+def finish(tr: Training, status: str, reason: str | None) -> int:
+    state = tr.state
     if status == "ok":
-        save(state["step"])
-    if master:
-        write_result(run_dir, status, reason, state, flops_per_token, device, train.total_batch_size)
-        summary = f"train: {status} | steps {state['step']} | val_bpb {state['last_val_bpb']}"
-        if state["time_to_target"] is not None:
-            summary += f" | time_to_target {state['time_to_target']:.1f}s"
-        print(summary + f" | training time {state['train_time']:.1f}s" + (f" | {reason}" if reason else ""), file=sys.stderr)
-        if wandb_run:
-            wandb_run.finish()
+        save(tr, state.step)
+    if tr.master:
+        write_result(tr, status, reason)
+        summary = f"train: {status} | steps {state.step} | val_bpb {state.last_val_bpb}"
+        if state.time_to_target is not None:
+            summary += f" | time_to_target {state.time_to_target:.1f}s"
+        print(summary + f" | training time {state.train_time:.1f}s" + (f" | {reason}" if reason else ""), file=sys.stderr)
+        if tr.wandb_run:
+            tr.wandb_run.finish()
     return EXIT_OK if status == "ok" else EXIT_DIVERGED
+
+
+def write_result(tr: Training, status: str, reason: str | None) -> None:
+    state = tr.state
+    tr.run_dir.mkdir(parents=True, exist_ok=True)
+    rd.write_result(tr.run_dir, rd.Result(
+        status=status, val_bpb=state.last_val_bpb, min_val_bpb=state.min_val_bpb, core=state.last_core,
+        total_training_time=round(state.train_time, 3), time_to_target=state.time_to_target,
+        tokens=state.tokens, flops=tr.flops_per_token * state.tokens, steps=state.step,
+        peak_memory_bytes=peak_memory_bytes(tr.device), **throughput(state, tr.train.total_batch_size),
+        reason=reason or None, keys=rd.TRAIN_KEYS))
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -589,42 +767,31 @@ def debiased(ema: float, steps: int) -> float | None:
     return None if steps == 0 else ema / (1 - 0.9 ** steps)
 
 
-def throughput(state: dict, tokens_per_step: int) -> dict:
+def throughput(state: LoopState, tokens_per_step: int) -> dict:
     """Training speed over the timed steps (nanochat's rule: the first UNTIMED_STEPS are not timed): tokens per
     second and seconds per optimizer step; None when no step was timed."""
-    timed = state["step"] - UNTIMED_STEPS
-    if timed <= 0 or state["train_time"] <= 0:
+    timed = state.step - UNTIMED_STEPS
+    if timed <= 0 or state.train_time <= 0:
         return {"tok_per_s": None, "step_time_s": None}
-    return {"tok_per_s": round(timed * tokens_per_step / state["train_time"], 1),
-            "step_time_s": round(state["train_time"] / timed, 6)}
+    return {"tok_per_s": round(timed * tokens_per_step / state.train_time, 1),
+            "step_time_s": round(state.train_time / timed, 6)}
 
 
-def write_result(run_dir: Path, status: str, reason: str | None, state: dict, flops_per_token: int,
-                 device: torch.device, tokens_per_step: int) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rd.write_result(run_dir, rd.Result(
-        status=status, val_bpb=state["last_val_bpb"], min_val_bpb=state["min_val_bpb"], core=state["last_core"],
-        total_training_time=round(state["train_time"], 3), time_to_target=state["time_to_target"],
-        tokens=state["tokens"], flops=flops_per_token * state["tokens"], steps=state["step"],
-        peak_memory_bytes=peak_memory_bytes(device), **throughput(state, tokens_per_step), reason=reason or None,
-        keys=rd.TRAIN_KEYS))
-
-
-def progress_line(step, num_iterations, budget, state, loss, lr_mult, tok_per_s, mfu) -> str:
+def progress_line(step, num_iterations, budget, state: LoopState, loss, lr_mult, tok_per_s, mfu) -> str:
     if num_iterations is not None:
         where = f"step {step}/{num_iterations} ({100 * step / num_iterations:.0f}%)"
         eta = (num_iterations - step) * train_seconds_per_step(state, step)
     else:
-        where = f"step {step} ({100 * min(1, state['train_time'] / budget):.0f}% of {budget:g}s)"
-        eta = max(0.0, budget - state["train_time"])
+        where = f"step {step} ({100 * min(1, state.train_time / budget):.0f}% of {budget:g}s)"
+        eta = max(0.0, budget - state.train_time)
     mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
     return (f"{where} | loss {loss:.4f} | lr x{lr_mult:.2f} | {tok_per_s:,.0f} tok/s | mfu {mfu_text} | "
-            f"train {state['train_time']:.1f}s | eta {eta:.0f}s")
+            f"train {state.train_time:.1f}s | eta {eta:.0f}s")
 
 
-def train_seconds_per_step(state: dict, step: int) -> float:
+def train_seconds_per_step(state: LoopState, step: int) -> float:
     timed = step - UNTIMED_STEPS
-    return state["train_time"] / timed if timed > 0 else 0.0
+    return state.train_time / timed if timed > 0 else 0.0
 
 
 def command_line(world: int) -> str:
