@@ -156,6 +156,7 @@ def has_checkpoint(run_dir: Path) -> bool:
 def best_run(db: str | None, track: str | None) -> tuple[Path, dict, int]:
     """(run dir, its leaderboard row with `why`, how many better-ranked runs have no checkpoint on this machine)."""
     from leaderboard import LeaderboardError, Store
+    from leaderboard.views import best_runs
     try:
         with Store(db, read_only=True) as store:
             if store.schema_version == 0:
@@ -164,7 +165,7 @@ def best_run(db: str | None, track: str | None) -> tuple[Path, dict, int]:
             if track is not None and track not in tracks:
                 raise ValueError(f"--track {track!r}: no such track in {store.url_text} (expected one of "
                                  f"{', '.join(tracks) or 'none: run a speedrun first'})")
-            candidates = store.best_runs(track)
+            candidates = best_runs(store, track)
     except LeaderboardError as e:
         raise ValueError(f"--best: {e}") from None
     for skipped, row in enumerate(candidates):

@@ -21,6 +21,7 @@ from leaderboard.progress import Progress
 from leaderboard.records import Decision, Entry, Experiment, Run, Track
 from leaderboard.schema import utcnow
 from leaderboard.store import Store
+from leaderboard.views import search_summary
 
 RUNGS = ("d2", "d4")
 SEEDS = (0, 1)
@@ -102,7 +103,7 @@ def bench(store: Store, n_runs: int, n_points: int, out: TextIO) -> dict[str, fl
     some_runs = [r["id"] for r in store.runs(search_id=search_id)[:10]]
     queries = {
         f"leaderboard ({n_entries} entries)": lambda: store.leaderboard("bench"),
-        f"search_summary ({n_runs} runs)": lambda: store.search_summary(search_id),
+        f"search_summary ({n_runs} runs)": lambda: search_summary(store, search_id),
         f"runs of the search ({n_runs})": lambda: store.runs(search_id=search_id),
         "finished_keys": lambda: store.finished_keys(search_id),
         "metric_points of 10 runs": lambda: store.metric_points(some_runs),

@@ -1,8 +1,8 @@
 """Chat page: talk to the best checkpoint of a track, or to any recorded run with a checkpoint on this machine.
 
-"Best" is the ranking `python -m harness.chat --best` uses (`Store.best_runs`: the best seed of the fastest record
-entry, else of other entries, else the best search result), and the first of those runs whose run dir has a
-checkpoint here is loaded: run dirs live on the machine that made them. A run with a chat model (config.json
+"Best" is the ranking `python -m harness.chat --best` uses (`leaderboard.views.best_runs`: the best seed of the
+fastest record entry, else of other entries, else the best search result), and the first of those runs whose run dir
+has a checkpoint here is loaded: run dirs live on the machine that made them. A run with a chat model (config.json
 "chat": true, or RUN/chat made by model.sft) is talked to in the chat format, the whole conversation in every prompt;
 a base model has no chat format, so each message is a text prefix it continues, with no history. Replies stream
 token by token; the calculator tool's calls are shown as badges. The model is loaded once per run dir and checkpoint
@@ -20,6 +20,7 @@ import torch
 
 from leaderboard import dashboard_db as db
 from leaderboard import dashboard_format as fmt
+from leaderboard import views
 from model.checkpoint import latest_checkpoint, load_model
 from model.engine import Engine, ReplyStream
 from model.run_dir import CONFIG, is_chat
@@ -43,7 +44,7 @@ def chat_target(run_dir: str | None) -> tuple[Path, bool] | None:
 @st.cache_data(ttl=db.CACHE_TTL_S, show_spinner=False)
 def best_runs(url: str, track: str | None) -> list[dict]:
     store = db.open_store(url)
-    return store.best_runs(track) if store else []
+    return views.best_runs(store, track) if store else []
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model...")

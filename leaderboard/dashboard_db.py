@@ -14,6 +14,7 @@ from typing import Any
 
 import streamlit as st
 
+from leaderboard import views
 from leaderboard.store import DEFAULT_URL, Store, resolve_url
 
 CACHE_TTL_S = 30
@@ -103,7 +104,7 @@ def searches(url: str) -> list[dict[str, Any]]:
 @_cached
 def search_summary(url: str, search_id: int) -> dict[str, Any] | None:
     store = open_store(url)
-    return store.search_summary(search_id) if store else None
+    return views.search_summary(store, search_id) if store else None
 
 
 @_cached

@@ -11,6 +11,8 @@ the same thing twice, from one process or eight, is a no-op rather than a duplic
 Queries return plain lists of dicts (column name -> value; JSON columns as Python objects, timestamps
 as timezone-aware UTC datetimes): `pandas.DataFrame(rows)` where a frame is wanted.
 Errors a user can fix raise `LeaderboardError` with a one-line message.
+The store records and queries rows, nothing more: what a page or a command shows made of them (a search's
+summary, the best runs to chat with, their "why" lines) is built in leaderboard/views.py.
 """
 
 import json
@@ -29,7 +31,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 
-from leaderboard import ranking, schema
+from leaderboard import schema
 from leaderboard.errors import LeaderboardError, SchemaError
 from leaderboard.migrations import bring_up_to_date, check_version, read_version
 from leaderboard.records import Decision, Entry, Experiment, RejectedProposal, Run, Track, as_row, check_point
@@ -44,6 +46,9 @@ PG_SCHEMA_LOCK_KEY = 0x6E616E6F7265
 _WRITE = "nanoresearch_write"  # execution option: this transaction will write (SQLite: BEGIN IMMEDIATE)
 # Light columns of `runs`: listings skip the bulky config and log tail unless details are asked for.
 _RUN_SUMMARY_COLUMNS = [c for c in schema.runs.c if c.name not in ("config", "log_tail")]
+# ... and of `experiments`: lookups by id skip the patch (a whole diff).
+_EXPERIMENT_SUMMARY_COLUMNS = [c for c in schema.experiments.c if c.name != "patch"]
+_IN_CHUNK = 500  # ids per IN list (SQLite caps bound parameters)
 
 T = TypeVar("T")
 
@@ -202,6 +207,21 @@ def _first_line(error: BaseException) -> str:
 
 def _rows(result: sa.Result) -> list[dict[str, Any]]:
     return [dict(row._mapping) for row in result]
+
+
+def _chunks(ids: list[T]) -> Iterable[list[T]]:
+    return (ids[i:i + _IN_CHUNK] for i in range(0, len(ids), _IN_CHUNK))
+
+
+def _pick(table: sa.Table, columns: Iterable[str] | None, default: Iterable[sa.Column]) -> list[sa.Column]:
+    """What a query selects: the named columns of `table` (for a caller that reads a few columns of many rows),
+    else `default`."""
+    if columns is None:
+        return list(default)
+    names = list(columns)
+    if unknown := [name for name in names if name not in table.c]:
+        raise ValueError(f"table {table.name} has no column {', '.join(unknown)}")
+    return [table.c[name] for name in names]
 
 
 class Store:
@@ -496,13 +516,24 @@ class Store:
             row["rank"] = rank if row["time_to_target_mean"] is not None else None
         return rows
 
-    def runs(self, *, experiment_id: str | None = None, search_id: int | None = None, rung: str | None = None,
-             status: str | Iterable[str] | None = None, details: bool = False) -> list[dict[str, Any]]:
-        """Runs matching every filter given, oldest first. `details` adds the bulky config and log_tail."""
+    def entries(self, track: str | None = None) -> list[dict[str, Any]]:
+        """The leaderboard entries of `track` (else of every track), by id."""
+        e = schema.entries.c
+        stmt = sa.select(schema.entries)
+        if track is not None:
+            stmt = stmt.where(e.track == track)
+        return self._select(stmt.order_by(e.id))
+
+    def runs(self, *, experiment_id: str | Iterable[str] | None = None, search_id: int | None = None,
+             rung: str | None = None, status: str | Iterable[str] | None = None, details: bool = False,
+             columns: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Runs matching every filter given (`experiment_id` and `status`: one value or any of several), oldest
+        first. `details` adds the bulky config and log_tail; `columns` names the only columns wanted instead."""
         r = schema.runs.c
-        stmt = sa.select(schema.runs) if details else sa.select(*_RUN_SUMMARY_COLUMNS)
+        stmt = sa.select(*_pick(schema.runs, columns, schema.runs.c if details else _RUN_SUMMARY_COLUMNS))
         if experiment_id is not None:
-            stmt = stmt.where(r.experiment_id == experiment_id)
+            stmt = stmt.where(r.experiment_id.in_([experiment_id] if isinstance(experiment_id, str)
+                                                  else sorted(set(experiment_id))))
         if search_id is not None:
             stmt = stmt.where(r.search_id == search_id)
         if rung is not None:
@@ -510,6 +541,12 @@ class Store:
         if status is not None:
             stmt = stmt.where(r.status.in_([status] if isinstance(status, str) else list(status)))
         return self._select(stmt.order_by(r.id))
+
+    def runs_by_id(self, run_ids: Iterable[int]) -> list[dict[str, Any]]:
+        """The runs with these ids (summary columns, as `runs` gives them), by id; unknown ids are left out."""
+        ids, r = sorted(set(run_ids)), schema.runs.c
+        return self._read(lambda conn: [row for chunk in _chunks(ids) for row in _rows(conn.execute(
+            sa.select(*_RUN_SUMMARY_COLUMNS).where(r.id.in_(chunk)).order_by(r.id)))])
 
     def run(self, run_id: int) -> dict[str, Any] | None:
         """One run with every column (config and log_tail included), or None when unknown."""
@@ -526,16 +563,9 @@ class Store:
 
     def metric_points(self, run_ids: Iterable[int]) -> list[dict[str, Any]]:
         """Metric points of the given runs, by run then step."""
-        ids = sorted(set(run_ids))
-        m = schema.metric_points.c
-
-        def work(conn: sa.Connection) -> list[dict[str, Any]]:
-            rows = []
-            for i in range(0, len(ids), 500):  # bounded IN lists (SQLite caps bound parameters)
-                rows += _rows(conn.execute(sa.select(schema.metric_points).where(m.run_id.in_(ids[i:i + 500]))
-                                           .order_by(m.run_id, m.step)))
-            return rows
-        return self._read(work)
+        ids, m = sorted(set(run_ids)), schema.metric_points.c
+        return self._read(lambda conn: [row for chunk in _chunks(ids) for row in _rows(conn.execute(
+            sa.select(schema.metric_points).where(m.run_id.in_(chunk)).order_by(m.run_id, m.step)))])
 
     def experiment(self, experiment_id: str) -> dict[str, Any] | None:
         """An experiment with its `runs` (full rows) and `decisions`, or None when unknown."""
@@ -561,10 +591,21 @@ class Store:
                 schema.proposals.c.search_id == search_id)
         return self._select(stmt.order_by(x.c.created_at, x.c.id))
 
-    def decisions(self, *, search_id: int | None = None, experiment_id: str | None = None) -> list[dict[str, Any]]:
-        """Ladder decisions, oldest first, optionally of one search and/or one experiment."""
+    def experiments_by_id(self, experiment_ids: Iterable[str], *,
+                          columns: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """The experiments with these ids, by id (unknown ids are left out): every column but the patch, or the
+        `columns` named."""
+        ids, x = sorted(set(experiment_ids)), schema.experiments.c
+        picked = _pick(schema.experiments, columns, _EXPERIMENT_SUMMARY_COLUMNS)
+        return self._read(lambda conn: [row for chunk in _chunks(ids) for row in _rows(conn.execute(
+            sa.select(*picked).where(x.id.in_(chunk)).order_by(x.id)))])
+
+    def decisions(self, *, search_id: int | None = None, experiment_id: str | None = None,
+                  columns: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Ladder decisions, oldest first, optionally of one search and/or one experiment; every column, or the
+        `columns` named."""
         d = schema.decisions.c
-        stmt = sa.select(schema.decisions)
+        stmt = sa.select(*_pick(schema.decisions, columns, schema.decisions.c))
         if search_id is not None:
             stmt = stmt.where(d.search_id == search_id)
         if experiment_id is not None:
@@ -589,6 +630,17 @@ class Store:
         rows = self._select(sa.select(schema.searches).where(schema.searches.c.name == name))
         return rows[0] if rows else None
 
+    def search(self, search_id: int) -> dict[str, Any] | None:
+        """The searches row with this id, or None when unknown."""
+        rows = self._select(sa.select(schema.searches).where(schema.searches.c.id == search_id))
+        return rows[0] if rows else None
+
+    def proposal_count(self, search_id: int) -> int:
+        """How many experiments the search proposed."""
+        p = schema.proposals.c
+        return self._read(lambda conn: conn.execute(
+            sa.select(sa.func.count()).select_from(schema.proposals).where(p.search_id == search_id)).scalar_one())
+
     def searches(self) -> list[dict[str, Any]]:
         """Every search, newest first, with n_proposed, n_runs, n_finished and training_hours."""
         s, r, p = schema.searches, schema.runs.c, schema.proposals.c
@@ -609,187 +661,3 @@ class Store:
         if search_id is not None:
             stmt = stmt.where(r.search_id == search_id)
         return set(self._read(lambda conn: [tuple(row) for row in conn.execute(stmt)]))
-
-    def search_summary(self, search_id: int) -> dict[str, Any] | None:
-        """What the dashboard's search page shows, or None for an unknown search:
-
-        - `search`: the searches row; `n_proposed`; `runs_by_status`: {status: count};
-        - `training_hours` (sum of total_training_time) and `device_hours` (the same times world_size);
-        - `trials`: finished runs in finish order, each with `best_val_bpb`, the best ok val_bpb of its rung
-          so far (rungs are different model sizes, so their val_bpb do not compare);
-        - `best`: the search's experiments best first, by the one definition of best (leaderboard/ranking.py:
-          furthest up the ladder, then the lowest mean paired difference there), each {experiment_id, rung,
-          mean_delta, n, beats_baseline}; the baseline and the nulls never appear;
-        - `funnel`: per rung in ladder order (search config "rungs", else first-run order):
-          proposed (first rung: proposals, else promotions into the rung), run (experiments with a finished
-          run there, baseline included), promoted and rejected (experiments with that verdict from it).
-        The noise-floor replica's runs are trials (they cost compute) but never the best, nor in the funnel:
-        they are the baseline again, and a lucky init of it is noise, not progress. Nor are A/A nulls the best.
-        """
-        r, d = schema.runs.c, schema.decisions.c
-
-        def work(conn: sa.Connection) -> dict[str, Any] | None:
-            found = _rows(conn.execute(sa.select(schema.searches).where(schema.searches.c.id == search_id)))
-            if not found:
-                return None
-            runs = _rows(conn.execute(
-                sa.select(r.id, r.experiment_id, r.rung, r.seed, r.status, r.started_at, r.finished_at, r.val_bpb,
-                          r.total_training_time, r.world_size)
-                .where(r.search_id == search_id).order_by(r.finished_at.asc().nulls_last(), r.id)))
-            verdicts = conn.execute(sa.select(d.from_rung, d.to_rung, d.verdict, d.experiment_id)
-                                    .where(d.search_id == search_id).distinct()).all()
-            n_proposed = conn.execute(sa.select(sa.func.count()).select_from(schema.proposals)
-                                      .where(schema.proposals.c.search_id == search_id)).scalar_one()
-            e = schema.experiments.c
-            noise = set(conn.execute(sa.select(e.id).where(e.proposer == schema.NOISE_FLOOR_PROPOSER)).scalars())
-            decided = _rows(conn.execute(sa.select(d.experiment_id, d.from_rung, d.mean_delta, d.n)
-                                         .where(d.search_id == search_id).order_by(d.created_at, d.id)))
-            ids = sorted({x["experiment_id"] for x in decided})
-            replicas = {row.id for i in range(0, len(ids), 500) for row in conn.execute(
-                sa.select(e.id, e.extra).where(e.id.in_(ids[i:i + 500])))
-                if isinstance(row.extra, dict) and row.extra.get("replica")}
-            return found[0], runs, verdicts, n_proposed, noise, decided, replicas
-
-        fetched = self._read(work)
-        if fetched is None:
-            return None
-        search, runs, verdicts, n_proposed, noise, decided, replicas = fetched
-
-        runs_by_status: dict[str, int] = {}
-        trials, best_so_far = [], {}
-        ran_at: dict[str, set[str]] = {}
-        for run in runs:
-            runs_by_status[run["status"]] = runs_by_status.get(run["status"], 0) + 1
-            if run["finished_at"] is None:
-                continue
-            counts = run["experiment_id"] not in noise
-            if counts:
-                ran_at.setdefault(run["rung"], set()).add(run["experiment_id"])
-            if counts and run["status"] == "ok" and run["val_bpb"] is not None:
-                best_so_far[run["rung"]] = min(best_so_far.get(run["rung"], math.inf), run["val_bpb"])
-            trials.append({"run_id": run["id"], "experiment_id": run["experiment_id"], "rung": run["rung"],
-                           "seed": run["seed"], "status": run["status"], "finished_at": run["finished_at"],
-                           "val_bpb": run["val_bpb"], "best_val_bpb": best_so_far.get(run["rung"])})
-
-        config = search["config"] if isinstance(search["config"], dict) else {}
-        order = [str(rung) for rung in config.get("rungs") or []]
-        first_run_order = [run["rung"] for run in sorted(runs, key=lambda x: x["id"])]
-        for rung in first_run_order + [v.from_rung for v in verdicts]:
-            if rung not in order:
-                order.append(rung)
-        n_at = {(x["experiment_id"], x["from_rung"]): x["n"] for x in decided}  # the latest decision's seeds
-        baseline = {str(config["baseline_experiment_id"])} if config.get("baseline_experiment_id") else set()
-        best = [{"experiment_id": s.experiment_id, "rung": s.rung, "mean_delta": s.mean_delta,
-                 "n": n_at.get((s.experiment_id, s.rung)), "beats_baseline": s.beats_baseline()}
-                for s in ranking.standings(decided, order, exclude=noise | replicas | baseline)]
-        with_verdict: dict[tuple[str, str], set[str]] = {}
-        promoted_into: dict[str, set[str]] = {}
-        for v in verdicts:
-            if v.experiment_id in noise:
-                continue
-            with_verdict.setdefault((v.from_rung, v.verdict), set()).add(v.experiment_id)
-            if v.verdict == "promote" and v.to_rung is not None:
-                promoted_into.setdefault(v.to_rung, set()).add(v.experiment_id)
-        funnel = []
-        for i, rung in enumerate(order):
-            ran = len(ran_at.get(rung, ()))
-            proposed = max(n_proposed, ran) if i == 0 else len(promoted_into.get(rung, ()))
-            funnel.append({"rung": rung, "proposed": proposed, "run": ran,
-                           "promoted": len(with_verdict.get((rung, "promote"), ())),
-                           "rejected": len(with_verdict.get((rung, "reject"), ()))})
-
-        hours = sum(run["total_training_time"] or 0.0 for run in runs) / 3600.0
-        device_hours = sum((run["total_training_time"] or 0.0) * (run["world_size"] or 1) for run in runs) / 3600.0
-        return {"search": search, "n_proposed": n_proposed, "runs_by_status": runs_by_status,
-                "training_hours": hours, "device_hours": device_hours, "trials": trials, "best": best, "funnel": funnel}
-
-    def best_runs(self, track: str | None = None) -> list[dict[str, Any]]:
-        """The runs worth chatting with, best first: each a runs row (summary columns) plus `why` (one line),
-        `track` and `entry_id` (both None for a search result).
-
-        1. The ok runs of leaderboard entries (of `track`, else of every track): records before other entries;
-           without `track` the deeper model's track first (times on different tracks do not compare, and a deeper
-           model is the better one to talk to); then the fastest mean time-to-target (none: last), newest first on
-           ties. Within an entry, its best seed first (the track's metric).
-        2. Then the best search results, also when a track was asked for (a track with no entry to load falls
-           back to them): ok runs of experiments a search promoted (or passed at its top rung) and of the searches'
-           baselines; the deepest model first (a chat wants the bigger one), then at one depth the experiments by
-           their search's ranking of best (leaderboard/ranking.py), the baselines after them, then the lowest val_bpb.
-
-        Run dirs live on the machines that made them, out of the store's sight: a caller takes the first run whose
-        run dir has a checkpoint where it runs."""
-        e, t, r, d = schema.entries.c, schema.tracks.c, schema.runs.c, schema.decisions.c
-
-        def work(conn: sa.Connection):
-            stmt = (sa.select(schema.entries, t.metric.label("track_metric"), t.depth.label("track_depth"))
-                    .select_from(schema.entries.join(schema.tracks, t.name == e.track)))
-            if track is not None:
-                stmt = stmt.where(e.track == track)
-            entries = _rows(conn.execute(stmt))
-            ids = sorted({i for x in entries for i in (x["run_ids"] or []) if isinstance(i, int)})
-            entry_runs = {}
-            for i in range(0, len(ids), 500):  # bounded IN lists (SQLite caps bound parameters)
-                for row in _rows(conn.execute(sa.select(*_RUN_SUMMARY_COLUMNS).where(
-                        r.id.in_(ids[i:i + 500]), r.status == "ok", r.run_dir.is_not(None)))):
-                    entry_runs[row["id"]] = row
-            searches = {row.id: (row.name, row.config) for row in conn.execute(
-                sa.select(schema.searches.c.id, schema.searches.c.name, schema.searches.c.config))}
-            baselines = {str(c["baseline_experiment_id"]) for _, c in searches.values()
-                         if isinstance(c, dict) and c.get("baseline_experiment_id")}
-            promoted = {row.experiment_id for row in conn.execute(
-                sa.select(d.experiment_id).where(d.verdict == "promote").distinct())}
-            decided = _rows(conn.execute(sa.select(d.search_id, d.experiment_id, d.from_rung, d.mean_delta)
-                                         .where(d.experiment_id.in_(sorted(promoted))).order_by(d.created_at, d.id)))
-            search_runs = _rows(conn.execute(sa.select(*_RUN_SUMMARY_COLUMNS).where(
-                r.search_id.is_not(None), r.status == "ok", r.val_bpb.is_not(None), r.run_dir.is_not(None),
-                r.experiment_id.in_(sorted(baselines | promoted)))))
-            return entries, entry_runs, searches, baselines, search_runs, decided
-
-        entries, entry_runs, searches, baselines, search_runs, decided = self._read(work)
-        standing: dict[tuple[int | None, str], tuple] = {}  # (search, experiment) -> its ranking key in that search
-        for search_id in {x["search_id"] for x in decided}:
-            config = (searches.get(search_id) or (None, None))[1]
-            rungs = [str(x) for x in (config or {}).get("rungs") or []] if isinstance(config, dict) else []
-            for s in ranking.standings([x for x in decided if x["search_id"] == search_id], rungs, exclude=baselines):
-                standing[(search_id, s.experiment_id)] = s.key
-
-        def entry_order(x: dict[str, Any]) -> tuple:
-            ttt = x["time_to_target_mean"]
-            depth = 0 if track is not None else -(x["track_depth"] or 0)
-            return (not x["is_record"], depth, ttt is None, ttt or 0.0, -x["created_at"].timestamp(), x["id"])
-
-        out: list[dict[str, Any]] = []
-        seen: set[int] = set()  # a run in two entries, or in an entry and a search, is listed once (its best place)
-        for x in sorted(entries, key=entry_order):
-            metric = x["track_metric"]
-            column = metric.lower()
-            sign = -1.0 if column == "core" else 1.0  # CORE: higher is better; val_bpb: lower
-            ranked = sorted(((run.get(column) is None, sign * (run.get(column) or 0.0), run["seed"], run["id"]), run)
-                            for i in (x["run_ids"] or []) if (run := entry_runs.get(i)) is not None)
-            runs = [run for _, run in ranked]
-            ttt = x["time_to_target_mean"]
-            timing = (f"mean time to target {ttt:.1f} s over {x['seeds']} seeds" if ttt is not None
-                      else "target not reached")
-            for run in runs:
-                if run["id"] in seen:
-                    continue
-                seen.add(run["id"])
-                value = run.get(column)
-                shown = f"{value:.4f}" if value is not None else "not measured"
-                why = (f"{'record' if x['is_record'] else 'entry'} #{x['id']} ({x['recipe']}) on track {x['track']}: "
-                       f"{timing}; seed {run['seed']} ({metric} {shown})")
-                out.append({**run, "why": why, "track": x["track"], "entry_id": x["id"]})
-
-        def search_order(run: dict[str, Any]) -> tuple:
-            key = standing.get((run["search_id"], run["experiment_id"]), (math.inf, math.inf))
-            return (-(run["depth"] or 0), run["experiment_id"] in baselines, key, run["val_bpb"], run["id"])
-
-        for run in sorted(search_runs, key=search_order):
-            if run["id"] in seen:
-                continue
-            role = "baseline" if run["experiment_id"] in baselines else "promoted experiment"
-            name = searches.get(run["search_id"], ("?", None))[0]
-            why = (f"search result: {role} {run['experiment_id']} of search {name!r}, seed {run['seed']}: "
-                   f"val_bpb {run['val_bpb']:.4f} at rung {run['rung']} (depth {run['depth']})")
-            out.append({**run, "why": why, "track": None, "entry_id": None})
-        return out

@@ -1,6 +1,6 @@
-"""Which run is best (`Store.best_runs`) and `python -m harness.chat --best`: the fastest record entry's best seed,
-runs without a checkpoint here skipped, the best search result when no entry has one, tracks compared by depth,
-and one-line errors."""
+"""Which run is best (`leaderboard.views.best_runs`) and `python -m harness.chat --best`: the fastest record entry's
+best seed, runs without a checkpoint here skipped, the best search result when no entry has one, tracks compared by
+depth, and one-line errors."""
 
 import os
 import shutil
@@ -13,6 +13,7 @@ import pytest
 
 from harness.chat import main
 from leaderboard import Decision, Entry, Experiment, Run, Store, Track
+from leaderboard.views import best_runs
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -81,22 +82,22 @@ def test_best_runs_ranking(tmp_path):
     url = f"sqlite:///{tmp_path / 'lb.db'}"
     ids = seed_db(url, paths)
     store = Store(url)
-    small = [r["id"] for r in store.best_runs("small")]
+    small = [r["id"] for r in best_runs(store, "small")]
     # The fastest record with runs first (the gone one), then the 100 s record's ok seeds best first (the crashed
     # seed is left out), then the non-record entry, then the search results: deepest rung first, then val_bpb;
     # the rejected experiment never appears.
     # A run listed by an entry is not listed again as a search result.
     assert small == [ids[k] for k in ("fast", "s1", "s0", "base_d1", "good_d2", "good_d1")]
-    best = store.best_runs("small")[1]
+    best = best_runs(store, "small")[1]
     assert best["why"].startswith("record #") and "on track small" in best["why"] and "seed 1 (val_bpb 3.6000)" in best["why"]
     assert (best["track"], best["entry_id"]) == ("small", best["entry_id"]) and best["entry_id"] is not None
     # Every track: the deeper model's track first (CORE: the higher seed first), then the small track.
-    every = [r["id"] for r in store.best_runs()]
+    every = [r["id"] for r in best_runs(store)]
     assert every[:2] == [ids["core1"], ids["core0"]] and every[2:5] == [ids["fast"], ids["s1"], ids["s0"]]
-    search_result = store.best_runs()[-1]
+    search_result = best_runs(store)[-1]
     assert search_result["track"] is None and "search result: promoted experiment good of search 's'" in search_result["why"]
-    baseline = store.best_runs("nope")[-1]  # an unknown track has no entries: search results only
-    assert [r["id"] for r in store.best_runs("nope")] == [ids[k] for k in ("good_d2", "good_d1", "base_d1")]
+    baseline = best_runs(store, "nope")[-1]  # an unknown track has no entries: search results only
+    assert [r["id"] for r in best_runs(store, "nope")] == [ids[k] for k in ("good_d2", "good_d1", "base_d1")]
     assert baseline["why"].startswith("search result: baseline base of search 's', seed 0: val_bpb 4.0000 at rung d1")
 
 
@@ -158,4 +159,4 @@ def test_search_results_at_one_depth_follow_the_search_ranking_of_best(tmp_path)
         ids = {exp_id: store.record_run(Run(experiment_id=exp_id, rung="d1", seed=0, status="ok", depth=1, val_bpb=v,
                                             run_dir=str(tmp_path / exp_id), search_id=search, finished_at=T0)).run_id
                for exp_id, v in (("x", 3.0), ("y", 3.2), ("base", 2.9))}  # x and the baseline drew low inits
-        assert [r["id"] for r in store.best_runs()] == [ids["y"], ids["x"], ids["base"]]
+        assert [r["id"] for r in best_runs(store)] == [ids["y"], ids["x"], ids["base"]]

@@ -12,6 +12,8 @@ inside a function) is an edge of a module graph that must have no cycle and must
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections import deque
 from pathlib import Path
 
@@ -164,6 +166,14 @@ def test_package_dependency_direction():
     graph = import_graph(REPO_ROOT)
     violations = layering_violations(graph, REPO_ROOT)
     assert not violations, "imports against DESIGN.md's dependency direction:\n" + "\n".join(violations)
+
+
+def test_the_views_need_neither_streamlit_nor_torch():
+    """leaderboard.views is shared by the dashboard and `harness.chat --best`: importing it (and what it imports)
+    loads neither Streamlit nor torch."""
+    code = "import sys, leaderboard.views; print(sorted({'streamlit', 'torch'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
 def test_the_checker_sees_every_kind_of_import(tmp_path):

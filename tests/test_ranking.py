@@ -1,6 +1,6 @@
 """"Best", defined once (leaderboard/ranking.py), and the three places that name a search's best experiment -- the
-terminal summary (`Search.best`), the agent's prompt (`History`) and the dashboard (`Store.search_summary`) --
-naming the same one."""
+terminal summary (`Search.best`), the agent's prompt (`History`) and the dashboard
+(`leaderboard.views.search_summary`) -- naming the same one."""
 
 import math
 from types import SimpleNamespace
@@ -13,6 +13,7 @@ from harness.search import Candidate, Search
 from leaderboard import Decision, Store
 from leaderboard.ranking import Standing, best, standings
 from leaderboard.schema import NOISE_FLOOR_PROPOSER
+from leaderboard.views import search_summary
 
 
 def row(experiment_id, rung, mean_delta):
@@ -60,7 +61,7 @@ def test_the_summary_the_agent_and_the_dashboard_name_the_same_best(tmp_path):
         verdicts.setdefault(exp.id, {})[rung] = Verdict(verdict, {}, mean, None, None, 3, "")
     expected = [a.id, b.id, c.id]  # a reached d4 (worse there, still furthest); b beats c's latest -0.002 at d2
 
-    dashboard = [x["experiment_id"] for x in store.search_summary(search_id)["best"]]
+    dashboard = [x["experiment_id"] for x in search_summary(store, search_id)["best"]]
     context = SearchContext(name="s", search_id=search_id, tier=tier, recipe=recipe, baseline_id=baseline.id,
                             identity=lambda t, p: experiment(t).id)
     agent = [s.experiment_id for s in History(store, context).standings]
@@ -68,5 +69,5 @@ def test_the_summary_the_agent_and_the_dashboard_name_the_same_best(tmp_path):
         e.id: Candidate(e, order=i, verdicts=verdicts[e.id]) for i, e in enumerate((a, b, c, lucky))})
     summary = Search.best(searching)
     assert dashboard == agent == expected and summary.experiment_id == expected[0]
-    assert store.search_summary(search_id)["best"][0] == {"experiment_id": a.id, "rung": "d4", "mean_delta": 0.001,
+    assert search_summary(store, search_id)["best"][0] == {"experiment_id": a.id, "rung": "d4", "mean_delta": 0.001,
                                                            "n": 3, "beats_baseline": True}

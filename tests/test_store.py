@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from leaderboard import Decision, Entry, Experiment, LeaderboardError, Run, SchemaError, Store, Track
 from leaderboard.schema import NOISE_FLOOR_PROPOSER, SCHEMA_VERSION
 from leaderboard.store import resolve_url
+from leaderboard.views import search_summary
 
 PG_URL = os.environ.get("NANORESEARCH_TEST_PG_URL")
 REQUIRE_PG = os.environ.get("NANORESEARCH_REQUIRE_PG") == "1"
@@ -354,7 +355,7 @@ def build_search(store: Store) -> tuple[int, dict]:
 
 def test_search_summary_trials_best_funnel_and_compute(store):
     search_id, val = build_search(store)
-    summary = store.search_summary(search_id)
+    summary = search_summary(store, search_id)
     assert summary["search"]["name"] == "s1" and summary["n_proposed"] == 4
     assert summary["runs_by_status"] == {"ok": 8, "diverged": 1, "running": 1}
     assert summary["training_hours"] == pytest.approx(9 * 100 / 3600)
@@ -371,19 +372,19 @@ def test_search_summary_trials_best_funnel_and_compute(store):
     assert summary["funnel"] == [
         {"rung": "d2", "proposed": 4, "run": 3, "promoted": 1, "rejected": 1},
         {"rung": "d4", "proposed": 1, "run": 2, "promoted": 0, "rejected": 0}]
-    assert store.search_summary(search_id + 100) is None
+    assert search_summary(store, search_id + 100) is None
 
 
 def test_search_summary_leaves_the_noise_floor_replica_out_of_best_and_funnel(store):
     search_id, _ = build_search(store)
-    before = store.search_summary(search_id)
+    before = search_summary(store, search_id)
     # The search's noise-floor replica (the baseline with another init) lands a lucky low val_bpb at d2.
     store.record_experiment(Experiment(id="noise", name="baseline, another init", proposer=NOISE_FLOOR_PROPOSER))
     store.record_run(finished_run("noise", "d2", 0, val_bpb=1.0, search_id=search_id, total_training_time=100.0,
                                   finished_at=T0 + timedelta(hours=1)))
     store.record_decision(Decision(experiment_id="noise", from_rung="d2", verdict="promote", search_id=search_id,
                                    mean_delta=-0.5, n=1))
-    summary = store.search_summary(search_id)
+    summary = search_summary(store, search_id)
     assert summary["best"] == before["best"] and summary["funnel"] == before["funnel"]
     assert summary["trials"][-1]["experiment_id"] == "noise"  # it is a trial: it cost compute
     assert summary["trials"][-1]["best_val_bpb"] == pytest.approx(1.70)  # the best real d2 run, not the replica's 1.0
@@ -410,6 +411,40 @@ def test_run_and_experiment_queries(store):
     [listed] = store.searches()
     assert (listed["n_proposed"], listed["n_runs"], listed["n_finished"]) == (4, 10, 9)
     assert listed["training_hours"] == pytest.approx(0.25)
+
+
+def test_row_queries_the_views_build_on(store):
+    """The plain row queries leaderboard/views.py builds the search summary and the best runs from."""
+    search_id, _ = build_search(store)
+    assert store.search(search_id)["name"] == "s1" and store.search(search_id + 100) is None
+    assert store.proposal_count(search_id) == 4 and store.proposal_count(search_id + 100) == 0
+    # Several experiments at once; only the columns asked for.
+    assert [r["experiment_id"] for r in store.runs(experiment_id={"exp0002", "exp0000"}, rung="d2")] == \
+        ["exp0000", "exp0000", "exp0002", "exp0002"]
+    light = store.runs(search_id=search_id, status="ok", columns=("id", "val_bpb"))
+    assert len(light) == 8 and all(set(r) == {"id", "val_bpb"} for r in light)
+    assert [r["id"] for r in light] == sorted(r["id"] for r in light)
+    with pytest.raises(ValueError, match="no column nope"):
+        store.runs(columns=("id", "nope"))
+    # By id: unknown ids left out, ordered by id, across more ids than one IN list holds.
+    ids = [r["id"] for r in store.runs()]
+    assert [r["id"] for r in store.runs_by_id([ids[3], ids[1], 10**9, ids[3]])] == [ids[1], ids[3]]
+    assert [r["id"] for r in store.runs_by_id(range(1, 2000))] == ids and store.runs_by_id([]) == []
+    assert "config" not in store.runs_by_id(ids)[0]
+    found = store.experiments_by_id(["exp0003", "exp0001", "missing"])
+    assert [x["id"] for x in found] == ["exp0001", "exp0003"] and "patch" not in found[0] and "tweaks" in found[0]
+    assert store.experiments_by_id(["exp0001"], columns=["id", "proposer"]) == [{"id": "exp0001", "proposer": "manual"}]
+    decided = store.decisions(search_id=search_id, columns=("experiment_id", "verdict"))
+    assert decided == [{"experiment_id": "exp0001", "verdict": "more_seeds"},
+                       {"experiment_id": "exp0001", "verdict": "promote"},
+                       {"experiment_id": "exp0002", "verdict": "reject"}]
+    assert store.entries() == []
+    store.record_track(Track(name="t", metric="val_bpb", target=1.0))
+    store.record_track(Track(name="u", metric="val_bpb", target=1.0))
+    first = store.record_entry(Entry(track="u", recipe="a", run_ids=[ids[0]]))
+    second = store.record_entry(Entry(track="t", recipe="b"))
+    assert [e["id"] for e in store.entries()] == [first, second]
+    assert [e["recipe"] for e in store.entries("t")] == ["b"] and store.entries("nope") == []
 
 
 def test_a_run_failed_for_the_machine_is_reopened_and_completed_once(store):
