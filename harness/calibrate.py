@@ -23,9 +23,10 @@ from experiments.catalog import CatalogError, Tier
 from harness.noise import control_spread, mde, per_look_alpha
 from harness.preparation import BadInput
 from harness.runs import Outcome
-from harness.search import SearchSpaceError, build_parser, execute, resolve_tier
+from harness.search import execute
+from harness.search_config import build_parser, resolve, resolve_tier
 from model.cli import ArgumentParser
-from search_spaces import KINDS
+from search_spaces import KINDS, SearchSpaceError
 
 
 def build_calibrate_parser() -> ArgumentParser:
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         design = resolve_tier(build_parser().parse_args(forwarded))  # the seeds a search starts each rung with
         seeds = args.seeds or design.statistics.max_seeds  # default: every slot adaptive seeding could ask for
-        status, search = execute(build_parser().parse_args([*forwarded, "--seeds", str(seeds)]), calibrate=True)
+        status, search = execute(resolve(build_parser().parse_args([*forwarded, "--seeds", str(seeds)]), calibrate=True))
     except (BadInput, CatalogError, SearchSpaceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@
     python -m harness.chat --run runs/d4                        # REPL: `> ` prompt, /reset, /quit or EOF
     python -m harness.chat --best [--track cpu]                 # the best run found so far (see below)
 
---best asks the leaderboard (--db, else NANORESEARCH_DB) which run is best (`Store.best_runs`): the best seed of
+--best asks the leaderboard (--db, else NANORESEARCH_DB) which run is best (`leaderboard.views.best_runs`): the best seed of
 the fastest record entry of the track (without --track: of every track, the deepest model's first), else of the
 other entries, else the best search result (the deepest model first, then the search's own ranking of best --
 furthest up the ladder, lowest mean paired difference there -- among experiments a search promoted or passed, and

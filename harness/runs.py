@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.jobs import Job
+from leaderboard.ingest import RESULT_COLUMNS
 from model.run_dir import read_config, read_points, read_result
 
 LOG_TAIL_CHARS = 4000
@@ -35,6 +36,15 @@ class Outcome:
     log_tail: str | None = None
     wall_s: float | None = None
     loaded: bool | None = None        # trained far below its rung's calibrated throughput (None: no calibration)
+    run_id: int | None = None         # its leaderboard row, for one recorded by an earlier session (points not read yet)
+
+    @classmethod
+    def from_row(cls, row: dict) -> Outcome:
+        """A run an earlier session recorded (a leaderboard runs row), as the outcome this session reads. Its learning
+        curve stays in the database until asked for (`points` empty, `run_id` set)."""
+        result = {k: row[k] for k in RESULT_COLUMNS if row.get(k) is not None}
+        return cls(status=row["status"], reason=row.get("reason"), result=result, loaded=row.get("loaded"),
+                   run_id=row.get("id"))
 
     @property
     def ok(self) -> bool:

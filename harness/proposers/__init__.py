@@ -11,7 +11,12 @@ Each proposer turns the search's state into `Proposal`s (tweaks + a rationale) a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.experiment import Experiment
 
 
 @dataclass
@@ -23,3 +28,46 @@ class Proposal:
     patch: str | None = None
     replica: int = 0                           # A/A replica number (0 for real proposals)
     trial: int | None = None                   # the Optuna trial this proposal is
+
+
+class Proposer:
+    """What the search asks of a proposer. Optuna's BaseSampler is the model: two required methods, and hooks
+    whose defaults fit a proposer that keeps no books of its own.
+
+    Required:
+    - `propose(n, remaining)`: the next n proposals (fewer, or none, when there is nothing left to propose).
+      `remaining` is how many trials the search still wants in all (None: unknown): a proposer that asks for ideas
+      in batches (the agent) sizes its batch by it.
+    - `observe(experiment_id, value)`: how a proposed experiment did at the first rung: its mean paired difference
+      from the control (lower is better), or None when its runs failed.
+    Hooks:
+    - `link(trial, experiment_id)`: the proposal of `trial` became this experiment (its id is the config's hash).
+    - `resume(proposed)`: a resumed search's experiments, already proposed in an earlier session.
+    - `enqueue(proposal)`: take an outside proposal (--enqueue) to hand out before its own; refused by default.
+    - `exhausted`: nothing more will ever come (the search then stops proposing).
+    - `describe()`: the proposer in the search's first line.
+    """
+
+    name = "proposer"
+
+    def propose(self, n: int, remaining: int | None = None) -> list[Proposal]:
+        raise NotImplementedError
+
+    def observe(self, experiment_id: str, value: float | None) -> None:
+        raise NotImplementedError
+
+    def link(self, trial: int, experiment_id: str) -> None:
+        pass
+
+    def resume(self, proposed: Iterable[Experiment]) -> None:
+        pass
+
+    def enqueue(self, proposal: Proposal) -> None:
+        raise ValueError(f"the {self.name} proposer takes no outside proposals (--enqueue)")
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    def describe(self) -> str:
+        return self.name

@@ -10,12 +10,12 @@ promoted, and so calibrate nothing.)"""
 from __future__ import annotations
 
 from harness.experiment import parametric_null_tweaks
-from harness.proposers import Proposal
+from harness.proposers import Proposal, Proposer
 
 KINDS = ("structural", "parametric")
 
 
-class AAProposer:
+class AAProposer(Proposer):
     name = "aa"
 
     def __init__(self, replicas: int, baseline_values: dict, first_replica: int = 1):
@@ -23,15 +23,19 @@ class AAProposer:
         self.baseline_values = dict(baseline_values)
         self.queue = [(r, kind) for r in range(first_replica, first_replica + replicas) for kind in KINDS]
 
-    def skip(self, done: set[tuple[int, str]]) -> None:
-        """On resume: drop the (replica, kind) nulls already proposed."""
+    def resume(self, proposed) -> None:
+        """Drop the (replica, kind) nulls already proposed."""
+        done = {(e.replica, e.null_kind) for e in proposed}
         self.queue = [q for q in self.queue if q not in done]
+
+    def describe(self) -> str:
+        return "aa" if self.replicas else "calibration"  # a calibration search: the baseline and its nulls only
 
     @property
     def exhausted(self) -> bool:
         return not self.queue
 
-    def propose(self, n: int) -> list[Proposal]:
+    def propose(self, n: int, remaining: int | None = None) -> list[Proposal]:
         out = []
         while len(out) < n and self.queue:
             r, kind = self.queue.pop(0)

@@ -45,7 +45,7 @@ import optuna
 from harness.jobs import REPO
 from harness.noise import per_look_alpha
 from harness.patches import PatchError, SmokeTest, check_paths, prepare, worktrees_root
-from harness.proposers import Proposal
+from harness.proposers import Proposal, Proposer
 from harness.proposers.optuna_tpe import OptunaProposer
 from harness.proposers.prices import canonical, cost_usd, price
 from leaderboard import ranking
@@ -456,7 +456,7 @@ def parse_response(response) -> tuple[list, str | None, dict]:
 
 # -----------------------------------------------------------------------------------------------------------
 
-class AgentProposer:
+class AgentProposer(Proposer):
     name = "agent"
 
     def __init__(self, space: Space, optuna_proposer: OptunaProposer, store, context: SearchContext,
@@ -468,7 +468,6 @@ class AgentProposer:
             client = anthropic.Anthropic(max_retries=self.config.max_retries, timeout=self.config.timeout_s)
         self.client = client
         self.say = say or (lambda message: print(message, flush=True))
-        self.remaining: Callable[[], int] = lambda: self.config.batch  # the search sets: trials still to propose
         self.forced_tool = accepts_forced_tool(self.config.model)
         self.disabled: str | None = None  # why the agent is no longer asked in this session
         self.spent_usd = self.recorded_spend()
@@ -487,18 +486,22 @@ class AgentProposer:
     def observe(self, experiment_id: str, value: float | None) -> None:
         self.optuna.observe(experiment_id, value)
 
-    def abandon_unlinked(self) -> int:
-        return self.optuna.abandon_unlinked()
+    def resume(self, proposed) -> None:
+        self.optuna.resume(proposed)
+
+    def describe(self) -> str:
+        return (f"agent ({self.config.model}, {self.config.batch} per call"
+                + (", patches allowed" if self.config.allow_patches else "") + ")")
 
     def waiting(self) -> list:
         return self.optuna.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
 
-    def propose(self, n: int) -> list[Proposal]:
+    def propose(self, n: int, remaining: int | None = None) -> list[Proposal]:
         """The next n proposals: what is queued in the study (earlier agent answers, --enqueue), else a fresh
         round from the agent, else (the agent failed, refused, or is out of budget) TPE samples."""
         if not self.waiting():
             try:
-                self.ask(max(1, min(self.config.batch, self.remaining())))
+                self.ask(max(1, min(self.config.batch, self.config.batch if remaining is None else remaining)))
             except Exception as e:  # noqa: BLE001 - the search never stops because of the agent
                 self.say(f"agent: {type(e).__name__}: {_cut(str(e).splitlines()[0] if str(e) else '', 300)}; "
                          "this round falls back to Optuna (TPE)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import optuna
 
-from harness.proposers import Proposal
+from harness.proposers import Proposal, Proposer
 from search_spaces import Space
 
 
@@ -24,7 +24,7 @@ def storage_for(db_url: str) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
-class OptunaProposer:
+class OptunaProposer(Proposer):
     name = "optuna"
 
     def __init__(self, space: Space, db_url: str, study_name: str, seed: int = 0):
@@ -44,7 +44,7 @@ class OptunaProposer:
                  "tweaks": proposal.tweaks}
         self.study.enqueue_trial(self.space.params(proposal.tweaks), user_attrs=attrs, skip_if_exists=False)
 
-    def propose(self, n: int) -> list[Proposal]:
+    def propose(self, n: int, remaining: int | None = None) -> list[Proposal]:
         out = []
         for _ in range(n):
             trial = self.study.ask()
@@ -70,6 +70,9 @@ class OptunaProposer:
                     self.study.tell(t.number, state=optuna.trial.TrialState.FAIL)
                 else:
                     self.study.tell(t.number, value)
+
+    def resume(self, proposed) -> None:
+        self.abandon_unlinked()
 
     def abandon_unlinked(self) -> int:
         """On resume: fail trials that were asked but never became an experiment (killed in between)."""

@@ -1,0 +1,165 @@
+"""What a search reports when it ends: the summary table (baselines, null spreads and MDEs per rung, each candidate's
+furthest rung and statistics, promotions, the best by the one definition of best, what to submit as a speedrun),
+and for an A/A search its false-promotion rates, also over several independent controls. Each function reads a
+finished (or stopped) `harness.search.Search`; none changes it."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from experiments.catalog import Rung
+from harness.noise import CONTROL_INITS, mde, per_look_alpha
+from search_spaces import KINDS
+
+
+def rung_mde(search, rung: Rung, kind: str, n: int) -> float | None:
+    """The minimum detectable effect at a rung for a change of `kind` with n seeds, from what the rung has
+    measured: the spread the test would use for a candidate as noisy as the kind's typical unit."""
+    null = search.null_spread(rung, kind)
+    prior = search.prior(rung, kind)
+    stats = search.tier.statistics
+    if prior is not None:
+        sd, df = math.sqrt(prior.var), min(prior.df + n - 1, prior.pooled_df + n - 1)
+    elif null is not None:
+        sd, df = null.sd, n - 1
+    else:
+        return None
+    if null is not None and null.sd > sd:
+        sd, df = null.sd, max(df, null.df)
+    alpha = per_look_alpha(stats.alpha, rung.seeds, stats.max_seeds, stats.futility)
+    return mde(sd, n, df, alpha, stats.power, stats.min_effect)
+
+def summary(search, status: str) -> str:
+    stats = search.tier.statistics
+    lines = [f"\nsearch {search.name!r} {status}: {search.proposals_made} proposals, "
+             f"compute {search.compute_s / 3600:.2f} h, database {search.store.url_text}"]
+    for rung in search.tier.rungs:
+        base = [search.val(r) for (e, n, _), r in search.results.items() if e == search.baseline.id and n == rung.name and search.status(r) == "ok"]
+        if not base:
+            continue
+        lines.append(f"  baseline at {rung.name}: val_bpb {sum(base) / len(base):.4f} over {len(base)} seeds")
+        for kind in KINDS:
+            null = search.spreads.get((rung.name, kind))
+            if null is None:
+                continue
+            mdes = ", ".join(f"{n} seeds {m:.4f}" for n in sorted({rung.seeds, stats.max_seeds})
+                             if (m := rung_mde(search, rung, kind, n)) is not None)
+            lines.append(f"    {kind:10} null spread {null.sd:.5f} ({int(null.df)} pairs); MDE at {stats.power:.0%} power: {mdes}")
+    lines.append(f"  {'experiment':10} {'kind':10} {'furthest':8} {'state':8} {'mean d':>8} {'p':>6} {'MDE':>7} "
+                 f"{'compute':>9}  change")
+    for c in sorted(search.candidates.values(), key=lambda c: c.order):
+        rung = search.tier.rungs[c.rung].name
+        v = c.verdicts.get(rung) or next((c.verdicts[r.name] for r in reversed(search.tier.rungs) if r.name in c.verdicts), None)
+        mean = f"{v.mean_delta:+.4f}" if v and v.mean_delta is not None else "-"
+        p = f"{v.p_value:.2g}" if v and v.p_value is not None else "-"
+        m = f"{v.mde:.4f}" if v and v.mde is not None and math.isfinite(v.mde) else "-"
+        mult = (f"x{v.multiplier.value:.3g}" + ("*" if v.multiplier.extrapolated else "")
+                if v and v.multiplier and v.multiplier.value is not None else "-")
+        lines.append(f"  {c.experiment.id[:10]} {c.experiment.kind:10} {rung:8} {c.state:8} {mean:>8} {p:>6} {m:>7} "
+                     f"{mult:>9}  {c.experiment.describe()}")
+    lines.append("  (mean d: candidate - control val_bpb, negative is better; the control is the baseline at the same seed, "
+                 "for a structural change the mean of the baseline and the structural null, two inits; MDE: the improvement the test promotes "
+                 f"with {stats.power:.0%} power at the seeds it used; compute: baseline compute to reach the candidate's "
+                 "val_bpb over the candidate's, * = extrapolated past the baseline's curve)")
+    real = [c for c in search.candidates.values() if not c.experiment.replica]
+    promoted = [c for c in real if c.rung > 0 or c.state == "passed"]
+    lines.append(f"  promotions: {len(promoted)} of {len(real)}")
+    best = search.best()
+    if best:
+        what = search.experiment_of(best.experiment_id).describe()
+        if best.beats_baseline():
+            lines.append(f"  best: {best.experiment_id} ({what}), mean d {best.mean_delta:+.4f} at {best.rung}")
+        else:
+            lines.append(f"  best: none beat the baseline (closest: {best.experiment_id[:12]}, {what}, mean d "
+                         f"{best.mean_delta:+.4f} at {best.rung})")
+    for c in real:
+        if c.state == "passed" and len(search.tier.rungs) > 1:
+            lines.append(f"  passed the ladder: {c.experiment.id}. Submit it as a speedrun:\n"
+                         f"    python -m harness.speedrun --track {search.tier.track or search.tier.name} --experiment {c.experiment.id} --seeds 3")
+    if any(c.experiment.replica for c in search.candidates.values()):
+        lines.extend(aa_report(search))
+    return "\n".join(lines)
+
+def aa_outcome(search, kind: str) -> tuple[int, int]:
+    """(promoted, decided): how many of the search's A/A nulls of `kind` the first rung promoted, of those it
+    decided."""
+    nulls = [c for c in search.candidates.values() if c.experiment.null_kind == kind]
+    decided = [c for c in nulls if c.state != "active" or c.rung > 0]
+    return sum(1 for c in decided if c.rung > 0 or c.state == "passed"), len(decided)
+
+def aa_report(search) -> list[str]:
+    """The false-promotion rate per kind of null, with its one-sided 95% upper confidence bound."""
+    first = search.tier.rungs[0].name
+    lines = [f"  A/A calibration at {first} (alpha {search.tier.statistics.alpha}, min effect "
+             f"{search.tier.statistics.min_effect}, up to {search.tier.statistics.max_seeds} seeds, seeds from {search.seed_base}):"]
+    for kind in KINDS:
+        if not any(c.experiment.null_kind == kind for c in search.candidates.values()):
+            continue
+        k, n = aa_outcome(search, kind)
+        rate = k / n if n else float("nan")
+        lines.append(f"    {kind:10} {k} of {n} null proposals promoted: false-promotion rate {rate:.2f} "
+                     f"(95% upper bound {upper_bound(k, n):.2f})")
+    offset = control_offset(search, search.tier.rungs[0])
+    if offset is not None:
+        value, z, slots = offset
+        lines.append(f"    the structural control sits {value:+.4f} bpb from the mean of the structural nulls' own inits on "
+                     f"its first {slots} slots (z = {z:+.1f}). Every structural null here is judged against that one "
+                     "control, so their outcomes are not independent and the bound above, which assumes they are, is "
+                     "too narrow; a control drawn high (z > 0) promotes more of them. --aa-controls spreads the nulls "
+                     "over independent controls.")
+    return lines
+
+def control_offset(search, rung: Rung) -> tuple[float, float, int] | None:
+    """(offset, z, slots): how far the structural control of the rung's first slots sits from the mean of the A/A
+    structural nulls' runs there (each null is another init of the baseline recipe), in bpb and in standard
+    errors of that difference (the control's k inits and the nulls' m inits per slot, from the nulls' spread).
+    None without two nulls' runs on a slot."""
+    nulls = [c.experiment for c in search.candidates.values() if c.experiment.null_kind == "structural"]
+    if not nulls:
+        return None
+    k = CONTROL_INITS["structural"]
+    offsets, variances = [], []
+    for slot in range(rung.seeds):
+        inits = [search.val(r) for null in nulls if search.status(r := search.result(null, rung, slot)) == "ok"]
+        control = search.control_values(nulls[0], rung, [slot])
+        if len(inits) < 2 or slot not in control:
+            continue
+        offsets.append(control[slot] - statistics.fmean(inits))
+        variances.append(statistics.variance(inits) * (1 / k + 1 / len(inits)))
+    if not offsets or not any(variances):
+        return None
+    value = statistics.fmean(offsets)
+    return value, value / math.sqrt(sum(variances) / len(offsets) ** 2), len(offsets)
+
+
+
+
+def upper_bound(k: int, n: int) -> float:
+    """The one-sided 95% upper confidence bound on a rate seen k times in n independent trials (Clopper-Pearson)."""
+    from scipy import stats as scipy_stats
+    if not n:
+        return float("nan")
+    return 1.0 if k >= n else float(scipy_stats.beta.ppf(0.95, k + 1, n - k))
+
+
+def aa_report_over_controls(searches: list) -> str:
+    """The false-promotion rate of each kind over A/A searches that each have a control of their own (--aa-controls).
+    Two bounds: one that takes every null as independent (too narrow if nulls sharing a control move together), and
+    one from the controls alone: the fraction of controls with at least one promotion is at least any one null's
+    chance of promotion, and the controls are independent, so its bound holds whatever the nulls of one control do."""
+    first, stats = searches[0].tier.rungs[0].name, searches[0].tier.statistics
+    bases = ", ".join(str(s.seed_base) for s in searches)
+    lines = [f"\nA/A calibration over {len(searches)} independent controls at {first} (seed bases {bases}; alpha "
+             f"{stats.alpha}, min effect {stats.min_effect}, up to {stats.max_seeds} seeds):"]
+    for kind in KINDS:
+        outcomes = [aa_outcome(s, kind) for s in searches]
+        k, n = sum(o[0] for o in outcomes), sum(o[1] for o in outcomes)
+        if not n:
+            continue
+        hit, controls = sum(1 for o in outcomes if o[0]), sum(1 for o in outcomes if o[1])
+        per_control = " ".join(f"{a}/{b}" for a, b in outcomes)
+        lines.append(f"  {kind:10} {k} of {n} null proposals promoted (per control: {per_control}): false-promotion rate "
+                     f"{k / n:.2f}; 95% upper bound {upper_bound(k, n):.2f} taking the nulls as independent, "
+                     f"{upper_bound(hit, controls):.2f} from the controls alone ({hit} of {controls} promoted any)")
+    return "\n".join(lines)
