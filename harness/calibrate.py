@@ -22,7 +22,6 @@ import sys
 from experiments.catalog import CatalogError, Tier
 from harness.noise import control_spread, mde, per_look_alpha
 from harness.preparation import BadInput
-from harness.runs import Outcome
 from harness.search import execute
 from harness.search_config import build_parser, resolve, resolve_tier
 from model.cli import ArgumentParser
@@ -109,11 +108,7 @@ def run_cost(search, rung, threads: int) -> str:
             r = search.result(exp, rung, slot)
             if r is None or search.status(r) != "ok":
                 continue
-            if isinstance(r, Outcome):
-                wall, result = r.wall_s, r.result or {}
-            else:
-                wall = (r["finished_at"] - r["started_at"]).total_seconds() if r.get("finished_at") and r.get("started_at") else None
-                result = r
+            wall, result = r.wall_s, r.result or {}
             if wall:
                 walls.append(wall)
             if result.get("tok_per_s"):

@@ -43,8 +43,10 @@ class Outcome:
         """A run an earlier session recorded (a leaderboard runs row), as the outcome this session reads. Its learning
         curve stays in the database until asked for (`points` empty, `run_id` set)."""
         result = {k: row[k] for k in RESULT_COLUMNS if row.get(k) is not None}
+        started, finished = row.get("started_at"), row.get("finished_at")
+        wall_s = (finished - started).total_seconds() if started and finished else None
         return cls(status=row["status"], reason=row.get("reason"), result=result, loaded=row.get("loaded"),
-                   run_id=row.get("id"))
+                   run_id=row.get("id"), wall_s=wall_s)
 
     @property
     def ok(self) -> bool:

@@ -137,15 +137,11 @@ class Search:
     def result(self, experiment: Experiment, rung: Rung, slot: int):
         return self.results.get((experiment.id, rung.name, slot))
 
-    def val(self, r) -> float | None:
-        if r is None:
-            return None
-        return r.val_bpb
+    def val(self, r: Outcome | None) -> float | None:
+        return None if r is None else r.val_bpb
 
-    def status(self, r) -> str | None:
-        if r is None:
-            return None
-        return r.status
+    def status(self, r: Outcome | None) -> str | None:
+        return None if r is None else r.status
 
     def seed(self, exp: Experiment, slot: int) -> int:
         return exp.seed(slot, self.seed_base)

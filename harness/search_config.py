@@ -23,8 +23,6 @@ class SearchError(BadInput):
     """Bad input or an unrecoverable search state; one line for the user, exit code 2."""
 
 
-
-
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m harness.search", description="Search for changes that beat the baseline on a depth ladder.")
     p.add_argument("--tier", default=None, help="cpu | gpu | path/to/tier.toml (default: gpu when CUDA is available, else cpu)")
@@ -68,8 +66,6 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-
-
 def resolve_tier(args) -> Tier:
     name = args.tier
     if name is None:
@@ -106,8 +102,6 @@ def resolve_tier(args) -> Tier:
     return replace(tier, rungs=tuple(rungs), statistics=statistics)
 
 
-
-
 def read_enqueue_file(path: str, space: Space) -> list[Proposal]:
     try:
         items = json.loads(Path(path).read_text())
@@ -126,8 +120,6 @@ def read_enqueue_file(path: str, space: Space) -> list[Proposal]:
         out.append(Proposal(tweaks=tweaks, proposer=item.get("proposer", "manual"), rationale=item.get("rationale"),
                             extra={k: v for k, v in item.items() if k not in ("tweaks", "rationale", "proposer")}))
     return out
-
-
 
 
 def check_agent_args(args) -> None:
@@ -159,14 +151,10 @@ def check_agent_args(args) -> None:
                               "to a worktree of HEAD, and the baseline must run the same code)")
 
 
-
-
 def search_name(args, tier: Tier, calibrate: bool = False) -> str:
     """--name, or TIER-SPACE (TIER-aa for A/A, TIER-calibration), with -seedsK for a seed base K."""
     kind = "calibration" if calibrate else "aa" if args.aa else args.space
     return args.name or f"{tier.name}-{kind}" + (f"-seeds{args.seed_base}" if args.seed_base else "")
-
-
 
 
 @dataclass

@@ -30,6 +30,7 @@ def rung_mde(search, rung: Rung, kind: str, n: int) -> float | None:
     alpha = per_look_alpha(stats.alpha, rung.seeds, stats.max_seeds, stats.futility)
     return mde(sd, n, df, alpha, stats.power, stats.min_effect)
 
+
 def summary(search, status: str) -> str:
     stats = search.tier.statistics
     lines = [f"\nsearch {search.name!r} {status}: {search.proposals_made} proposals, "
@@ -81,12 +82,14 @@ def summary(search, status: str) -> str:
         lines.extend(aa_report(search))
     return "\n".join(lines)
 
+
 def aa_outcome(search, kind: str) -> tuple[int, int]:
     """(promoted, decided): how many of the search's A/A nulls of `kind` the first rung promoted, of those it
     decided."""
     nulls = [c for c in search.candidates.values() if c.experiment.null_kind == kind]
     decided = [c for c in nulls if c.state != "active" or c.rung > 0]
     return sum(1 for c in decided if c.rung > 0 or c.state == "passed"), len(decided)
+
 
 def aa_report(search) -> list[str]:
     """The false-promotion rate per kind of null, with its one-sided 95% upper confidence bound."""
@@ -110,6 +113,7 @@ def aa_report(search) -> list[str]:
                      "over independent controls.")
     return lines
 
+
 def control_offset(search, rung: Rung) -> tuple[float, float, int] | None:
     """(offset, z, slots): how far the structural control of the rung's first slots sits from the mean of the A/A
     structural nulls' runs there (each null is another init of the baseline recipe), in bpb and in standard
@@ -131,8 +135,6 @@ def control_offset(search, rung: Rung) -> tuple[float, float, int] | None:
         return None
     value = statistics.fmean(offsets)
     return value, value / math.sqrt(sum(variances) / len(offsets) ** 2), len(offsets)
-
-
 
 
 def upper_bound(k: int, n: int) -> float:

@@ -249,3 +249,19 @@ def test_cpu_rungs_ask_slurm_for_no_gpus(tmp_path):
     job.train_tier = "cpu"
     script = Executor("slurm", tmp_path / "submitit", SlurmOptions(partition="cpu")).sbatch_script(job)
     assert "--gpus-per-node" not in script and "#SBATCH --partition=cpu" in script
+
+
+def test_a_run_recorded_by_an_earlier_session_reads_as_an_outcome():
+    """A resumed search (and a resumed calibration's cost table) reads restored runs as Outcomes: the numbers of the
+    row, its wall time from its start and finish, its curve left in the database until asked for."""
+    from datetime import UTC, datetime, timedelta
+
+    from harness.runs import Outcome
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    row = {"id": 7, "status": "ok", "reason": None, "val_bpb": 1.25, "flops": 3.0e12, "tokens": 5000, "tok_per_s": 900.0,
+           "core": None, "loaded": False, "started_at": start, "finished_at": start + timedelta(seconds=42)}
+    outcome = Outcome.from_row(row)
+    assert (outcome.ok, outcome.val_bpb, outcome.tok_per_s, outcome.wall_s, outcome.run_id) == (True, 1.25, 900.0, 42.0, 7)
+    assert outcome.result == {"val_bpb": 1.25, "flops": 3.0e12, "tokens": 5000, "tok_per_s": 900.0}
+    assert outcome.points == [] and outcome.loaded is False
+    assert Outcome.from_row({**row, "status": "crash", "reason": "boom", "started_at": None}).wall_s is None
