@@ -18,7 +18,7 @@ from pathlib import Path
 
 import submitit
 
-from harness.jobs import Job, Owner, TrainingJob, stop_training
+from harness.jobs import Job, Owner, TrainingJob, left_running, stop_training
 
 EXECUTORS = ("local", "slurm", "debug")
 
@@ -124,15 +124,16 @@ class Executor:
 
     def submit(self, job: Job):
         """Submit a job. A local one belongs to this process (it stops its training if this process dies), and a
-        trainer still running in its run dir from an earlier session, if any, is stopped first (it checkpoints;
-        the new job resumes from there). A SLURM job belongs to the cluster: a resubmitted one waits for its run
-        dir's lock instead."""
+        trainer still running in its run dir for an earlier session that is gone, if any, is stopped first (it
+        checkpoints; the new job resumes from there). A trainer whose session is alive (the same command in another
+        terminal), and a SLURM job (it belongs to the cluster), are left alone: the new job waits for the run dir's
+        lock instead."""
         executor = self._submitit()
         executor.update_parameters(**self.parameters(job))
         owner = None
         if self.kind != "slurm":
             owner = Owner.this_process()
-            if stop_training(job.run_dir):
+            if left_running(job.run_dir) and stop_training(job.run_dir):
                 print(f"stopped a trainer left running in {job.run_dir} by an earlier session (it saved a checkpoint)",
                       file=sys.stderr, flush=True)
         return executor.submit(TrainingJob(job.command(), str(job.run_dir), job.timeout_s, self.env, owner))

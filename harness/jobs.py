@@ -155,7 +155,7 @@ def training_pid(run_dir: str | Path) -> int | None:
     """The pid in a run dir's pid file, if that process is alive and is that run's training (its command line names
     the run dir: a pid reused by another program is never signalled). Without /proc, alive is enough."""
     try:
-        pid = int(pid_file(run_dir).read_text())
+        pid = int(pid_file(run_dir).read_text().split()[0])
         os.killpg(pid, 0)
     except (OSError, ValueError):
         return None
@@ -166,6 +166,25 @@ def training_pid(run_dir: str | Path) -> int | None:
     except OSError:
         return None
     return pid if str(run_dir) in cmdline else None
+
+
+def write_pid_file(run_dir: str | Path, pid: int, owner: Owner | None) -> None:
+    """The trainer's pid, then the pid and start time of the process its job belongs to (when it has one)."""
+    fields = [str(pid)] + ([str(owner.pid), owner.started or "-"] if owner is not None else [])
+    pid_file(run_dir).write_text(" ".join(fields))
+
+
+def left_running(run_dir: str | Path) -> bool:
+    """Is a trainer still running in the run dir for a session that is gone (its owner dead, or not recorded)? Such a
+    trainer is stopped before the run dir's job is submitted again; one whose owner is alive (the same command
+    running in another terminal) is left alone, and the new job waits for the run dir's lock instead."""
+    if training_pid(run_dir) is None:
+        return False
+    fields = pid_file(run_dir).read_text().split()
+    if len(fields) < 3:
+        return True
+    owner = Owner(int(fields[1]), None if fields[2] == "-" else fields[2])
+    return not owner.alive()
 
 
 def unwritable(directory: Path) -> str | None:
@@ -267,7 +286,7 @@ class TrainingJob:
             self._proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                           env=clean_env(self.env), start_new_session=True,
                                           preexec_fn=lambda: prepare_training_process(parent))
-            pid_file(self.run_dir).write_text(str(self._proc.pid))
+            write_pid_file(self.run_dir, self._proc.pid, self.owner)
             timed_out = orphaned = False
             watched = self.owner is not None and self.owner.pid != parent  # in-process (debug): nothing to watch
             try:

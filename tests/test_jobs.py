@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.jobs import Owner, TrainingJob, pid_file, process_start, stop_training, training_pid
+from harness.jobs import (
+    Owner,
+    TrainingJob,
+    left_running,
+    pid_file,
+    process_start,
+    stop_training,
+    training_pid,
+    write_pid_file,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process lifetimes are checked through /proc")
 
@@ -122,3 +131,27 @@ def test_a_pid_file_naming_another_program_is_never_signalled(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_trainer_whose_session_is_alive_is_left_alone(tmp_path):
+    """The same command in two terminals: the second must not stop the first's training (it waits for the run dir's
+    lock instead). A trainer whose session is gone, or that recorded none, is stopped as before."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    marker = tmp_path / "marker"
+    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, str(marker), str(run_dir)], start_new_session=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone_owner = Owner(gone.pid, process_start(gone.pid))
+    gone.wait()
+    try:
+        assert wait_for(lambda: ready(marker), 30)
+        write_pid_file(run_dir, trainer.pid, Owner.this_process())
+        assert training_pid(run_dir) == trainer.pid and not left_running(run_dir)
+        write_pid_file(run_dir, trainer.pid, gone_owner)
+        assert left_running(run_dir)
+        write_pid_file(run_dir, trainer.pid, None)  # a pid file from before owners were recorded
+        assert left_running(run_dir)
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert not left_running(run_dir)  # nothing running at all
