@@ -180,11 +180,12 @@ def left_running(run_dir: str | Path) -> bool:
     running in another terminal) is left alone, and the new job waits for the run dir's lock instead."""
     if training_pid(run_dir) is None:
         return False
-    fields = pid_file(run_dir).read_text().split()
-    if len(fields) < 3:
-        return True
-    owner = Owner(int(fields[1]), None if fields[2] == "-" else fields[2])
-    return not owner.alive()
+    try:
+        fields = pid_file(run_dir).read_text().split()
+        owner = Owner(int(fields[1]), None if fields[2] == "-" else fields[2]) if len(fields) >= 3 else None
+    except (OSError, ValueError):  # gone meanwhile (the trainer ended), or not ours to read: nothing to stop
+        return False
+    return owner is None or not owner.alive()
 
 
 def unwritable(directory: Path) -> str | None:
