@@ -13,6 +13,7 @@ History:
       structural: they were the baseline against itself with another init); decisions.kind/spread/df/mde/
       compute_multiplier/multiplier_extrapolated; runs.tok_per_s/loaded.
   v5  searches.reason: why a failed search failed.
+  v6  runs.sealed: a patched run's sealed re-score (statuses metric_mismatch and not_causal are new values only).
 """
 
 from collections.abc import Callable
@@ -62,12 +63,19 @@ def _v5_search_reason(conn: sa.Connection) -> None:
             add_column(conn, schema.searches.c.reason)
 
 
+def _v6_sealed_runs(conn: sa.Connection) -> None:
+    inspector = sa.inspect(conn)
+    if "runs" in inspector.get_table_names() and "sealed" not in {c["name"] for c in inspector.get_columns("runs")}:
+        add_column(conn, schema.runs.c.sealed)
+
+
 # version -> the migration that upgrades version-1 to it. Append only; never edit a released one.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     2: _v2_search_harness,
     3: _v3_rejected_proposals,
     4: _v4_noise_per_kind,
     5: _v5_search_reason,
+    6: _v6_sealed_runs,
 }
 assert sorted(MIGRATIONS) == list(range(2, schema.SCHEMA_VERSION + 1)), "a migration per version after v1"
 

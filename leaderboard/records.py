@@ -75,6 +75,7 @@ class Run:
     loaded: bool | None = None
     cost: float | None = None
     log_tail: str | None = None
+    sealed: dict[str, Any] | None = None  # a patched run's sealed re-score (schema.runs.sealed)
     search_id: int | None = None
 
     def __post_init__(self):

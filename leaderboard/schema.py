@@ -17,9 +17,11 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
-RUN_STATUSES = ("running", "ok", "diverged", "failed", "timeout", "oom", "crash")
+# metric_mismatch and not_causal: a patched run whose sealed re-score (model/seal.py) disagreed with what it reported,
+# or whose model let a position see later tokens. They count as failed runs of their experiment.
+RUN_STATUSES = ("running", "ok", "diverged", "failed", "timeout", "oom", "crash", "metric_mismatch", "not_causal")
 VERDICTS = ("promote", "reject", "more_seeds")
 CHANGE_KINDS = ("parametric", "structural")  # which noise a change is judged against (search_spaces/knobs.py)
 # The proposer of a search's own null runs (the baseline with another init, or with a setting moved by a factor too
@@ -143,6 +145,9 @@ runs = sa.Table(
     sa.Column("loaded", sa.Boolean),  # far below its rung's calibrated throughput (NULL: no calibration to judge by)
     sa.Column("cost", Real),
     sa.Column("log_tail", sa.Text),
+    # A patched run's sealed re-score: val_bpb (and core) from trusted code, what the run reported, the causality
+    # probe, whether it ran sandboxed (harness/runs.py, sealed_outcome). NULL for runs of the checkout's own code.
+    sa.Column("sealed", JSONValue),
     sa.Column("search_id", sa.Integer, sa.ForeignKey("searches.id")),
     # The resume key: an (experiment, rung, seed) is run once, whichever worker gets it.
     sa.UniqueConstraint("experiment_id", "rung", "seed", name="uq_runs_key"),

@@ -487,6 +487,26 @@ def test_a_v4_database_gets_the_failure_reason_column(db_url):
         assert store.find_search("old")["reason"] == "disk full"
 
 
+def test_a_v5_database_gets_the_sealed_column_and_keeps_its_runs(db_url):
+    """v6 adds runs.sealed (a patched run's sealed re-score); runs recorded before keep their values, sealed NULL."""
+    with Store(db_url) as store:
+        store.record_experiment(experiment(1))
+        store.record_run(Run(experiment_id="exp0001", rung="d2", seed=0, status="ok", val_bpb=2.5))
+    engine = sa.create_engine(resolve_url(db_url))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN sealed")
+        conn.exec_driver_sql("UPDATE schema_info SET value = '5' WHERE key = 'version'")
+    engine.dispose()
+    with Store(db_url) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        [old] = store.runs(experiment_id="exp0001")
+        assert old["val_bpb"] == 2.5 and old["sealed"] is None
+        sealed = {"val_bpb": 2.4, "reported_val_bpb": 1.2, "causal": True, "sandboxed": True}
+        store.record_run(Run(experiment_id="exp0001", rung="d2", seed=1, status="metric_mismatch", val_bpb=2.4,
+                             sealed=sealed, reason="it reported val_bpb 1.2"))
+        assert store.runs(experiment_id="exp0001", status=("metric_mismatch",))[0]["sealed"] == sealed
+
+
 def test_leaderboard_ranks_by_time_to_target(store):
     store.record_track(Track(name="gpt2", metric="core", target=0.256525, depth=24, hardware="8xH100"))
     store.record_track(Track(name="gpt2", metric="core", target=0.256525, depth=24, hardware="8xH100",
