@@ -136,7 +136,8 @@ class Executor:
             if left_running(job.run_dir) and stop_training(job.run_dir):
                 print(f"stopped a trainer left running in {job.run_dir} by an earlier session (it saved a checkpoint)",
                       file=sys.stderr, flush=True)
-        return executor.submit(TrainingJob(job.command(), str(job.run_dir), job.timeout_s, self.env, owner))
+        return executor.submit(TrainingJob(job.command(), str(job.run_dir), job.timeout_s, self.env, owner,
+                                           seal=job.seal_command()))
 
     def sbatch_script(self, job: Job) -> str:
         """The sbatch script submitit would submit for this job (for inspection and tests)."""

@@ -12,9 +12,14 @@ wall-clock limit, and on a SLURM preemption/time-out signal it stops the run gra
 checkpoint on SIGTERM) and asks submitit to requeue it.
 
 A job of a patched experiment runs in the patch's git worktree (`Job.workdir`), so `python -m model.train` imports
-the patched `model`: its command goes through `python -m harness.jobs --cwd WORKTREE -- COMMAND`, which changes
-directory and execs the command (same process, so signals and the process group are unchanged). The command is
-self-describing that way: the line in train.log reruns the same code by hand, and every executor runs it as is.
+the patched `model`: its command goes through `python -m harness.sandbox --cwd WORKTREE --write RUN_DIR -- COMMAND`
+(harness/sandbox.py: no network, nothing writable but the run dir), or, when the user gave up the sandbox with
+--unsafe-patches, `python -m harness.jobs --cwd WORKTREE -- COMMAND`, which only changes directory. Both exec the
+command (same process, so signals and the process group are unchanged). The command is self-describing that way: the
+line in train.log reruns the same code by hand, and every executor runs it as is. After its training ends ok, a
+patched job runs the sealed re-score of its final checkpoint (`python -m model.seal` with the same arguments, in the
+same worktree and sandbox, the run dir read-only) and writes what it printed to RUN_DIR/sealed.json; harness/runs.py
+judges the run by it.
 
 Training never needs the agent's API credentials: they are removed from the environment of every job.
 """
@@ -22,10 +27,12 @@ Training never needs the agent's API credentials: they are removed from the envi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -33,11 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.catalog import Rung
+from harness import sandbox
 from harness.experiment import format_set
+from model.run_dir import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
 # Credentials a training process never needs; kept out of its environment (and so out of run dirs and logs).
 SECRET_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+SEALED = "sealed.json"  # a patched run's sealed re-score, written by the job (never by the sandboxed processes)
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -60,14 +70,47 @@ class Job:
     timeout_s: float = 3600.0
     workdir: Path | None = None    # where the command runs (a patched experiment's worktree); None: the repo
     data_seed: int | None = None   # the data order, when it differs from the init seed (replicas)
+    sandbox: bool = True           # a patched job runs in the sandbox (False only with --unsafe-patches)
 
     @property
     def key(self) -> tuple[str, str, int]:
         """The leaderboard's run key."""
         return (self.experiment_id, self.rung.name, self.seed)
 
+    @property
+    def patched(self) -> bool:
+        return self.workdir is not None
+
     def command(self) -> list[str]:
-        args = ["-m", "model.train", "--depth", str(self.rung.depth), "--tier", self.train_tier,
+        """The training command (wrapped to run in the worktree, sandboxed, for a patched job)."""
+        args = ["-m", "model.train", *self.train_args()]
+        if self.rung.nodes > 1:
+            raise ValueError(f"rung {self.rung.name}: nodes={self.rung.nodes}: multi-node runs are not supported yet (expected 1)")
+        if self.rung.devices > 1:
+            torchrun = Path(sys.executable).with_name("torchrun")
+            command = [str(torchrun), "--standalone", f"--nproc_per_node={self.rung.devices}", *args]
+        else:
+            command = [sys.executable, *args]
+        return self.in_workdir(command, write=[self.run_dir])
+
+    def seal_command(self) -> list[str] | None:
+        """A patched job's sealed re-score of its final checkpoint (model/seal.py), run where its training ran but
+        with nothing writable; None for a job of this checkout's own code."""
+        if not self.patched:
+            return None
+        command = [sys.executable, "-m", "model.seal", *self.train_args(), "--world", str(self.rung.devices)]
+        return self.in_workdir(command, write=[])
+
+    def in_workdir(self, command: list[str], write: list[Path]) -> list[str]:
+        if not self.patched:
+            return command
+        if self.sandbox:
+            return sandbox.wrap(command, cwd=self.workdir, write=write)
+        return [sys.executable, "-m", "harness.jobs", "--cwd", str(self.workdir), "--", *command]
+
+    def train_args(self) -> list[str]:
+        """The arguments of `model.train` (and of `model.seal`, which reads them the same way)."""
+        args = ["--depth", str(self.rung.depth), "--tier", self.train_tier,
                 "--out", str(self.run_dir), "--seed", str(self.seed),
                 *(["--data-seed", str(self.data_seed)] if self.data_seed not in (None, self.seed) else []),
                 *self.rung.horizon_args(), "--resume",
@@ -83,16 +126,7 @@ class Job:
             args += ["--target", target]
         if self.rung.core_every:
             args += ["--core-every", str(self.rung.core_every)]
-        if self.rung.nodes > 1:
-            raise ValueError(f"rung {self.rung.name}: nodes={self.rung.nodes}: multi-node runs are not supported yet (expected 1)")
-        if self.rung.devices > 1:
-            torchrun = Path(sys.executable).with_name("torchrun")
-            command = [str(torchrun), "--standalone", f"--nproc_per_node={self.rung.devices}", *args]
-        else:
-            command = [sys.executable, *args]
-        if self.workdir is not None:
-            return [sys.executable, "-m", "harness.jobs", "--cwd", str(self.workdir), "--", *command]
-        return command
+        return args
 
 
 def prepare_training_process(parent_pid: int) -> None:
@@ -201,6 +235,17 @@ def unwritable(directory: Path) -> str | None:
     return None
 
 
+def last_line(path: Path, chars: int = 4000) -> str:
+    """The last non-empty line of a log (at most 300 characters)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - chars))
+            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return (lines[-1] if lines else "no output")[:300]
+
+
 def pid_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / ".train.pid"
 
@@ -258,16 +303,16 @@ class TrainingJob:
     WATCH_S = 0.5
 
     def __init__(self, command: list[str], run_dir: str, timeout_s: float, env: dict[str, str] | None = None,
-                 owner: Owner | None = None):
+                 owner: Owner | None = None, seal: list[str] | None = None):
         self.command, self.run_dir, self.timeout_s, self.env = command, run_dir, timeout_s, env or {}
-        self.owner = owner
+        self.owner, self.seal = owner, seal
         self._proc: subprocess.Popen | None = None
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_proc"}
 
     def __setstate__(self, state):
-        self.__dict__.update({"owner": None, **state})  # a job pickled before jobs had owners (a SLURM requeue)
+        self.__dict__.update({"owner": None, "seal": None, **state})  # pickled before jobs had owners (a SLURM requeue)
         self._proc = None
 
     @property
@@ -277,42 +322,70 @@ class TrainingJob:
     def __call__(self) -> dict:
         Path(self.run_dir).parent.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        sealed_path = Path(self.run_dir) / SEALED
+        sealed_path.unlink(missing_ok=True)  # only a re-score of this job's own training counts
         start = time.time()
         with open(self.log_path, "ab") as log:
-            log.write(f"\n$ {' '.join(self.command)}\n".encode())
+            returncode, timed_out, orphaned = self._supervise(self.command, log, start)
+            done = {"returncode": returncode, "timed_out": timed_out, "orphaned": orphaned,
+                    "wall_s": time.time() - start, "log": str(self.log_path)}
+            if self.seal and returncode == 0:
+                done["sealed"] = self._run_seal(log)
+                atomic_write_text(sealed_path, json.dumps(done["sealed"]) + "\n")
+                done["wall_s"] = time.time() - start
+        return done
+
+    def _supervise(self, command: list[str], log, start: float, stdout=None) -> tuple[int | None, bool, bool]:
+        """Run `command` to its end under the job's wall-clock limit (from `start`), stopping it when the job's owner
+        dies; (return code, timed out, orphaned). Its stderr (and stdout, unless given) goes to the log."""
+        log.write(f"\n$ {' '.join(command)}\n".encode())
+        log.flush()
+        # A new session: the whole process tree (torchrun and its workers) can be signalled at once, by this
+        # job or, through the pid file, by the search that launched it.
+        parent = os.getpid()
+        self._proc = subprocess.Popen(command, stdout=stdout or log, stderr=log if stdout else subprocess.STDOUT,
+                                      cwd=REPO, env=clean_env(self.env), start_new_session=True,
+                                      stdin=subprocess.DEVNULL, preexec_fn=lambda: prepare_training_process(parent))
+        write_pid_file(self.run_dir, self._proc.pid, self.owner)
+        timed_out = orphaned = False
+        watched = self.owner is not None and self.owner.pid != parent  # in-process (debug): nothing to watch
+        try:
+            while True:
+                left = self.timeout_s - (time.time() - start)
+                try:
+                    return self._proc.wait(timeout=max(0.0, min(left, self.WATCH_S))), False, False
+                except subprocess.TimeoutExpired:
+                    if time.time() - start >= self.timeout_s:
+                        timed_out = True
+                    elif watched and not self.owner.alive():
+                        orphaned = True
+                        log.write(f"\n[harness] the process that started this job (pid {self.owner.pid}) is gone: "
+                                  "stopping the training (it saves a checkpoint; rerun the search to resume)\n".encode())
+                        log.flush()
+                    else:
+                        continue
+                    return self.stop(), timed_out, orphaned
+        except BaseException:  # interrupted or cancelled: never leave the training running unsupervised
+            self.stop()
+            raise
+
+    def _run_seal(self, log) -> dict:
+        """The sealed re-score's JSON line ({"error": why} when it gives none), its stderr in the log. It gets the
+        job's time limit again: an evaluation is cheap next to the training that came before it."""
+        with tempfile.TemporaryFile() as out:
+            returncode, timed_out, orphaned = self._supervise(self.seal, log, time.time(), stdout=out)
+            out.seek(0)
+            printed = out.read().decode(errors="replace").strip().splitlines()
+        if timed_out or orphaned:
+            return {"error": "the sealed re-score was stopped (" + ("time limit" if timed_out else "job owner gone") + ")"}
+        try:
+            scored = json.loads(printed[-1]) if returncode == 0 and printed else None
+        except json.JSONDecodeError:
+            scored = None
+        if not isinstance(scored, dict) or not isinstance(scored.get("val_bpb"), int | float):
             log.flush()
-            # A new session: the whole process tree (torchrun and its workers) can be signalled at once, by this
-            # job or, through the pid file, by the search that launched it.
-            parent = os.getpid()
-            self._proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                          env=clean_env(self.env), start_new_session=True,
-                                          preexec_fn=lambda: prepare_training_process(parent))
-            write_pid_file(self.run_dir, self._proc.pid, self.owner)
-            timed_out = orphaned = False
-            watched = self.owner is not None and self.owner.pid != parent  # in-process (debug): nothing to watch
-            try:
-                while True:
-                    left = self.timeout_s - (time.time() - start)
-                    try:
-                        returncode = self._proc.wait(timeout=max(0.0, min(left, self.WATCH_S)))
-                        break
-                    except subprocess.TimeoutExpired:
-                        if time.time() - start >= self.timeout_s:
-                            timed_out = True
-                        elif watched and not self.owner.alive():
-                            orphaned = True
-                            log.write(f"\n[harness] the process that started this job (pid {self.owner.pid}) is gone: "
-                                      "stopping the training (it saves a checkpoint; rerun the search to resume)\n".encode())
-                            log.flush()
-                        else:
-                            continue
-                        returncode = self.stop()
-                        break
-            except BaseException:  # interrupted or cancelled: never leave the training running unsupervised
-                self.stop()
-                raise
-        return {"returncode": returncode, "timed_out": timed_out, "orphaned": orphaned, "wall_s": time.time() - start,
-                "log": str(self.log_path)}
+            return {"error": f"the sealed re-score gave no score (exit {returncode}): {last_line(self.log_path)}"}
+        return scored
 
     def stop(self, grace_s: float = 60.0) -> int | None:
         """SIGTERM the process group (model.train saves a checkpoint and exits 143), SIGKILL after grace_s."""
@@ -333,7 +406,7 @@ class TrainingJob:
         import submitit
         self.stop()
         return submitit.helpers.DelayedSubmission(TrainingJob(self.command, self.run_dir, self.timeout_s, self.env,
-                                                              self.owner))
+                                                              self.owner, self.seal))
 
 
 def main(argv: list[str] | None = None) -> int:

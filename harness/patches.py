@@ -1,14 +1,24 @@
 """
-Patch mode: a proposed code change (a unified diff restricted to `model/*.py`) tried in its own git worktree.
+Patch mode: a proposed code change (a unified diff of the model's architecture and optimizer files) tried in its
+own git worktree.
+
+What a patch may change is an allow-list (PATCHABLE): the architecture (gpt.py, attention.py), the optimizer
+(optim.py) and the schedules (schedule.py), plus new modules in model/ that they import. Everything else is what the
+harness trusts to measure a change, and a patch touching it is refused: the evaluator (evaluate.py), the data and the
+tokenizer behind bits per byte (data.py, sources.py, loader.py, download.py, tokenizer.py), the training script and
+what it records (train.py, run_dir.py, checkpoint.py, provenance.py), the tier's settings and the depth dial (config.py:
+batch, budgets, evaluation sizes), and the rest of the package. A patched run's score is then re-computed by that
+trusted code from the model's logits (model/seal.py), and its jobs run in a sandbox (harness/sandbox.py).
 
 The user's working tree is never touched. A patch is
-1. checked on paper: every path it names (both sides, renames, copies, `diff --git` lines) must be
-   `model/<name>.py` with git's a/ and b/ prefixes; no absolute paths, no `..`, no deletions, no binary
+1. checked on paper: every path it names (both sides, renames, copies, `diff --git` lines) must be a PATCHABLE file
+   or a new `model/<name>.py`, with git's a/ and b/ prefixes; no absolute paths, no `..`, no deletions, no binary
    patches, no modes other than a plain file;
 2. applied in a fresh `git worktree` of the recorded commit (HEAD of the user's repo) under
    $NANORESEARCH_HOME/worktrees/<experiment id>, and the files git changed there checked again;
-3. checked by running it: the patched `model` imports (from the worktree, not from the user's checkout), and a
-   one-step training run at depth 1 with tiny settings (`python -m model.train` in the worktree) finishes ok.
+3. checked by running it, in the sandbox: the patched `model` imports (from the worktree, not from the user's
+   checkout), a one-step training run at depth 1 with tiny settings (`python -m model.train` in the worktree)
+   finishes ok, and the sealed re-score of that run agrees with what it reported and finds the model causal.
 
 Only then may the experiment's jobs run, in that worktree (see harness/jobs.py). A patch that fails any step is
 refused with a one-line `PatchError` and its worktree removed. A worktree that passed is marked by a small JSON
@@ -28,12 +38,16 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.experiment import format_set
-from harness.jobs import REPO, clean_env
-from model.run_dir import read_result
+from experiments.catalog import Rung
+from harness import sandbox
+from harness.jobs import REPO, Job, TrainingJob, clean_env
+from harness.runs import read_outcome
 
-# A patch may touch these files only: the model package's own modules (no subpackages, no other file types).
-ALLOWED_PATH = re.compile(r"model/[A-Za-z0-9_]+\.py")
+# The files a patch may change; it may also add new modules directly in model/ (see the docstring for the rest).
+PATCHABLE = ("model/gpt.py", "model/attention.py", "model/optim.py", "model/schedule.py")
+MODULE_PATH = re.compile(r"model/[A-Za-z0-9_]+\.py")
+# The model package's modules the harness trusts: every one in this checkout that is not PATCHABLE.
+TRUSTED = tuple(sorted(f"model/{p.name}" for p in (REPO / "model").glob("*.py") if f"model/{p.name}" not in PATCHABLE))
 # Lines that name a path in a git diff. Any line that could be one is treated as one (a removed line that starts
 # with "-- " reads as a header and fails the path check: refusing a good patch is the safe mistake).
 HEADER = re.compile(r"^(---|\+\+\+) (.*)$|^(rename from|rename to|copy from|copy to) (.*)$|^diff --git (.*)$")
@@ -98,14 +112,26 @@ def _strip_prefix(path: str, prefix: str, line: str) -> str:
 
 
 def check_paths(patch: str) -> list[str]:
-    """The model/*.py files the patch touches; PatchError naming the first path outside them."""
+    """The files the patch touches; PatchError naming the first one it may not change."""
     paths = touched_paths(patch)
     for path in paths:
         if path.startswith("/") or ".." in path.split("/") or "\\" in path:
             raise PatchError(f"path {path!r} in the patch: expected a relative path model/NAME.py (no absolute paths, no ..)")
-        if not ALLOWED_PATH.fullmatch(path):
-            raise PatchError(f"path {path!r} in the patch: only model/*.py files may be changed")
+        if why := refusal(path):
+            raise PatchError(f"path {path!r} in the patch: {why}")
     return sorted(set(paths))
+
+
+def refusal(path: str) -> str | None:
+    """Why a patch may not change `path` (relative to the repository), or None when it may."""
+    if path in PATCHABLE:
+        return None
+    if path in TRUSTED:
+        return (f"{path} is trusted by the harness (it measures or records the result); a patch may change only "
+                f"{', '.join(PATCHABLE)} and add new model/*.py modules")
+    if not MODULE_PATH.fullmatch(path):
+        return f"only {', '.join(PATCHABLE)} may be changed (and new model/*.py modules added)"
+    return None
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -119,6 +145,7 @@ class SmokeTest:
     tokenizer: str | None = None
     overrides: dict = field(default_factory=dict)
     timeout_s: float = 300.0
+    sandbox: bool = True  # False only with --unsafe-patches
 
 
 def worktrees_root() -> Path:
@@ -160,28 +187,32 @@ def remove_worktree(repo: Path, dest: Path) -> None:
     _marker(dest).unlink(missing_ok=True)
 
 
-def prepare(patch: str, commit: str, dest: Path, *, repo: Path = REPO, smoke: SmokeTest | None = None) -> Path:
-    """Check `patch`, apply it to a new worktree of `commit` at `dest` and run the checks; return `dest`.
+def prepare(patch: str, commit: str, dest: Path, *, repo: Path = REPO, smoke: SmokeTest | None = None,
+            sandboxed: bool = True) -> Path:
+    """Check `patch`, apply it to a new worktree of `commit` at `dest` and run the checks (the patched code only ever
+    runs in the sandbox, unless `sandboxed` (or the smoke test's) is False); return `dest`.
 
-    A worktree at `dest` that already passed these checks for the same commit and patch is reused as it is.
-    Raises PatchError (and leaves no worktree behind) when any check fails."""
+    A worktree at `dest` that already passed these checks for the same commit and patch is reused as it is, once
+    it is seen to hold no change beyond what a patch may change. Raises PatchError (and leaves no worktree behind)
+    when any check fails."""
     files = check_paths(patch)
     fingerprint = _fingerprint(commit, patch)
     marker = _marker(dest)
+    sandboxed = smoke.sandbox if smoke is not None else sandboxed
     if dest.is_dir() and marker.exists():
         try:
-            if json.loads(marker.read_text()) == fingerprint:
+            if json.loads(marker.read_text()) == fingerprint and not any(refusal(p) for p in changed_paths(dest)):
                 return dest
         except (OSError, json.JSONDecodeError):
             pass
     try:
-        remove_worktree(repo, dest)  # a leftover from a killed attempt, or a different patch
+        remove_worktree(repo, dest)  # a leftover from a killed attempt, a different patch, or a tampered one
         dest.parent.mkdir(parents=True, exist_ok=True)
         added = _git(repo, "worktree", "add", "--detach", "--quiet", str(dest), commit)
         if added.returncode != 0:
             raise PatchError(f"cannot create a worktree of commit {commit!r}: {_last_line(added.stderr)}")
         _apply(dest, patch, files)
-        _check_import(dest, files)
+        _check_import(dest, files, sandboxed)
         if smoke is not None:
             _smoke_run(dest, smoke)
         marker.write_text(json.dumps(fingerprint))
@@ -200,42 +231,43 @@ def _apply(dest: Path, patch: str, files: list[str]) -> None:
         applied = _git(dest, "apply", "--recount", "--whitespace=nowarn", *check, "-", input_text=text)
         if applied.returncode != 0:
             raise PatchError(f"the patch does not apply to the recorded commit: {_last_line(applied.stderr)}")
-    # Whatever git made of the diff, only model/*.py may have changed in the worktree.
-    status = _git(dest, "status", "--porcelain", "--untracked-files=all")
-    changed = [line[3:].split(" -> ")[-1].strip('"') for line in status.stdout.splitlines() if line.strip()]
-    outside = [p for p in changed if not ALLOWED_PATH.fullmatch(p)]
-    if outside:
-        raise PatchError(f"applying the patch changed {outside[0]!r}: only model/*.py files may be changed")
+    # Whatever git made of the diff, only what a patch may change has changed in the worktree.
+    changed = changed_paths(dest)
+    refused = [(p, why) for p in changed if (why := refusal(p))]
+    if refused:
+        raise PatchError(f"applying the patch changed {refused[0][0]!r}: {refused[0][1]}")
     if not changed:
         raise PatchError("the patch applied but changed nothing")
 
 
-def _check_import(dest: Path, files: list[str]) -> None:
+def changed_paths(worktree: Path) -> list[str]:
+    """Every file of a worktree that differs from its commit, new files included."""
+    status = _git(worktree, "status", "--porcelain", "--untracked-files=all")
+    return [line[3:].split(" -> ")[-1].strip('"') for line in status.stdout.splitlines() if line.strip()]
+
+
+def _check_import(dest: Path, files: list[str], sandboxed: bool) -> None:
     modules = sorted({"model.gpt", "model.train", *(f[:-3].replace("/", ".") for f in files)})
     # The worktree's `model` must be the one imported (not the user's checkout through an editable install).
     code = (f"import importlib, pathlib, sys\nfor name in {modules!r}:\n    importlib.import_module(name)\n"
             f"import model\nhere = pathlib.Path(model.__file__).resolve().parent.parent\n"
             f"sys.exit(0 if here == pathlib.Path({str(dest.resolve())!r}) else 'imported model from ' + str(here))\n")
-    done = _run([sys.executable, "-c", code], cwd=dest)
+    command = [sys.executable, "-c", code]
+    done = _run(sandbox.wrap(command, cwd=dest) if sandboxed else command, cwd=dest)
     if done.returncode != 0:
         raise PatchError(f"the patched model does not import: {_last_line(done.stderr or done.stdout)}")
 
 
 def _smoke_run(dest: Path, smoke: SmokeTest) -> None:
-    overrides = {**smoke.overrides, **SMOKE_SETTINGS}
+    """A one-step training run of the patched model at depth 1, as a patched job of a search runs it (sandboxed,
+    then re-scored by the sealed evaluator, which must agree with it and find the model causal)."""
+    overrides = {k: v for k, v in {**smoke.overrides, **SMOKE_SETTINGS}.items() if v is not None}
     with tempfile.TemporaryDirectory(prefix="smoke-", dir=dest.parent) as out:
-        command = [sys.executable, "-m", "model.train", "--depth", "1", "--tier", "cpu", "--device", "cpu",
-                   "--num-iterations", "1", "--seed", "0", "--out", out]
-        for key, value in sorted(overrides.items()):
-            if value is not None:
-                command += ["--set", format_set(key, value)]
-        if smoke.data:
-            command += ["--data", smoke.data]
-        if smoke.tokenizer:
-            command += ["--tokenizer", smoke.tokenizer]
-        done = _run(command, cwd=dest, timeout=smoke.timeout_s)
-        result = read_result(out)
-        status = result.status if result else None
-        if done.returncode != 0 or status != "ok":
-            raise PatchError(f"the one-step smoke run (depth 1) of the patched model failed "
-                             f"(exit {done.returncode}, status {status}): {_last_line(done.stderr or done.stdout)}")
+        job = Job(experiment_id="smoke", rung=Rung(name="smoke", depth=1, seeds=1, num_iterations=1), slot=0, seed=0,
+                  run_dir=Path(out), train_tier="cpu", overrides=overrides, data=smoke.data, tokenizer=smoke.tokenizer,
+                  timeout_s=smoke.timeout_s, workdir=dest, sandbox=smoke.sandbox)
+        returned = TrainingJob(job.command(), out, smoke.timeout_s, seal=job.seal_command())()
+        outcome = read_outcome(job, returned)
+        if not outcome.ok:
+            raise PatchError(f"the one-step smoke run (depth 1) of the patched model failed: {outcome.status}: "
+                             f"{outcome.reason}")

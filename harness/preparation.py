@@ -74,15 +74,15 @@ def threads_per_job(env: dict[str, str]) -> int:
     return int(env.get("OMP_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
 
 
-def patch_worktree(exp: Experiment, experiment_id: str | None = None) -> Path | None:
-    """The git worktree a patched experiment's jobs run in (its commit + its patch; made again if it is gone);
-    None for an experiment without a patch (this checkout)."""
+def patch_worktree(exp: Experiment, experiment_id: str | None = None, sandboxed: bool = True) -> Path | None:
+    """The git worktree a patched experiment's jobs run in (its commit + its patch; made again, its import checked
+    in the sandbox unless not `sandboxed`, if it is gone); None for an experiment without a patch (this checkout)."""
     if not exp.patch:
         return None
     from harness.patches import PatchError, prepare, worktrees_root
     experiment_id = experiment_id or exp.id
     try:
-        return prepare(exp.patch, exp.code_version, worktrees_root() / experiment_id)
+        return prepare(exp.patch, exp.code_version, worktrees_root() / experiment_id, sandboxed=sandboxed)
     except PatchError as e:
         raise BadInput(f"experiment {experiment_id}: its patch no longer applies to commit {exp.code_version}: {e}") from None
 

@@ -4,6 +4,12 @@ What a finished job produced: read its run dir, classify failures, and turn it i
 Statuses: ok, diverged (NaN/inf loss), timeout (over its wall-clock limit, or SIGTERM'd by the scheduler),
 oom (out of memory: CUDA OOM, MemoryError, or killed by the kernel's OOM killer), crash (anything else, with
 the reason and the log tail recorded). A failed job is a result like any other: the search goes on.
+
+A patched run is judged by its sealed re-score (model/seal.py, run by the job: RUN_DIR/sealed.json), not by what it
+reported: not_causal when the causality probe found a logit that saw a later token (or another row), metric_mismatch
+when its reported val_bpb (or CORE, or step count) differs from the sealed one beyond SEAL_TOLERANCE, crash when it
+could not be re-scored; when they agree the sealed val_bpb is its result. A sandboxed run that failed on a read-only
+file system was stopped by the sandbox (a write outside its run dir), not by the machine's disk.
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness.jobs import Job
+from harness.jobs import SEALED, Job
 from leaderboard.ingest import RESULT_COLUMNS
-from model.run_dir import read_config, read_points, read_result
+from model.run_dir import load_object, read_config, read_points, read_result
 
 LOG_TAIL_CHARS = 4000
 OOM_PATTERNS = re.compile(r"out of memory|OutOfMemoryError|MemoryError|Cannot allocate memory|oom-kill", re.IGNORECASE)
@@ -24,6 +30,11 @@ OOM_PATTERNS = re.compile(r"out of memory|OutOfMemoryError|MemoryError|Cannot al
 # from the job wrapper's error (which only says that its own result file could not be written).
 DISK_PATTERNS = re.compile(r"No space left on device|Disk quota exceeded|Read-only file system")
 EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*$")
+# How far a patched run's reported val_bpb (and CORE) may be from its sealed re-score: float rounding between two
+# ways of summing the same logits is ~1e-8 bpb on CPU (measured: 2.8e-9 at depth 1); the smallest effects worth
+# finding are ~2e-4 bpb. (The decision uses the sealed value either way.)
+SEAL_TOLERANCE = 1e-4
+SANDBOX_BLOCKED = "blocked by the sandbox"
 
 
 @dataclass
@@ -37,6 +48,7 @@ class Outcome:
     wall_s: float | None = None
     loaded: bool | None = None        # trained far below its rung's calibrated throughput (None: no calibration)
     run_id: int | None = None         # its leaderboard row, for one recorded by an earlier session (points not read yet)
+    sealed: dict | None = None        # a patched run's sealed re-score, with what it reported
 
     @classmethod
     def from_row(cls, row: dict) -> Outcome:
@@ -46,7 +58,7 @@ class Outcome:
         started, finished = row.get("started_at"), row.get("finished_at")
         wall_s = (finished - started).total_seconds() if started and finished else None
         return cls(status=row["status"], reason=row.get("reason"), result=result, loaded=row.get("loaded"),
-                   run_id=row.get("id"), wall_s=wall_s)
+                   run_id=row.get("id"), wall_s=wall_s, sealed=row.get("sealed"))
 
     @property
     def ok(self) -> bool:
@@ -82,7 +94,8 @@ def log_tail(path: Path | str | None, chars: int = LOG_TAIL_CHARS) -> str | None
 def failed_for_the_machine(status: str | None, reason: str | None) -> bool:
     """A run that crashed because its disk was full or read-only: not a result of its change. A resumed search runs
     it again (from its checkpoint) instead of counting the failure."""
-    return status == "crash" and bool(reason and DISK_PATTERNS.search(reason))
+    return (status == "crash" and bool(reason and DISK_PATTERNS.search(reason))
+            and not reason.startswith(SANDBOX_BLOCKED))
 
 
 def classify(returned: dict | None, error: BaseException | None, result: dict | None, tail: str | None) -> tuple[str, str | None]:
@@ -137,11 +150,52 @@ def read_outcome(job: Job, returned: dict | None = None, error: BaseException | 
     result = parsed.to_dict() if parsed else None
     tail = log_tail((returned or {}).get("log") or run_dir / "train.log")
     status, reason = classify(returned, error, result, tail)
-    if status == "crash" and not DISK_PATTERNS.search(reason or "") and (disk := disk_problem(run_dir)):
+    disk = disk_problem(run_dir) if status == "crash" else None
+    if disk and not DISK_PATTERNS.search(reason or ""):
         reason = f"{disk} ({reason})"[:500]
+    elif status == "crash" and job.patched and job.sandbox and not disk and DISK_PATTERNS.search(reason or ""):
+        reason = f"{SANDBOX_BLOCKED} (a write outside its run dir): {reason}"[:500]
+    sealed = None
+    if status == "ok" and job.patched:
+        scored = (returned or {}).get("sealed")
+        if scored is None:  # collected by a later session: the job wrote it to the run dir
+            try:
+                scored = load_object(run_dir / SEALED)
+            except Exception:  # missing or unreadable: not re-scored, so not trusted
+                scored = {"error": f"no sealed re-score in {run_dir / SEALED}"}
+        status, reason, result, sealed = sealed_outcome(result, scored, sandboxed=job.sandbox)
     return Outcome(status=status, reason=reason, result=result, config=read_config(run_dir),
                    points=read_points(run_dir), log_tail=tail,
-                   wall_s=(returned or {}).get("wall_s"))
+                   wall_s=(returned or {}).get("wall_s"), sealed=sealed)
+
+
+def sealed_outcome(result: dict, scored: dict, sandboxed: bool) -> tuple[str, str | None, dict, dict]:
+    """(status, reason, result, the sealed record) of a patched run that reported ok, from its sealed re-score. The
+    result keeps the run's numbers except val_bpb (and core), which become the sealed ones."""
+    sealed = {**scored, "reported_val_bpb": result.get("val_bpb"), "reported_core": result.get("core"),
+              "reported_steps": result.get("steps"), "sandboxed": sandboxed, "tolerance": SEAL_TOLERANCE}
+    if "error" in scored or not isinstance(scored.get("val_bpb"), int | float):
+        return "crash", str(scored.get("error") or "the sealed re-score gave no val_bpb")[:500], result, sealed
+    scored_result = {**result, "val_bpb": scored["val_bpb"]}
+    if scored.get("core") is not None:
+        scored_result["core"] = scored["core"]
+    if not scored.get("causal"):
+        return ("not_causal", f"the causality probe failed: a logit at a position <= t changed by "
+                f"{scored.get('probe_max_diff', float('nan')):.3g} (tolerance {scored.get('probe_tolerance', 0):.3g}) "
+                "when the tokens after t, or another row of the batch, changed", scored_result, sealed)
+    mismatches = []
+    if result.get("steps") is not None and scored.get("steps") != result["steps"]:
+        mismatches.append(f"its checkpoint is of step {scored.get('steps')}, it reported {result['steps']} steps")
+    for key in ("val_bpb", "core"):
+        reported, sealed_value = result.get(key), scored.get(key)
+        if sealed_value is None and key == "core":
+            continue
+        if reported is None or abs(reported - sealed_value) > SEAL_TOLERANCE:
+            mismatches.append(f"it reported {key} {reported if reported is None else f'{reported:.6f}'}, the sealed "
+                              f"re-score gives {sealed_value:.6f}")
+    if mismatches:
+        return "metric_mismatch", ("; ".join(mismatches) + f" (tolerance {SEAL_TOLERANCE:g})")[:500], scored_result, sealed
+    return "ok", None, scored_result, sealed
 
 
 def run_row(job: Job, outcome: Outcome | None, search_id: int | None, started_at: datetime | None,
@@ -156,4 +210,4 @@ def run_row(job: Job, outcome: Outcome | None, search_id: int | None, started_at
     return run_record(outcome.result, outcome.config, status=outcome.status,
                       failure_class=None if outcome.ok else outcome.status, reason=outcome.reason,
                       finished_at=finished_at or datetime.now(UTC), loaded=outcome.loaded, cost=None,
-                      log_tail=None if outcome.ok else outcome.log_tail, **common)
+                      log_tail=None if outcome.ok else outcome.log_tail, sealed=outcome.sealed, **common)

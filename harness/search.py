@@ -88,12 +88,13 @@ class Search:
     def __init__(self, *, store, search_id: int, name: str, tier: Tier, recipe, space: Space, proposer, executor: Executor,
                  runs_root: Path, data: str | None, tokenizer: str | None, trials: int, budget_hours: float | None,
                  parallel: int, code_version: str, seed_base: int = 0, throughput_share: float = 1.0,
-                 every_rung: bool = False, out=sys.stdout):
+                 every_rung: bool = False, sandbox: bool = True, out=sys.stdout):
         self.store, self.search_id, self.name, self.tier, self.recipe = store, search_id, name, tier, recipe
         self.space, self.proposer, self.runs_root = space, proposer, runs_root
         self.data, self.tokenizer, self.trials, self.budget_hours = data, tokenizer, trials, budget_hours
         self.parallel, self.code_version, self.out = parallel, code_version, out
         self.seed_base = seed_base
+        self.sandbox = sandbox  # patched experiments' jobs run sandboxed (False: --unsafe-patches)
         self.threads_per_job = 1  # CPU threads each job trains with (for CPU-minute costs)
         self.every_rung = every_rung  # measure the baseline and nulls at every rung, not only the ones in use
         # A job's share of a rung's calibrated throughput (local CPU jobs running side by side share the cores).
@@ -251,7 +252,7 @@ class Search:
                    run_dir=self.runs_root / self.name / exp.id / rung.name / f"seed{seed}",
                    train_tier=self.tier.train_tier, overrides=exp.overrides(self.tier.baseline, self.recipe.overrides),
                    data=self.data, tokenizer=self.tokenizer, timeout_s=job_timeout(rung),
-                   workdir=patch_worktree(exp), data_seed=exp.data_seed(slot, self.seed_base))
+                   workdir=patch_worktree(exp, sandboxed=self.sandbox), data_seed=exp.data_seed(slot, self.seed_base), sandbox=self.sandbox)
 
     def submit(self, exp: Experiment, index: int, slot: int) -> None:
         job = self.make_job(exp, index, slot)
@@ -665,7 +666,7 @@ def execute(config: SearchConfig) -> tuple[str, Search]:
                         proposer=proposer, executor=executor, runs_root=runs_root, data=data, tokenizer=tokenizer_dir,
                         trials=config.trials, budget_hours=config.budget_hours, parallel=config.parallel,
                         code_version=code_version(), seed_base=config.seed_base, throughput_share=throughput_share,
-                        every_rung=config.proposer == "calibration")
+                        every_rung=config.proposer == "calibration", sandbox=config.sandbox)
         rungs = " -> ".join(f"{r.name} (depth {r.depth}, {r.describe_horizon()}, {r.seeds} seeds"
                             + (f", target {r.target}" if r.target else "") + ")" for r in tier.rungs)
         search.say(f"search {name!r}: tier {tier.name}, space {config.space_name} ({len(config.space.knobs)} knobs), "
@@ -726,7 +727,7 @@ def make_proposer(config: SearchConfig, store, search_id: int, baseline_id: str,
 
     context = SearchContext(name=config.name, search_id=search_id, tier=tier, recipe=recipe, baseline_id=baseline_id,
                             identity=identity, commit=version if config.agent.allow_patches else None,
-                            smoke=SmokeTest(data=data, tokenizer=tokenizer))
+                            smoke=SmokeTest(data=data, tokenizer=tokenizer, sandbox=config.sandbox))
     proposer = AgentProposer(config.space, tpe, store, context, config.agent, say=say)
     for key in SECRET_ENV:
         os.environ.pop(key, None)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.catalog import Recipe, Rung, Tier, load_recipe, load_tier
+from harness import sandbox
 from harness.executors import EXECUTORS, SlurmOptions
 from harness.preparation import BadInput
 from harness.proposers import Proposal
@@ -61,7 +62,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--agent-budget-usd", type=float, default=None, help="stop asking the agent once it cost this much in the search")
     p.add_argument("--agent-batch", type=int, default=2, metavar="K", help="proposals asked of the agent per call")
     p.add_argument("--allow-patches", action="store_true",
-                   help="the agent may also propose code patches to model/*.py (tried in git worktrees, never in your tree)")
+                   help="the agent may also propose code patches to the model's architecture and optimizer files "
+                        "(tried in git worktrees, never in your tree; run in a sandbox, scored by the sealed evaluator)")
+    p.add_argument("--unsafe-patches", action="store_true",
+                   help="with --allow-patches on a machine without a sandbox (bubblewrap): run patched code without "
+                        "one (it can then read your files and reach the network; its score is still sealed)")
     SlurmOptions.add_arguments(p, "rung")
     return p
 
@@ -142,6 +147,10 @@ def check_agent_args(args) -> None:
         if price(model) is None:
             raise SearchError(f"--agent-budget-usd: no price for model {model!r} in harness/proposers/prices.py, "
                               "so spend cannot be capped (add its price there, or drop the budget)")
+    if args.allow_patches and not args.unsafe_patches and (why := sandbox.unavailable()):
+        raise SearchError(f"--allow-patches: patched runs need a sandbox and there is none here: {why}. Install "
+                          "bubblewrap, or pass --unsafe-patches to run the agent's code without one (it could then "
+                          "read your files and reach the network)")
     if args.allow_patches:
         from model.provenance import code_version
         if code_version() == "unknown":
@@ -181,6 +190,7 @@ class SearchConfig:
     aa_controls: int = 1               # A/A: independent controls the nulls are split over (see harness.search.run_aa)
     first_replica: int = 1             # A/A: the number of this search's first null
     agent: Any = None                  # harness.proposers.agent.AgentConfig for --proposer agent
+    sandbox: bool = True               # patched runs in the sandbox (False: --unsafe-patches)
     flags: dict = field(default_factory=dict)  # the command line's values, recorded with the search
 
     def control(self, index: int, share: int, first_replica: int) -> SearchConfig:
@@ -236,6 +246,9 @@ def resolve(args, calibrate: bool = False) -> SearchConfig:
     elif args.allow_patches:
         raise SearchError(f"--allow-patches: only the agent proposes patches (got --proposer {args.proposer}"
                           f"{' with --aa' if args.aa else ''}); use --proposer agent")
+    unsafe = getattr(args, "unsafe_patches", False)
+    if unsafe and not args.allow_patches:
+        raise SearchError("--unsafe-patches: only with --allow-patches (it runs the agent's patches without a sandbox)")
     if enqueued and proposer in ("aa", "calibration"):
         raise SearchError(f"--enqueue {args.enqueue}: only a search with a proposer (optuna, agent) takes outside "
                           "proposals; an A/A or calibration search proposes only nulls")
@@ -248,4 +261,5 @@ def resolve(args, calibrate: bool = False) -> SearchConfig:
                         space=space, proposer=proposer, trials=2 * (args.aa or 0) if args.aa or calibrate else args.trials,
                         budget_hours=args.budget_hours, parallel=parallel, executor=args.executor, slurm=slurm,
                         db=args.db, data=args.data, runs_dir=args.runs_dir, seed_base=args.seed_base, seed=args.seed,
-                        enqueued=enqueued, aa=args.aa or 0, aa_controls=controls, agent=agent, flags=flags)
+                        enqueued=enqueued, aa=args.aa or 0, aa_controls=controls, agent=agent, sandbox=not unsafe,
+                        flags=flags)

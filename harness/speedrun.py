@@ -51,6 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from experiments.catalog import CatalogError, Rung, Track, load_recipe, load_tier, load_track, names
+from harness import sandbox
 from harness.executors import EXECUTORS, Executor, SlurmOptions
 from harness.experiment import Experiment
 from harness.jobs import Job, terminate_as_interrupt
@@ -93,6 +94,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--parallel", type=int, default=None,
                    help="seeds running at once (default: all of them on SLURM, else 1: runs sharing a machine would "
                         "slow each other's clock)")
+    p.add_argument("--unsafe-patches", action="store_true",
+                   help="run a patched experiment without a sandbox where there is none (bubblewrap); its score is still sealed")
     SlurmOptions.add_arguments(p, "track")
     return p
 
@@ -401,6 +404,9 @@ def run(args) -> int:
     exp, experiment_id, recipe = load_experiment(args, store, tier)
     new_references = record_track(store, track)
 
+    if exp.patch and not args.unsafe_patches and (why := sandbox.unavailable()):
+        raise BadInput(f"--experiment {experiment_id}: it carries a code patch, whose runs need a sandbox, and there is "
+                       f"none here: {why}. Install bubblewrap, or pass --unsafe-patches to run it without one")
     if exp.tier != tier.name:
         say(f"note: experiment {experiment_id[:10]} was proposed on tier {exp.tier!r}; the track runs it on tier {tier.name!r}")
     if not exp.patch and exp.code_version not in ("unknown", code_version()):
@@ -421,11 +427,11 @@ def run(args) -> int:
 
     if todo:
         tokenizer_dir = prepare_tokenizer(source, tier.train_tier, overrides)
-        workdir = patch_worktree(exp, experiment_id)
+        workdir = patch_worktree(exp, experiment_id, sandboxed=not args.unsafe_patches)
         jobs = [Job(experiment_id=experiment_id, rung=rung, slot=seed, seed=seed, data_seed=track.data_seed,
                     run_dir=runs_root / experiment_id / f"seed{seed}", train_tier=tier.train_tier, overrides=overrides,
                     data=args.data or source.name, tokenizer=tokenizer_dir, timeout_s=job_timeout(rung),
-                    workdir=workdir) for seed in todo]
+                    workdir=workdir, sandbox=not args.unsafe_patches) for seed in todo]
         env, share = local_threads(tier.train_tier, args.executor, parallel)
         if args.eval_bundle:
             env["NANORESEARCH_EVAL_BUNDLE"] = str(Path(args.eval_bundle).resolve())

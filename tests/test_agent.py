@@ -494,7 +494,20 @@ def tokenizer_dir(shared_data, tiny_tokenizer) -> Path:
 
 BAD_PATCHES = {
     "outside model/": (lambda repo: diff_of(repo, "harness/search.py", lambda t: t + "# hi\n"),
-                       "path 'harness/search.py' in the patch: only model/*.py"),
+                       "path 'harness/search.py' in the patch: only model/gpt.py, model/attention.py"),
+    # The files the harness trusts to measure and record a result: never patched, even inside model/.
+    "the evaluator": (lambda repo: diff_of(repo, "model/evaluate.py", lambda t: t + "# hi\n"),
+                      "model/evaluate.py is trusted by the harness"),
+    "the data": (lambda repo: diff_of(repo, "model/data.py", lambda t: t + "# hi\n"), "model/data.py is trusted"),
+    "the tokenizer": (lambda repo: diff_of(repo, "model/tokenizer.py", lambda t: t + "# hi\n"),
+                      "model/tokenizer.py is trusted"),
+    "the training script": (lambda repo: diff_of(repo, "model/train.py", lambda t: t + "# hi\n"),
+                            "model/train.py is trusted"),
+    "the tier settings": (lambda repo: diff_of(repo, "model/config.py", lambda t: t + "# hi\n"),
+                          "model/config.py is trusted"),
+    "gpt.py renamed onto the evaluator": (lambda repo: "diff --git a/model/gpt.py b/model/evaluate.py\nsimilarity index "
+                                          "100%\nrename from model/gpt.py\nrename to model/evaluate.py\n",
+                                          "model/evaluate.py is trusted"),
     "dot-dot": (lambda repo: diff_of(repo, "model/gpt.py", marked).replace("b/model/gpt.py", "b/model/../harness/x.py"),
                 "no absolute paths, no .."),
     "absolute": (lambda repo: diff_of(repo, "model/gpt.py", marked).replace("+++ b/model/gpt.py", "+++ /etc/passwd"),
@@ -553,11 +566,19 @@ def test_a_good_patch_is_tried_in_a_worktree_and_its_jobs_run_there(tmp_path, cl
               run_dir=run_dir, train_tier="cpu", data=str(shared_data), tokenizer=str(tokenizer_dir), workdir=worktree,
               overrides={"vocab_size": 1024, "sequence_len": 64, "device_batch_size": 2, "total_batch_size": 128,
                          "eval_tokens": 128, "eval_every": 0, "log_every": 0})
-    assert job.command()[1:6] == ["-m", "harness.jobs", "--cwd", str(worktree), "--"]
-    returned = TrainingJob(job.command(), str(run_dir), timeout_s=300)()
+    assert job.command()[1:6] == ["-m", "harness.sandbox", "--cwd", str(worktree), "--write"]
+    assert job.seal_command()[1:5] == ["-m", "harness.sandbox", "--cwd", str(worktree)]
+    returned = TrainingJob(job.command(), str(run_dir), timeout_s=300, seal=job.seal_command())()
     log = (run_dir / "train.log").read_text()
     assert returned["returncode"] == 0, log[-2000:]
     assert "PATCHED-MARKER" in log and json.loads((run_dir / "result.json").read_text())["status"] == "ok"
+    # Then re-scored by the sealed evaluator, which agrees with it (and finds the model causal).
+    sealed = json.loads((run_dir / "sealed.json").read_text())
+    assert sealed == returned["sealed"] and sealed["causal"] and sealed["steps"] == 1
+    assert sealed["val_bpb"] == pytest.approx(json.loads((run_dir / "result.json").read_text())["val_bpb"], abs=1e-6)
+    # Without the sandbox (--unsafe-patches), the command only changes directory.
+    unsafe = Job(**{**job.__dict__, "sandbox": False})
+    assert unsafe.command()[1:6] == ["-m", "harness.jobs", "--cwd", str(worktree), "--"]
     remove_worktree(repo, worktree)  # a checkout of the repo: it would hold this file's fake key for later scans
 
 

@@ -56,7 +56,7 @@ DEFAULT_MODEL = "claude-opus-5-5"  # Anthropic's recommended default for most wo
 TOOL_NAME = "propose_experiments"
 # Models that return 400 for a forced tool_choice ("any" or a named tool): they get "auto" (see the docstring).
 FORCED_TOOL_REJECTED = ("claude-opus-5-5", "claude-sonnet-5-5", "claude-fable-5-1", "claude-fable-5-2")
-FAILED_STATUSES = ("diverged", "failed", "timeout", "oom", "crash")
+FAILED_STATUSES = ("diverged", "failed", "timeout", "oom", "crash", "metric_mismatch", "not_causal")
 # Source files shown to the agent in patch mode, most relevant first (the rest are listed by name).
 SOURCE_ORDER = ("gpt.py", "attention.py", "config.py", "optim.py", "schedule.py", "fused_loss.py")
 
@@ -705,8 +705,9 @@ class AgentProposer(Proposer):
                 raise PatchError("no recorded commit to apply patches to")
             smoke = SmokeTest(data=self.context.smoke.data, tokenizer=self.context.smoke.tokenizer,
                               overrides={**self.context.baseline_values, **self.context.smoke.overrides, **tweaks},
-                              timeout_s=self.context.smoke.timeout_s)
-            self.say(f"agent: checking the patch of proposal {i + 1} in a worktree (apply, import, one-step run)")
+                              timeout_s=self.context.smoke.timeout_s, sandbox=self.context.smoke.sandbox)
+            self.say(f"agent: checking the patch of proposal {i + 1} in a worktree (apply, import, one-step run, "
+                     "sealed re-score)")
             prepare(patch, self.context.commit, worktrees_root() / exp_id, repo=self.context.repo, smoke=smoke)
         extra = {"falsification": item["falsification"].strip()}
         if patch:
