@@ -8,9 +8,10 @@ under bubblewrap (the `bwrap` command; Debian's `bubblewrap` package) with
   process ids, IPC and host name;
 - a file system of read-only views: the system (/usr, the lib dirs, /etc with its secret files masked, /sys), the
   Python installation and its packages, the worktree, NANORESEARCH_HOME (data cache, tokenizers, eval bundle) and
-  the paths the command reads (--data, --tokenizer, the eval bundle); a private /tmp, /dev and /proc. Anything else
-  (the user's home, the repository, the leaderboard database) is not there at all;
-- write access to the directories given with --write (the run dir) only;
+  the paths the command reads (--data, --tokenizer, the eval bundle); its own /dev and /proc. Anything else (the
+  user's home, the repository, the leaderboard database, the host's /tmp) is not there at all;
+- write access to the directories given with --write (the run dir) only, plus a private scratch tmpfs (SCRATCH:
+  TMPDIR and HOME point there) that disappears with it;
 - an environment of the variables listed in KEPT_ENV only: no credentials, tokens or keys reach it;
 - on GPU machines, the NVIDIA device files.
 It dies with the job that started it (--die-with-parent), and a signal to the job's process group reaches it.
@@ -32,6 +33,7 @@ import sys
 from pathlib import Path
 
 TOOL = "bwrap"
+SCRATCH = "/sandbox-tmp"  # the sandboxed process's private scratch space (TMPDIR, HOME), gone when it ends
 SYSTEM_DIRS = ("/usr", "/etc", "/sys", "/opt")
 LIB_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # Files under /etc that hold secrets of the machine: replaced by an empty file (directories by an empty tmpfs).
@@ -103,7 +105,9 @@ def bwrap_command(command: list[str], cwd: Path, write: list[Path], read: list[P
     for name, value in sorted(os.environ.items()):
         if name in KEPT_ENV or any(p.endswith("_") and name.startswith(p) for p in KEPT_ENV):
             args += ["--setenv", name, value]
-    args += ["--setenv", "HOME", "/tmp", "--setenv", "XDG_CACHE_HOME", "/tmp/.cache"]
+    for name in ("HOME", "TMPDIR"):
+        args += ["--setenv", name, SCRATCH]
+    args += ["--setenv", "XDG_CACHE_HOME", f"{SCRATCH}/.cache"]
     for d in LIB_DIRS:
         if os.path.islink(d):
             args += ["--symlink", os.readlink(d), d]
@@ -116,7 +120,9 @@ def bwrap_command(command: list[str], cwd: Path, write: list[Path], read: list[P
             args += ["--tmpfs", path]
         elif os.path.exists(path):
             args += ["--ro-bind", "/dev/null", path]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    # /tmp stays a read-only, empty directory (a run dir or worktree under it appears there); scratch space is a
+    # private tmpfs elsewhere, named by TMPDIR and HOME, so a write to the host's /tmp fails instead of vanishing.
+    args += ["--proc", "/proc", "--dev", "/dev", "--dir", "/tmp", "--tmpfs", SCRATCH]
     for device in sorted(Path("/dev").glob("nvidia*")):
         args += ["--dev-bind", str(device), str(device)]
     # Read-only views, then the writable ones on top (a run dir may lie inside NANORESEARCH_HOME).
@@ -128,7 +134,8 @@ def bwrap_command(command: list[str], cwd: Path, write: list[Path], read: list[P
         path = Path(path).resolve()
         path.mkdir(parents=True, exist_ok=True)
         args += ["--bind", str(path), str(path)]
-    return [*args, "--chdir", str(Path(cwd).resolve()), "--", *command]
+    # The sandbox's own root (a tmpfs holding the mount points) read-only too: nothing else is writable.
+    return [*args, "--remount-ro", "/", "--chdir", str(Path(cwd).resolve()), "--", *command]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,17 @@ def nanoresearch_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sandboxed() -> None:
+    """Patched code runs in the bubblewrap sandbox (harness/sandbox.py): skip without one, or fail when
+    NANORESEARCH_REQUIRE_SANDBOX=1 (CI: scripts/ci_sandbox.sh installs it)."""
+    from harness.sandbox import unavailable
+    if why := unavailable():
+        if os.environ.get("NANORESEARCH_REQUIRE_SANDBOX") == "1":
+            pytest.fail(f"NANORESEARCH_REQUIRE_SANDBOX=1 but {why}")
+        pytest.skip(f"no sandbox for patched runs: {why}")
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The shared pretraining shards: $NANORESEARCH_DATA if it is a directory, else ../shared/data/pretrain."""
     env = os.environ.get("NANORESEARCH_DATA")

@@ -451,7 +451,7 @@ def test_a_patch_without_allow_patches_is_refused(tmp_path):
 # Patch mode, in worktrees of a clone (the clone stands for the user's repository)
 
 @pytest.fixture(scope="module")
-def clone(tmp_path_factory) -> tuple[Path, str]:
+def clone(tmp_path_factory, sandboxed) -> tuple[Path, str]:
     path = tmp_path_factory.mktemp("user-repo") / "repo"
     subprocess.run(["git", "clone", "--quiet", "--local", str(REPO), str(path)], check=True, timeout=120)
     head = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
