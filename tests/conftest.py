@@ -1,6 +1,7 @@
 """Shared test fixtures. Sections are owned by the modules they serve; append yours below."""
 
 import os
+import subprocess
 from pathlib import Path
 
 # One intra-op thread per test process, set before torch is imported anywhere: the suite runs two pytest
@@ -85,3 +86,24 @@ unembedding_lr = {unembedding_lr}
 scalar_lr = 8.0
 matrix_lr = 0.32
 """ + rest
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Patch mode (harness/patches.py, harness/sandbox.py, model/seal.py): tests/test_agent.py, tests/test_sealed.py
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory, sandboxed) -> tuple[Path, str]:
+    """A clone of this repository, standing for the user's: patches are applied to worktrees of its HEAD."""
+    path = tmp_path_factory.mktemp("user-repo") / "repo"
+    subprocess.run(["git", "clone", "--quiet", "--local", str(REPO_ROOT), str(path)], check=True, timeout=120)
+    head = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()[:12]
+    return path, head
+
+
+@pytest.fixture
+def tokenizer_dir(shared_data, tiny_tokenizer) -> Path:
+    """Where `tiny_tokenizer` is cached (a patched job is given it with --tokenizer)."""
+    from model.sources import resolve_source
+    from model.tokenizer import cached_tokenizer_dir
+    return cached_tokenizer_dir(resolve_source(str(shared_data)), 1024, 2_500_000)

@@ -450,15 +450,6 @@ def test_a_patch_without_allow_patches_is_refused(tmp_path):
 # -----------------------------------------------------------------------------------------------------------
 # Patch mode, in worktrees of a clone (the clone stands for the user's repository)
 
-@pytest.fixture(scope="module")
-def clone(tmp_path_factory, sandboxed) -> tuple[Path, str]:
-    path = tmp_path_factory.mktemp("user-repo") / "repo"
-    subprocess.run(["git", "clone", "--quiet", "--local", str(REPO), str(path)], check=True, timeout=120)
-    head = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()[:12]
-    return path, head
-
-
 def tree_state(repo: Path) -> tuple[str, dict[str, str]]:
     """`git status --porcelain` and the hash of every file of the working tree (outside .git)."""
     status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=all"],
@@ -483,13 +474,6 @@ def patch_context(s: Searching, clone, shared_data, tokenizer_dir) -> SearchCont
     repo, head = clone
     return s.context(commit=head, repo=repo, smoke=SmokeTest(data=str(shared_data), tokenizer=str(tokenizer_dir),
                                                              overrides={"vocab_size": 1024}))
-
-
-@pytest.fixture
-def tokenizer_dir(shared_data, tiny_tokenizer) -> Path:
-    from model.sources import resolve_source
-    from model.tokenizer import cached_tokenizer_dir
-    return cached_tokenizer_dir(resolve_source(str(shared_data)), 1024, 2_500_000)
 
 
 BAD_PATCHES = {

@@ -25,7 +25,7 @@ from model.gpt import GPT
 from model.seal import bits_per_byte, causality_probe
 from tests.conftest import tiny_tier
 from tests.fake_anthropic import FakeAnthropic, tool_use
-from tests.test_agent import GOOD, KEY, Searching, clone, diff_of, patch_context, tokenizer_dir  # noqa: F401 (fixtures)
+from tests.test_agent import GOOD, KEY, Searching, diff_of, patch_context
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -271,9 +271,10 @@ def halve_later(text: str) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["halved loss", "peeks ahead", "socket", "writes outside"])
 def test_a_cheating_or_escaping_patch_is_refused_by_its_sandboxed_sealed_smoke_run(tmp_path, clone, shared_data,
-                                                                                  tokenizer_dir, listener, case):
+                                                                                  tokenizer_dir, listener, case,
+                                                                                  nanoresearch_home):
     repo, _ = clone
-    escaped = tmp_path / "escaped.txt"
+    escaped = nanoresearch_home / f"escaped-{tmp_path.name}.txt"  # a directory the sandbox shows read-only
     edits = {
         "halved loss": (halve_now, "metric_mismatch: it reported val_bpb"),
         "peeks ahead": (peek_ahead, "not_causal: the causality probe failed"),
@@ -285,7 +286,7 @@ def test_a_cheating_or_escaping_patch_is_refused_by_its_sandboxed_sealed_smoke_r
     edit, reason = edits[case]
     patch = diff_of(repo, "model/gpt.py", edit)
     s = Searching(tmp_path)
-    with FakeAnthropic([tool_use([{**GOOD[0], "patch": patch}]), tool_use(GOOD)]) as fake:
+    with FakeAnthropic([tool_use([{**GOOD[0], "patch": patch}]), tool_use(GOOD[:1])]) as fake:
         exp = s.take(s.agent(fake, context=patch_context(s, clone, shared_data, tokenizer_dir), allow_patches=True,
                              batch=1))
     assert exp.patch is None  # the second, patch-free answer was used: the search goes on
@@ -314,7 +315,7 @@ seeds = 2
 def test_a_search_rejects_late_cheats_and_escapes_and_promotes_a_real_patch(tmp_path, clone, shared_data,
                                                                              tiny_tokenizer, nanoresearch_home):
     repo, _ = clone
-    escaped = tmp_path / "escaped.txt"
+    escaped = nanoresearch_home / f"escaped-{tmp_path.name}.txt"  # a directory the sandbox shows read-only
     proposals = [
         {"tweaks": {}, "rationale": "restore the lm_head learning rate in the optimizer",
          "falsification": "mean paired delta at d1 >= 0",
