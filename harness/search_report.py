@@ -10,6 +10,7 @@ import statistics
 
 from experiments.catalog import Rung
 from harness.noise import CONTROL_INITS, mde, per_look_alpha
+from leaderboard import views
 from search_spaces import KINDS
 
 
@@ -29,6 +30,25 @@ def rung_mde(search, rung: Rung, kind: str, n: int) -> float | None:
         sd, df = null.sd, max(df, null.df)
     alpha = per_look_alpha(stats.alpha, rung.seeds, stats.max_seeds, stats.futility)
     return mde(sd, n, df, alpha, stats.power, stats.min_effect)
+
+
+def replication_lines(search) -> list[str]:
+    """Each promotion's estimate beside the next rung's re-estimate on fresh runs (the winner's curse, measured)."""
+    lines = []
+    for r in views.replications(search.store.decisions(search_id=search.search_id)):
+        candidate = search.candidates.get(r["experiment_id"])
+        if candidate is None or candidate.experiment.replica:
+            continue
+        def estimate(delta, se, n) -> str:
+            return f"{delta:+.4f}" + (f" ± {se:.4f}" if se is not None else "") + f" (n={n})"
+        again = (f"{estimate(r['replicated_delta'], r['replicated_std_error'], r['replicated_n'])}"
+                 + (" so far" if r["replicated_verdict"] == "more_seeds" else "")
+                 + (f": {r['kept']:.0%} of the promoted improvement kept" if r["kept"] is not None else "")
+                 if r["replicated_delta"] is not None else "not measured yet")
+        lines.append(f"  replication of {r['experiment_id'][:10]}: promoted at {r['rung']} on "
+                     f"{estimate(r['promoted_delta'], r['promoted_std_error'], r['promoted_n'])}; at {r['next_rung']} "
+                     f"{again}")
+    return lines
 
 
 def summary(search, status: str) -> str:
@@ -66,6 +86,7 @@ def summary(search, status: str) -> str:
     real = [c for c in search.candidates.values() if not c.experiment.replica]
     promoted = [c for c in real if c.rung > 0 or c.state == "passed"]
     lines.append(f"  promotions: {len(promoted)} of {len(real)}")
+    lines += replication_lines(search)
     best = search.best()
     if best:
         what = search.experiment_of(best.experiment_id).describe()

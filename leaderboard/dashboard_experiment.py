@@ -10,6 +10,7 @@ import streamlit as st
 
 from leaderboard import dashboard_db as db
 from leaderboard import dashboard_format as fmt
+from leaderboard import views
 
 url = db.current_url()
 
@@ -85,8 +86,10 @@ if experiment["runs"]:
                      "core": st.column_config.NumberColumn(format="%.4f"),
                      "time to target (s)": st.column_config.NumberColumn(format="%.1f"),
                      "training time (s)": st.column_config.NumberColumn(format="%.1f"),
-                     "tok/s": st.column_config.NumberColumn(format="%.0f", help=fmt.RUN_SPEED_COLUMNS["tok/s"]),
-                     "loaded": st.column_config.CheckboxColumn(help=fmt.RUN_SPEED_COLUMNS["loaded"]),
+                     "tok/s": st.column_config.NumberColumn(format="%.0f", help=fmt.RUN_COLUMN_HELP["tok/s"]),
+                     "loaded": st.column_config.CheckboxColumn(help=fmt.RUN_COLUMN_HELP["loaded"]),
+                     "reported val_bpb": st.column_config.NumberColumn(format="%.4f",
+                                                                       help=fmt.RUN_COLUMN_HELP["reported val_bpb"]),
                  })
     st.page_link("dashboard_runs.py", label="Curves and config diffs of these runs", icon=":material/show_chart:",
                  query_params={"experiment": experiment_id})
@@ -97,5 +100,12 @@ st.subheader("Decisions")
 if experiment["decisions"]:
     st.dataframe(fmt.decisions_table(experiment["decisions"], names).drop(columns=["experiment", "experiment_id"]),
                  hide_index=True, placeholder=fmt.MISSING, column_config=fmt.decision_column_config(st))
+    replicated = views.replications(sorted(experiment["decisions"], key=lambda d: d["id"]))
+    if replicated:
+        st.markdown("**Promotions and their replication**")
+        st.dataframe(fmt.replications_table(replicated, names).drop(columns=["experiment", "experiment_id"]),
+                     hide_index=True, placeholder=fmt.MISSING,
+                     column_config={"kept": st.column_config.NumberColumn(format="%.2f", help=fmt.REPLICATION_HELP)})
+        st.caption(fmt.REPLICATION_HELP)
 else:
     st.caption("No ladder decisions about this experiment yet.")

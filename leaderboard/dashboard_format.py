@@ -204,6 +204,29 @@ def decisions_table(decisions: list[dict[str, Any]], names: Mapping[str, str]) -
     return pd.DataFrame(rows)
 
 
+def replications_table(replications: list[dict[str, Any]], names: Mapping[str, str]) -> pd.DataFrame:
+    """Each promotion's estimate beside its re-estimate on the next rung's fresh runs (leaderboard.views.replications)."""
+    def estimate(delta, se, n) -> str:
+        if delta is None:
+            return MISSING
+        return f"{delta:+.4f}" + (f" ± {se:.4f}" if se is not None else "") + (f" (n={n})" if n is not None else "")
+    return pd.DataFrame([{
+        "experiment": names.get(r["experiment_id"], r["experiment_id"]),
+        "promoted at": r["rung"], "estimate that promoted it": estimate(r["promoted_delta"], r["promoted_std_error"],
+                                                                        r["promoted_n"]),
+        "replicated at": r["next_rung"], "replication": estimate(r["replicated_delta"], r["replicated_std_error"],
+                                                                 r["replicated_n"]),
+        "replication verdict": r["replicated_verdict"] or "not yet decided",
+        "kept": r["kept"], "experiment_id": r["experiment_id"],
+    } for r in replications])
+
+
+REPLICATION_HELP = ("A promotion is chosen because its estimate was good, so on average it was also lucky (the winner's "
+                    "curse). The next rung measures the same change again on fresh runs: 'kept' is the share of the "
+                    "promoted improvement they found (1 = all of it, 0 or less = none). The next rung is a larger "
+                    "model, so a real effect may also grow or shrink with scale.")
+
+
 # How the decision tables (Search and Experiment pages) show the ladder's statistics.
 def decision_column_config(st) -> dict:
     return {
@@ -293,9 +316,20 @@ def runs_table(runs: list[dict[str, Any]], names: Mapping[str, str], rung_order:
         "seed": r["seed"], "status": r["status"], "val_bpb": r["val_bpb"], "core": r["core"],
         "time to target (s)": r["time_to_target"], "training time (s)": r["total_training_time"],
         "steps": r.get("steps"), "tok/s": r.get("tok_per_s"), "loaded": r.get("loaded"),
+        "reported val_bpb": sealed.get("reported_val_bpb"), "sealed": sealing(sealed),
         "reason": r.get("reason") or "",
-    } for r in ordered], columns=["run", "experiment", "rung", "seed", "status", "val_bpb", "core",
-                                  "time to target (s)", "training time (s)", "steps", "tok/s", "loaded", "reason"])
+    } for r in ordered for sealed in [r.get("sealed") if isinstance(r.get("sealed"), dict) else {}]],
+        columns=["run", "experiment", "rung", "seed", "status", "val_bpb", "core", "time to target (s)",
+                 "training time (s)", "steps", "tok/s", "loaded", "reported val_bpb", "sealed", "reason"])
+
+
+def sealing(sealed: dict[str, Any]) -> str:
+    """How a run was scored: by the sealed evaluator (a patched run; sandboxed or not), or "" (the checkout's code)."""
+    if not sealed:
+        return ""
+    if "error" in sealed:
+        return "not re-scored"
+    return "sealed, sandboxed" if sealed.get("sandboxed") else "sealed, no sandbox"
 
 
 def null_spreads_table(spreads: list[dict[str, Any]], rung_order: list[str] | None = None) -> pd.DataFrame:
@@ -307,8 +341,10 @@ def null_spreads_table(spreads: list[dict[str, Any]], rung_order: list[str] | No
                         columns=["rung", "kind", "null spread", "pairs", "measured"])
 
 
-# How run tables show throughput: a compute-budgeted result stands on a loaded machine; its speed does not.
-RUN_SPEED_COLUMNS = {
+# What run tables say about their columns: a compute-budgeted result stands on a loaded machine (its speed does not);
+# a patched run's val_bpb is its sealed re-score.
+RUN_COLUMN_HELP = {
+    "reported val_bpb": "a patched run: the val_bpb its own code reported (val_bpb is the sealed re-score from its logits)",
     "tok/s": "training throughput over the timed steps",
     "loaded": "trained below half its rung's calibrated throughput: a loaded or slower machine",
 }

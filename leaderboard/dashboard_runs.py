@@ -68,8 +68,9 @@ if picked:
         "core": st.column_config.NumberColumn(format="%.4f"),
         "time to target (s)": st.column_config.NumberColumn(format="%.1f"),
         "training time (s)": st.column_config.NumberColumn(format="%.1f"),
-        "tok/s": st.column_config.NumberColumn(format="%.0f", help=fmt.RUN_SPEED_COLUMNS["tok/s"]),
-        "loaded": st.column_config.CheckboxColumn(help=fmt.RUN_SPEED_COLUMNS["loaded"]),
+        "tok/s": st.column_config.NumberColumn(format="%.0f", help=fmt.RUN_COLUMN_HELP["tok/s"]),
+        "loaded": st.column_config.CheckboxColumn(help=fmt.RUN_COLUMN_HELP["loaded"]),
+        "reported val_bpb": st.column_config.NumberColumn(format="%.4f", help=fmt.RUN_COLUMN_HELP["reported val_bpb"]),
     })
 else:
     st.caption("Pick runs above to draw their curves.")

@@ -121,6 +121,17 @@ else:
     st.dataframe(table, hide_index=True, placeholder=fmt.MISSING, column_config={
         **fmt.decision_column_config(st), "details": st.column_config.LinkColumn(display_text="experiment ↗")})
 
+st.subheader("Promotions and their replication")
+if not summary["replications"]:
+    st.caption("No promotions yet: each one is measured again on the next rung's fresh runs.")
+else:
+    table = fmt.replications_table(summary["replications"], all_names)
+    table["details"] = table.pop("experiment_id").map(fmt.experiment_link)
+    st.dataframe(table, hide_index=True, placeholder=fmt.MISSING, column_config={
+        "kept": st.column_config.NumberColumn(format="%.2f", help=fmt.REPLICATION_HELP),
+        "details": st.column_config.LinkColumn(display_text="experiment ↗")})
+    st.caption(fmt.REPLICATION_HELP)
+
 st.subheader("Trials")
 if summary["trials"]:
     shown = trials.iloc[::-1].drop(columns=["experiment_id"])  # newest first

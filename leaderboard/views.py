@@ -21,7 +21,7 @@ _NEVER = datetime.min.replace(tzinfo=UTC)
 # The columns these read of many rows (a search has thousands of runs): fetching only them keeps the pages quick.
 _TRIAL_COLUMNS = ("id", "experiment_id", "rung", "seed", "status", "finished_at", "val_bpb", "total_training_time",
                   "world_size")
-_DECISION_COLUMNS = ("search_id", "experiment_id", "from_rung", "to_rung", "verdict", "mean_delta", "n")
+_DECISION_COLUMNS = ("search_id", "experiment_id", "from_rung", "to_rung", "verdict", "mean_delta", "std_error", "n")
 
 
 def _finish_order(run: dict[str, Any]) -> tuple:
@@ -39,6 +39,7 @@ def search_summary(store: Store, search_id: int) -> dict[str, Any] | None:
     - `best`: the search's experiments best first, by the one definition of best (leaderboard/ranking.py:
       furthest up the ladder, then the lowest mean paired difference there), each {experiment_id, rung,
       mean_delta, n, beats_baseline}; the baseline and the nulls never appear;
+    - `replications`: each promotion's estimate and its re-estimate on the next rung (`replications`), nulls left out;
     - `funnel`: per rung in ladder order (search config "rungs", else first-run order):
       proposed (first rung: proposals, else promotions into the rung), run (experiments with a finished
       run there, baseline included), promoted and rejected (experiments with that verdict from it).
@@ -103,7 +104,35 @@ def search_summary(store: Store, search_id: int) -> dict[str, Any] | None:
     hours = sum(run["total_training_time"] or 0.0 for run in runs) / 3600.0
     device_hours = sum((run["total_training_time"] or 0.0) * (run["world_size"] or 1) for run in runs) / 3600.0
     return {"search": search, "n_proposed": n_proposed, "runs_by_status": runs_by_status,
-            "training_hours": hours, "device_hours": device_hours, "trials": trials, "best": best, "funnel": funnel}
+            "training_hours": hours, "device_hours": device_hours, "trials": trials, "best": best, "funnel": funnel,
+            "replications": [r for r in replications(decided) if r["experiment_id"] not in noise | replicas]}
+
+
+def replications(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The winner's curse, measured: each promotion's estimate next to the same change's estimate from the next rung's
+    fresh runs (other seeds, a larger model), in the order the promotions were made.
+
+    `decisions`: decision rows in the order they were made (each with experiment_id, from_rung, to_rung, verdict,
+    mean_delta, std_error, n). A promotion is an experiment's last decision at a rung when it says promote; its
+    replication is the experiment's latest decision at the rung it went to (`replicated_verdict` more_seeds: still
+    being measured; None: no runs decided there yet). `kept` is replicated / promoted mean difference: the share of
+    the promoted improvement that the fresh runs found (1 = all of it, <= 0 = none)."""
+    last: dict[tuple[str, str], dict[str, Any]] = {}
+    for d in decisions:
+        last[(d["experiment_id"], d["from_rung"])] = d
+    out = []
+    for (experiment_id, rung), d in last.items():
+        if d["verdict"] != "promote" or d["to_rung"] is None:
+            continue
+        again = last.get((experiment_id, d["to_rung"]))
+        promoted, replicated = d["mean_delta"], again["mean_delta"] if again else None
+        kept = replicated / promoted if promoted and replicated is not None else None
+        out.append({"experiment_id": experiment_id, "rung": rung, "promoted_delta": promoted,
+                    "promoted_std_error": d["std_error"], "promoted_n": d["n"], "next_rung": d["to_rung"],
+                    "replicated_delta": replicated, "replicated_std_error": again["std_error"] if again else None,
+                    "replicated_n": again["n"] if again else None,
+                    "replicated_verdict": again["verdict"] if again else None, "kept": kept})
+    return out
 
 
 def best_runs(store: Store, track: str | None = None) -> list[dict[str, Any]]:

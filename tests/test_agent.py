@@ -392,6 +392,25 @@ def test_bad_agent_flags_are_one_line_errors_before_anything_is_recorded(tmp_pat
     assert not db.exists()
 
 
+def test_patches_without_a_sandbox_need_unsafe_patches(tmp_path, monkeypatch, capsys):
+    from harness import sandbox, search
+    from harness.search_config import build_parser, resolve
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.setattr(sandbox, "unavailable", lambda: "bubblewrap is not installed (the `bwrap` command)")
+    db = tmp_path / "lb.db"
+    argv = ["--db", f"sqlite:///{db}", "--tier", "cpu", "--proposer", "agent", "--allow-patches"]
+    assert search.main(argv) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "patched runs need a sandbox and there is none here: bubblewrap is not installed" in line
+    assert "--unsafe-patches" in line and not db.exists()
+    config = resolve(build_parser().parse_args([*argv, "--unsafe-patches"]))  # the user's explicit choice
+    assert config.sandbox is False and config.agent.allow_patches
+    monkeypatch.setattr(sandbox, "unavailable", lambda: None)
+    assert resolve(build_parser().parse_args(argv)).sandbox is True
+    assert search.main(["--db", f"sqlite:///{db}", "--tier", "cpu", "--unsafe-patches"]) == 2
+    assert "--unsafe-patches: only with --allow-patches" in capsys.readouterr().err and not db.exists()
+
+
 def test_the_search_page_lists_refused_proposals_and_counts_their_cost(monkeypatch, tmp_path):
     from tests.test_dashboard import frame_with, metrics, render
     url = f"sqlite:///{tmp_path / 'dash.db'}"

@@ -255,6 +255,58 @@ def test_search_page_without_runs_or_agent(monkeypatch, tmp_path):
     assert any("No promotion decisions yet." in i.value for i in at.info)
 
 
+def test_promotions_show_the_estimate_that_promoted_them_beside_the_next_rungs_replication(monkeypatch, tmp_path):
+    url = f"sqlite:///{tmp_path / 'curse.db'}"
+    with Store(url) as store:
+        search_id = store.start_search("curse", proposer="optuna", config={"rungs": ["d2", "d4"]})
+        for eid, name in (("lucky", "lucky win"), ("fresh", "just promoted"), ("nope", "rejected")):
+            store.record_experiment(Experiment(id=eid, name=name, proposer="optuna"), search_id=search_id)
+        common = dict(search_id=search_id, alpha=0.05, min_effect=0.0, noise_floor=0.001)
+        for eid, rung, to, verdict, mean, se, n in [
+                ("lucky", "d2", "d4", "more_seeds", -0.006, 0.003, 3),  # an earlier look at d2: not the promotion
+                ("lucky", "d2", "d4", "promote", -0.004, 0.001, 4),
+                ("lucky", "d4", None, "more_seeds", -0.001, 0.0015, 3),
+                ("fresh", "d2", "d4", "promote", -0.003, 0.001, 3),
+                ("nope", "d2", "d4", "reject", 0.002, 0.001, 3)]:
+            store.record_decision(Decision(experiment_id=eid, from_rung=rung, to_rung=to, verdict=verdict,
+                                           mean_delta=mean, std_error=se, n=n, **common))
+    at = render(monkeypatch, url, page="search")
+    table = frame_with(at, "estimate that promoted it")
+    assert table[["experiment", "promoted at", "estimate that promoted it", "replicated at", "replication",
+                  "replication verdict"]].to_dict("records") == [
+        {"experiment": "lucky win", "promoted at": "d2", "estimate that promoted it": "-0.0040 ± 0.0010 (n=4)",
+         "replicated at": "d4", "replication": "-0.0010 ± 0.0015 (n=3)", "replication verdict": "more_seeds"},
+        {"experiment": "just promoted", "promoted at": "d2", "estimate that promoted it": "-0.0030 ± 0.0010 (n=3)",
+         "replicated at": "d4", "replication": "—", "replication verdict": "not yet decided"}]
+    assert table["kept"].tolist()[0] == pytest.approx(0.25) and pd.isna(table["kept"].tolist()[1])
+    at = render(monkeypatch, url, page="experiment", query={"id": "lucky"})
+    kept = frame_with(at, "estimate that promoted it")
+    assert kept["kept"].tolist() == [pytest.approx(0.25)] and kept["replicated at"].tolist() == ["d4"]
+
+
+def test_a_patched_runs_sealed_score_and_a_caught_mismatch_show_on_the_experiment_page(monkeypatch, tmp_path):
+    url = f"sqlite:///{tmp_path / 'sealed.db'}"
+    with Store(url) as store:
+        search_id = store.start_search("sealed", proposer="agent")
+        store.record_experiment(Experiment(id="p1", name="halves its loss", proposer="agent", patch=PATCH),
+                                search_id=search_id)
+        sealed = {"val_bpb": 3.80, "causal": True, "sandboxed": True}
+        store.record_run(Run(experiment_id="p1", rung="d1", seed=0, status="metric_mismatch", val_bpb=3.80,
+                             reason="it reported val_bpb 1.900000, the sealed re-score gives 3.800000 (tolerance 0.0001)",
+                             sealed={**sealed, "reported_val_bpb": 1.90}, finished_at=T0, search_id=search_id))
+        store.record_run(Run(experiment_id="p1", rung="d1", seed=1, status="ok", val_bpb=3.70,
+                             sealed={**sealed, "val_bpb": 3.70, "reported_val_bpb": 3.70000001, "sandboxed": False},
+                             finished_at=T0, search_id=search_id))
+    at = render(monkeypatch, url, page="experiment", query={"id": "p1"})
+    runs = frame_with(at, "reported val_bpb")
+    assert runs[["seed", "status", "val_bpb", "reported val_bpb", "sealed"]].to_dict("records") == [
+        {"seed": 0, "status": "metric_mismatch", "val_bpb": 3.80, "reported val_bpb": 1.90, "sealed": "sealed, sandboxed"},
+        {"seed": 1, "status": "ok", "val_bpb": 3.70, "reported val_bpb": 3.70000001, "sealed": "sealed, no sandbox"}]
+    assert "the sealed re-score gives 3.800000" in runs["reason"][0]
+    at = render(monkeypatch, url, page="runs", query={"experiment": "p1"})
+    assert not at.exception
+
+
 def test_search_page_when_every_run_failed(monkeypatch, tmp_path):
     url = f"sqlite:///{tmp_path / 'failed.db'}"
     with Store(url) as store:

@@ -317,10 +317,12 @@ def test_a_search_rejects_late_cheats_and_escapes_and_promotes_a_real_patch(tmp_
     repo, _ = clone
     escaped = nanoresearch_home / f"escaped-{tmp_path.name}.txt"  # a directory the sandbox shows read-only
     proposals = [
-        {"tweaks": {}, "rationale": "restore the lm_head learning rate in the optimizer",
+        # An architecture change: the final norm's output scaled up 25x, so the lm_head's small learning rate moves
+        # the logits 25x faster (measured by hand at these settings: -0.44 bpb at 30 steps, seeds 0 and 1).
+        {"tweaks": {}, "rationale": "scale the features the lm_head reads: its logits learn faster",
          "falsification": "mean paired delta at d1 >= 0",
-         "patch": diff_of(repo, "model/optim.py", lambda t: t.replace("cfg.unembedding_lr * adam_scale",
-                                                                      "25 * cfg.unembedding_lr * adam_scale", 1))},
+         "patch": diff_of(repo, "model/gpt.py", lambda t: t.replace("        x = rms_norm(x)\n",
+                                                                    "        x = 25.0 * rms_norm(x)\n", 1))},
         {"tweaks": {}, "rationale": "a loss that halves itself once training is under way",
          "falsification": "the sealed score disagrees", "patch": diff_of(repo, "model/gpt.py", halve_later)},
         {"tweaks": {}, "rationale": "a write outside the run dir once training is under way",
@@ -347,7 +349,7 @@ def test_a_search_rejects_late_cheats_and_escapes_and_promotes_a_real_patch(tmp_
     first = {d["experiment_id"]: d for d in sorted(store.decisions(search_id=search["id"]), key=lambda d: d["id"])
              if d["verdict"] != "more_seeds"}
 
-    # The real optimizer fix trains, is scored by the sealed evaluator, and is promoted on the sealed numbers.
+    # The real architecture change trains, is scored by the sealed evaluator, and is promoted on the sealed numbers.
     runs = store.runs(experiment_id=good, details=True)
     assert runs and all(r["status"] == "ok" for r in runs)
     for r in runs:

@@ -103,6 +103,10 @@ def test_planted_changes_are_promoted_or_rejected_and_failures_do_not_stop_the_s
     assert first[bad]["verdict"] == "reject" and first[bad]["mean_delta"] > 0
     assert first[broken]["verdict"] == "reject"
     assert any(d["experiment_id"] == good and d["from_rung"] == "d2" for d in decisions)  # tested on the next rung
+    # The summary sets the estimate that promoted it beside the next rung's fresh one (the winner's curse, measured).
+    again = [d for d in decisions if d["experiment_id"] == good and d["from_rung"] == "d2"][-1]
+    assert (f"replication of {good[:10]}: promoted at d1 on {first[good]['mean_delta']:+.4f} ± "
+            f"{first[good]['std_error']:.4f} (n={first[good]['n']}); at d2 {again['mean_delta']:+.4f}") in out
     crashed = store.runs(experiment_id=broken, details=True)
     assert crashed and all(r["status"] == "crash" for r in crashed)
     assert any("n_kv_head=2" in (r.get("log_tail") or "") for r in crashed)  # why it failed is recorded
