@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot sandbox the patched process: {why}", file=sys.stderr)
         return 2
     argv = bwrap_command(command, cwd, write, read)
+    # bwrap dies at once on SIGTERM, and its sandbox with it (--die-with-parent: SIGKILL). The job stops a run with
+    # SIGTERM to its process group so that the training saves a checkpoint first: so bwrap ignores it (the command
+    # inside sets its own handler: model.train saves and exits, and bwrap then exits with its status), and if the job
+    # itself dies, bwrap gets SIGKILL and takes the sandbox with it: nothing runs on unwatched.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     os.execv(argv[0], argv)
     return 1  # not reached: exec replaced this process
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -156,6 +157,7 @@ def score(argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the sandbox's launcher ignores it; a job's stop must end this
     try:
         scored = score(argv)
     except (BadInput, ConfigError) as e:

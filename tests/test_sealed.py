@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,33 @@ def test_the_sandbox_keeps_a_process_to_its_run_dir_off_the_network_and_away_fro
     loose = json.loads(unsandboxed.stdout.strip().splitlines()[-1])
     assert loose["write_outside"] == loose["connect_host"] == loose["read_home_secret"] == "ok"
     assert listener.connections == 1
+
+
+@pytest.mark.slow
+def test_stopping_a_sandboxed_job_lets_its_training_save_a_checkpoint(tmp_path, sandboxed, shared_data, tokenizer_dir):
+    """The job stops a run with SIGTERM to its process group; bwrap must not die of it first (it would take the
+    training down before the checkpoint is written)."""
+    from experiments.catalog import Rung
+    from harness.jobs import TrainingJob, training_pid
+    run_dir = tmp_path / "run"
+    job = Job(experiment_id="x", rung=Rung(name="d1", depth=1, seeds=1, num_iterations=1_000_000), slot=0, seed=0,
+              run_dir=run_dir, train_tier="cpu", data=str(shared_data), tokenizer=str(tokenizer_dir), workdir=REPO,
+              overrides={"vocab_size": 1024, "sequence_len": 64, "device_batch_size": 2, "total_batch_size": 128,
+                         "eval_tokens": 128, "eval_every": 0, "log_every": 0})
+    training = TrainingJob(job.command(), str(run_dir), timeout_s=300, seal=job.seal_command())
+    done = {}
+    thread = threading.Thread(target=lambda: done.update(training()))
+    thread.start()
+    log = run_dir / "train.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and "| horizon" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.2)
+    time.sleep(2)  # some steps
+    assert training.stop() == 143
+    thread.join(timeout=60)
+    assert done["returncode"] == 143 and "sealed" not in done  # stopped: not finished, so not re-scored
+    assert list((run_dir / "checkpoints").glob("step_*.pt")), log.read_text()[-2000:]
+    assert "checkpoint saved" in log.read_text() and training_pid(run_dir) is None
 
 
 # -----------------------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ import optuna
 
 from harness.jobs import REPO
 from harness.noise import per_look_alpha
-from harness.patches import PatchError, SmokeTest, check_paths, prepare, worktrees_root
+from harness.patches import PATCHABLE, PatchError, SmokeTest, check_paths, prepare, worktrees_root
 from harness.proposers import Proposal, Proposer
 from harness.proposers.optuna_tpe import OptunaProposer
 from harness.proposers.prices import canonical, cost_usd, price
@@ -118,8 +118,9 @@ def tool_definition(space: Space, k: int, allow_patches: bool) -> dict:
     }, "required": ["tweaks", "rationale", "falsification"], "additionalProperties": False}
     if allow_patches:
         item["properties"]["patch"] = {"type": "string", "description": "Optional code change: a unified diff in git "
-                                       "format (a/model/NAME.py, b/model/NAME.py) touching only model/*.py. Empty "
-                                       "or absent for a knob-only proposal."}
+                                       "format (a/model/NAME.py, b/model/NAME.py) touching only "
+                                       f"{', '.join(PATCHABLE)} or new model/ modules. Empty or absent for a "
+                                       "knob-only proposal."}
     return {"name": TOOL_NAME, "description": f"Submit up to {k} experiments for the search to test next.",
             "input_schema": {"type": "object", "properties": {
                 "proposals": {"type": "array", "items": item, "minItems": 1, "maxItems": k}},
@@ -355,10 +356,14 @@ def build_prompt(space: Space, context: SearchContext, history: History, k: int,
             "everything in the history and from each other."]
     if config.allow_patches:
         task.append(f"You may also change the model code: put a unified diff (git diff format, paths "
-                    f"a/model/NAME.py and b/model/NAME.py, only files directly in model/) in `patch`. It is applied "
-                    f"to commit {context.commit}, must import and pass a one-step training run before any real run; "
-                    "a patch that does not apply or fails is refused. Keep patches small; omit `patch` for a "
-                    "knob-only proposal.")
+                    f"a/model/NAME.py and b/model/NAME.py) in `patch`. It may change only {', '.join(PATCHABLE)} "
+                    "and add new modules in model/; every other file (the evaluator, data, tokenizer, training "
+                    "script, config) is trusted and a patch touching one is refused. It is applied "
+                    f"to commit {context.commit} and runs in a sandbox without network, writing only its run dir; "
+                    "it must import and pass a one-step training run before any real run. Every run is scored again "
+                    "by trusted code from the model's logits, with a check that no position sees a later token: a "
+                    "run whose reported val_bpb differs from that score, or that is not causal, fails. Keep patches "
+                    "small; omit `patch` for a knob-only proposal.")
     tail = "\n".join(task)
     source = f"\n\n# Model source at commit {context.commit}\n{sources}" if sources else ""
     lines: list[str] = []
