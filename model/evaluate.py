@@ -377,17 +377,30 @@ def truncate_row(row: Row, max_len: int | None) -> Row:
     return tokens[crop:], max(start - crop, 1), end - crop
 
 
+def _batches(order: list[int], rows: list[Row], batch_size: int, max_tokens: int | None) -> list[list[int]]:
+    """Rows (in `order`: by length) grouped into batches of at most batch_size rows and, when given, about
+    max_tokens padded tokens (a long prompt scored whole gets a batch of its own instead of 16 rows of its width)."""
+    batches: list[list[int]] = []
+    for i in order:
+        width = len(rows[i][0])  # the longest so far: rows come shortest first
+        if batches and len(batches[-1]) < batch_size and (max_tokens is None or (len(batches[-1]) + 1) * width <= max_tokens):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 @torch.no_grad()
-def score_rows(model, rows: list[Row], *, batch_size: int, pad_id: int,
-               device: str | torch.device = "cpu") -> list[tuple[float, bool]]:
+def score_rows(model, rows: list[Row], *, batch_size: int, pad_id: int, device: str | torch.device = "cpu",
+               max_tokens: int | None = None) -> list[tuple[float, bool]]:
     """For each row: mean cross-entropy of its scored tokens, and whether every one is the argmax.
 
-    Rows are sorted by length and right-padded into batches: a causal model's outputs at real positions
-    never see the padding after them, so batching does not change any score."""
+    Rows are sorted by length and right-padded into batches (of at most batch_size rows and about max_tokens padded
+    tokens): a causal model's outputs at real positions never see the padding after them, so batching does not
+    change any score."""
     results: list[tuple[float, bool]] = [(math.nan, False)] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
-    for b in range(0, len(order), batch_size):
-        batch = order[b : b + batch_size]
+    for batch in _batches(order, rows, batch_size, max_tokens):
         width = max(len(rows[i][0]) for i in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         owners, positions = [], []  # for every scored token: its row in the batch, and its logits position
@@ -411,24 +424,36 @@ def score_rows(model, rows: list[Row], *, batch_size: int, pad_id: int,
     return results
 
 
-def _max_len(model) -> int | None:
-    return getattr(getattr(model, "config", None), "sequence_len", None)
+def max_positions(model) -> int | None:
+    """The most tokens the model can take in one forward pass: its rotary tables' length (GPT: 10x the training
+    sequence length), None when it does not say."""
+    return getattr(model, "rotary_len", None)
 
 
 def evaluate_items(model, tokenizer, task: Task, data: list[dict], idxs: list[int], *, batch_size: int,
-                   device: str | torch.device = "cpu") -> list[bool]:
-    """Whether the model gets each item in `idxs` right (few-shot examples drawn from all of `data`)."""
-    max_len = _max_len(model)
+                   device: str | torch.device = "cpu") -> tuple[list[bool], int]:
+    """Whether the model gets each item in `idxs` right (few-shot examples drawn from all of `data`), and how many
+    of the items had to be cropped.
+
+    A prompt is scored whole, as nanochat scores CORE, also past the sequence length the model trained at (GPT's
+    rotary tables reach 10x it). Only a prompt longer than the model can take at all is cropped to its last tokens,
+    and counted."""
+    limit = max_positions(model)
+    seq = getattr(getattr(model, "config", None), "sequence_len", None)
     prompts = [render_prompts(task, data, i) for i in idxs]
     encoded = tokenizer.encode_batch([p for ps in prompts for p in ps])
-    rows, spans, k = [], [], 0
+    rows, spans, k, cropped = [], [], 0, 0
     for ps in prompts:
         token_lists = [[tokenizer.bos_id, *ids] for ids in encoded[k : k + len(ps)]]
         k += len(ps)
-        item_rows = [truncate_row(r, max_len) for r in locate_continuations(task.task_type, token_lists)]
+        item_rows = locate_continuations(task.task_type, token_lists)
+        if limit is not None and any(len(r[0]) > limit for r in item_rows):
+            cropped += 1
+            item_rows = [truncate_row(r, limit) for r in item_rows]
         spans.append((len(rows), len(rows) + len(item_rows)))
         rows.extend(item_rows)
-    scores = score_rows(model, rows, batch_size=batch_size, pad_id=tokenizer.bos_id, device=device)
+    scores = score_rows(model, rows, batch_size=batch_size, pad_id=tokenizer.bos_id, device=device,
+                        max_tokens=batch_size * seq if seq else None)
 
     correct = []
     for i, (lo, hi) in zip(idxs, spans, strict=True):
@@ -438,7 +463,7 @@ def evaluate_items(model, tokenizer, task: Task, data: list[dict], idxs: list[in
             # lowest mean loss wins, the first on ties; a NaN loss never wins
             losses = [s[0] if not math.isnan(s[0]) else math.inf for s in scores[lo:hi]]
             correct.append(losses.index(min(losses)) == data[i]["gold"])
-    return correct
+    return correct, cropped
 
 
 def centered_accuracy(accuracy: float, random_baseline_pct: float) -> float:
@@ -453,7 +478,8 @@ def evaluate_core(model, tokenizer, bundle_dir: str | Path, *, max_per_task: int
     """CORE over the bundle's tasks.
 
     Returns {"core": float, "max_per_task": int | None, "tasks": {label: {"accuracy", "centered", "n",
-    "baseline"}}} with baseline the random-guess accuracy as a fraction. The caller puts the model in eval
+    "baseline", "cropped"}}} with baseline the random-guess accuracy as a fraction and cropped the items whose
+    prompt was longer than the model can take (see evaluate_items). The caller puts the model in eval
     mode (and autocast, if wanted).
 
     distributed=True (with torch.distributed initialised): every rank scores a stride of the items and the
@@ -471,26 +497,31 @@ def evaluate_core(model, tokenizer, bundle_dir: str | Path, *, max_per_task: int
     # items per call: enough rows to sort into several full batches, few enough to keep memory small
     chunk = max(32, 4 * batch_size)
 
-    correct_counts = []
+    correct_counts, cropped_counts = [], []
     for task, data, n in zip(tasks, datasets, sizes, strict=True):
         mine = list(range(rank, n, world))
-        hits = 0
+        hits = cropped = 0
         for c in range(0, len(mine), chunk):
             idxs = mine[c : c + chunk]
-            hits += sum(evaluate_items(model, tokenizer, task, data, idxs, batch_size=batch_size, device=device))
+            correct, crops = evaluate_items(model, tokenizer, task, data, idxs, batch_size=batch_size, device=device)
+            hits, cropped = hits + sum(correct), cropped + crops
             bar.update(len(idxs) * world, task.label)
         correct_counts.append(hits)
+        cropped_counts.append(cropped)
     if world > 1:
-        counts = torch.tensor(correct_counts, dtype=torch.long, device=device)
+        counts = torch.tensor([correct_counts, cropped_counts], dtype=torch.long, device=device)
         dist.all_reduce(counts)
-        correct_counts = counts.tolist()
+        correct_counts, cropped_counts = counts.tolist()
     bar.close()
 
     results = {}
-    for task, n, hits in zip(tasks, sizes, correct_counts, strict=True):
+    for task, n, hits, cropped in zip(tasks, sizes, correct_counts, cropped_counts, strict=True):
         accuracy = hits / n
         results[task.label] = {"accuracy": accuracy, "centered": centered_accuracy(accuracy, task.random_baseline),
-                               "n": n, "baseline": task.random_baseline / 100}
+                               "n": n, "baseline": task.random_baseline / 100, "cropped": cropped}
+        if cropped and rank == 0:
+            print(f"CORE: {cropped} of {n} {task.label} prompts were longer than the model's {max_positions(model)} "
+                  "positions and were cropped to their last tokens", file=sys.stderr, flush=True)
     core = sum(r["centered"] for r in results.values()) / len(results)
     return {"core": core, "max_per_task": max_per_task, "tasks": results}
 

@@ -99,16 +99,17 @@ class TinyCausalModel(nn.Module):
     """Random and causal: the running mean of the embeddings so far, then a linear head. Its output at a
     position depends on every earlier token (so left padding or a leaky batch would show)."""
 
-    def __init__(self, vocab_size=257, dim=32, sequence_len=256, seed=0):
+    def __init__(self, vocab_size=257, dim=32, sequence_len=256, seed=0, max_positions=None):
         super().__init__()
         torch.manual_seed(seed)
         self.config = types.SimpleNamespace(sequence_len=sequence_len)
+        self.rotary_len = max_positions or 10 * sequence_len  # as GPT: positions up to 10x the training length
         self.emb = nn.Embedding(vocab_size, dim)
         self.head = nn.Linear(dim, vocab_size)
         self.longest_seen = 0
 
     def forward(self, idx):
-        assert idx.shape[1] <= self.config.sequence_len, "fed more tokens than the model's context"
+        assert idx.shape[1] <= self.rotary_len, "fed more tokens than the model can take"
         self.longest_seen = max(self.longest_seen, idx.shape[1])
         h = self.emb(idx).cumsum(1) / torch.arange(1, idx.shape[1] + 1).view(1, -1, 1)
         return self.head(torch.tanh(h))
@@ -293,13 +294,29 @@ def test_locating_continuations():
 
 
 @needs_real_bundle
-def test_long_prompts_are_cropped_to_the_model_context():
+def test_long_prompts_are_scored_whole_as_nanochat_scores_them():
     tasks = {t.label: t for t in load_bundle(REAL_BUNDLE)}
-    task = tasks["arc_easy"]  # 10-shot: far longer than 64 bytes
+    task = tasks["arc_easy"]  # 10-shot: far longer than the 64 tokens (bytes) the model trained at
     data = shuffled(load_task_data(task))
-    model = TinyCausalModel(sequence_len=64)  # asserts it is never fed more than 64 tokens
-    correct = ev.evaluate_items(model, ByteTokenizer(), task, data, [0, 1, 2], batch_size=4)
-    assert len(correct) == 3 and model.longest_seen == 64
+    tokenizer = ByteTokenizer()
+    longest = max(len(tokenizer.encode(p)) + 1 for i in (0, 1, 2) for p in render_prompts(task, data, i))
+    model = TinyCausalModel(sequence_len=64, max_positions=100_000)
+    correct, cropped = ev.evaluate_items(model, tokenizer, task, data, [0, 1, 2], batch_size=4)
+    assert len(correct) == 3 and cropped == 0 and model.longest_seen == longest > 64
+    # The same answers item by item (a long row gets a batch of its own: batching changes no score).
+    alone = [ev.evaluate_items(model, tokenizer, task, data, [i], batch_size=1)[0][0] for i in (0, 1, 2)]
+    assert alone == correct
+    # Longer than the model can take at all: cropped to its last positions, and counted, never silently.
+    small = TinyCausalModel(sequence_len=64, max_positions=200)
+    correct, cropped = ev.evaluate_items(small, tokenizer, task, data, [0, 1, 2], batch_size=4)
+    assert len(correct) == 3 and cropped == 3 and small.longest_seen == 200
+
+
+def test_rows_batch_by_tokens_as_well_as_by_count():
+    rows = [([0] * n, 1, n) for n in (10, 10, 10, 100, 100, 1000)]
+    assert ev._batches(list(range(6)), rows, batch_size=16, max_tokens=None) == [[0, 1, 2, 3, 4, 5]]
+    assert ev._batches(list(range(6)), rows, batch_size=16, max_tokens=256) == [[0, 1, 2], [3, 4], [5]]
+    assert ev._batches(list(range(6)), rows, batch_size=2, max_tokens=None) == [[0, 1], [2, 3], [4, 5]]
 
 
 # -----------------------------------------------------------------------------
