@@ -83,6 +83,7 @@ class Tier:
     rungs: tuple[Rung, ...] = ()
     statistics: Statistics = Statistics()
     data_shards: int = 8            # train shards of the default corpus to fetch when none are downloaded
+    data: str | None = None         # the tier's default corpus (a source name; None: model.sources.DEFAULT_SOURCE)
     track: str | None = None        # the leaderboard track whose speedrun the top rung feeds
     # A run whose throughput is below this fraction of its rung's calibrated tok_per_s is flagged as loaded.
     loaded_fraction: float = 0.5
@@ -219,7 +220,8 @@ def load_tier(name_or_path: str) -> Tier:
     return Tier(name=data.get("name", path.stem), description=data.get("description", ""),
                 train_tier=data.get("train_tier", "cpu"),
                 baseline=_check_overrides(data.get("baseline", {}), f"{path}: [baseline]"),
-                rungs=tuple(rungs), statistics=stats, data_shards=int(data.get("data_shards", 8)), track=data.get("track"),
+                rungs=tuple(rungs), statistics=stats, data_shards=int(data.get("data_shards", 8)), data=data.get("data"),
+                track=data.get("track"),
                 loaded_fraction=float(loaded_fraction), parallel=parallel, why=data.get("why", ""), path=str(path))
 
 

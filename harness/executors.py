@@ -84,11 +84,11 @@ class Executor:
         if kind not in EXECUTORS:
             raise ValueError(f"--executor {kind!r}: expected one of {', '.join(EXECUTORS)}")
         self.kind, self.folder, self.slurm, self.env = kind, Path(folder), slurm or SlurmOptions(), env or {}
-        self.folder.mkdir(parents=True, exist_ok=True)
         self._executor = None  # created on first submit: SlurmExecutor needs srun on this machine
 
     def _submitit(self):
         if self._executor is None:
+            self.folder.mkdir(parents=True, exist_ok=True)  # (not before: a --dry-run builds an executor too)
             folder = str(self.folder / "%j")
             if self.kind == "local":
                 self._executor = submitit.LocalExecutor(folder=folder)

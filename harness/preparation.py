@@ -21,13 +21,14 @@ class BadInput(ValueError):
 
 
 def prepare_data(spec: str | None, tier: Tier):
-    """The pretraining source. A known public corpus that is not downloaded yet (the default, FineWeb-EDU, on a
-    fresh machine) is fetched here: the tier's number of train shards plus the validation shard."""
+    """The pretraining source: --data, else $NANORESEARCH_DATA, else the tier's corpus (ClimbMix for the gpu tier, as
+    in nanochat's record), else FineWeb-EDU. A known public corpus that is not downloaded yet is fetched here: the
+    tier's number of train shards plus the validation shard."""
     from model.download import download
     from model.sources import DEFAULT_SOURCE, DOWNLOAD_SOURCES, resolve_source
-    name = spec or os.environ.get("NANORESEARCH_DATA") or DEFAULT_SOURCE
+    name = spec or os.environ.get("NANORESEARCH_DATA") or tier.data or DEFAULT_SOURCE
     try:
-        return resolve_source(spec)
+        return resolve_source(name)
     except (ValueError, OSError) as e:
         if name not in DOWNLOAD_SOURCES:
             raise BadInput(str(e).splitlines()[0]) from None
@@ -35,7 +36,7 @@ def prepare_data(spec: str | None, tier: Tier):
           f"(use --data DIR or NANORESEARCH_DATA for a local copy)", flush=True)
     try:
         download(name, tier.data_shards)
-        return resolve_source(spec)
+        return resolve_source(name)
     except Exception as e:  # noqa: BLE001 - offline, mirror down...: say what to do instead
         raise BadInput(f"could not download {name} ({str(e).splitlines()[0]}); download it with `python -m "
                        f"model.data download --source {name} -n {tier.data_shards}` or point --data / "

@@ -593,11 +593,38 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(config: SearchConfig) -> int:
+    if config.dry_run:
+        return dry_run(config)
     if config.aa and config.aa_controls > 1:
         return run_aa(config)
     status, search = execute(config)
     print(search_report.summary(search, status), flush=True)
     return 0 if status == "finished" else 1
+
+
+def dry_run(config: SearchConfig) -> int:
+    """`--dry-run`: the baseline's job at every rung, as it would run (harness/dry_run.py); nothing is recorded."""
+    from harness import dry_run as plans
+    from model.home import nanoresearch_home
+    from model.provenance import code_version
+    from model.sources import DEFAULT_SOURCE
+    tier, recipe = config.tier, config.recipe
+    baseline = Experiment(tweaks={}, tier=tier.name, recipe=recipe.name, code_version=code_version(),
+                          proposer="baseline", name=f"baseline ({recipe.name})")
+    runs_root = Path(config.runs_dir) if config.runs_dir else nanoresearch_home() / "runs"
+    executor = Executor(config.executor, runs_root / config.name / "submitit", config.slurm)
+    data = config.data or os.environ.get("NANORESEARCH_DATA") or tier.data or DEFAULT_SOURCE
+    print(f"search {config.name!r}, dry run: tier {tier.name}, recipe {recipe.name}, data {data}, executor "
+          f"{config.executor}; the baseline's first job at each rung (a candidate adds its --set values):", flush=True)
+    for rung in tier.rungs:
+        seed = baseline.seed(0, config.seed_base)
+        job = Job(experiment_id=baseline.id, rung=rung, slot=0, seed=seed,
+                  run_dir=runs_root / config.name / baseline.id / rung.name / f"seed{seed}",
+                  train_tier=tier.train_tier, overrides=baseline.overrides(tier.baseline, recipe.overrides), data=data,
+                  timeout_s=job_timeout(rung), data_seed=baseline.data_seed(0, config.seed_base))
+        plans.describe(job, executor, lambda line: print(line, flush=True))
+    print("dry run: nothing was run, downloaded or recorded", flush=True)
+    return 0
 
 
 def run_aa(config: SearchConfig) -> int:

@@ -61,6 +61,9 @@ def build_parser() -> ArgumentParser:
                    help="sampling temperature (default: the model's own; the newest models accept no other)")
     p.add_argument("--agent-budget-usd", type=float, default=None, help="stop asking the agent once it cost this much in the search")
     p.add_argument("--agent-batch", type=int, default=2, metavar="K", help="proposals asked of the agent per call")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each rung's job command (and sbatch script on SLURM) with its batch, LRs, weight decay "
+                        "and horizon, then exit: nothing is run, downloaded or recorded")
     p.add_argument("--allow-patches", action="store_true",
                    help="the agent may also propose code patches to the model's architecture and optimizer files "
                         "(tried in git worktrees, never in your tree; run in a sandbox, scored by the sealed evaluator)")
@@ -191,6 +194,7 @@ class SearchConfig:
     first_replica: int = 1             # A/A: the number of this search's first null
     agent: Any = None                  # harness.proposers.agent.AgentConfig for --proposer agent
     sandbox: bool = True               # patched runs in the sandbox (False: --unsafe-patches)
+    dry_run: bool = False              # --dry-run: print what would run, run nothing
     flags: dict = field(default_factory=dict)  # the command line's values, recorded with the search
 
     def control(self, index: int, share: int, first_replica: int) -> SearchConfig:
@@ -262,4 +266,4 @@ def resolve(args, calibrate: bool = False) -> SearchConfig:
                         budget_hours=args.budget_hours, parallel=parallel, executor=args.executor, slurm=slurm,
                         db=args.db, data=args.data, runs_dir=args.runs_dir, seed_base=args.seed_base, seed=args.seed,
                         enqueued=enqueued, aa=args.aa or 0, aa_controls=controls, agent=agent, sandbox=not unsafe,
-                        flags=flags)
+                        dry_run=bool(getattr(args, "dry_run", False)), flags=flags)

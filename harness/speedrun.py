@@ -42,6 +42,7 @@ speedrun was interrupted, 2 for bad input (one line on stderr).
 from __future__ import annotations
 
 import math
+import os
 import shlex
 import statistics
 import sys
@@ -66,6 +67,7 @@ from harness.preparation import (
     prepare_tokenizer,
 )
 from harness.runs import Outcome
+from leaderboard.ranking import current_record
 from model.cli import ArgumentParser
 
 RECORD_ALPHA = 0.01            # the significance a record needs (modded-nanogpt's p < 0.01)
@@ -94,6 +96,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--parallel", type=int, default=None,
                    help="seeds running at once (default: all of them on SLURM, else 1: runs sharing a machine would "
                         "slow each other's clock)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print seed 0's command (and sbatch script on SLURM) with its batch, LRs, weight decay and "
+                        "horizon, then exit: nothing is run, downloaded or recorded")
     p.add_argument("--unsafe-patches", action="store_true",
                    help="run a patched experiment without a sandbox where there is none (bubblewrap); its score is still sealed")
     SlurmOptions.add_arguments(p, "track")
@@ -151,20 +156,17 @@ def reference_entry(track: Track, ref: dict):
 
 
 def record_track(store, track: Track) -> int:
-    """Record the track (its latest definition) and its published references (once). Returns how many were new."""
+    """Record the track (its latest definition) and its published references (once), and withdraw references the
+    track no longer lists (a corrected number replaces the old one). Returns how many were new."""
     from leaderboard import Track as TrackRow
     config = {f.name: getattr(track, f.name) for f in fields(track)
               if f.name not in ("name", "description", "metric", "target", "depth", "hardware", "timing_rule",
                                 "references", "path")}
     store.record_track(TrackRow(name=track.name, metric=track.metric, target=track.target, description=track.description,
                                 depth=track.depth, hardware=track.hardware, timing_rule=track.timing_rule, config=config))
-    return sum(store.record_reference(reference_entry(track, ref))[1] for ref in track.references)
-
-
-def current_record(entries: list[dict]) -> dict | None:
-    """The track's record to beat: the fastest entry marked as a record."""
-    records = [e for e in entries if e["is_record"] and e["time_to_target_mean"] is not None]
-    return min(records, key=lambda e: e["time_to_target_mean"]) if records else None
+    entries = [reference_entry(track, ref) for ref in track.references]
+    store.withdraw_references(track.name, keep={(e.recipe, e.source) for e in entries})
+    return sum(store.record_reference(entry)[1] for entry in entries)
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -347,9 +349,34 @@ def list_tracks(args) -> int:
         track = load_track(name)
         new = record_track(store, track)
         record = current_record(store.leaderboard(track.name))
-        best = (f"record {record['time_to_target_mean']:.1f} s by {record['recipe']}" if record else "no record yet")
+        best = (f"record {record['time_to_target_mean']:.1f} s ({record['time_to_target_mean'] / 3600:.2f} h) by "
+                f"{record['recipe']}" if record else "no record yet")
         print(f"{track.name:14} {track.target_spec:18} depth {track.depth:<3} {track.hardware:16} {best}"
               + (f" ({new} published references recorded now)" if new else ""))
+    return 0
+
+
+def dry_run(args, track: Track, tier, rung, slurm) -> int:
+    """`--dry-run`: the track's job for seed 0 as it would run (harness/dry_run.py). Only --recipe: an experiment
+    lives in the database, which a dry run does not open."""
+    from harness import dry_run as plans
+    from model.home import nanoresearch_home
+    from model.provenance import code_version
+    from model.sources import DEFAULT_SOURCE
+    if args.experiment is not None:
+        raise SpeedrunError("--dry-run: only with --recipe (an --experiment is read from the database, which a dry run "
+                            "does not touch)")
+    recipe = load_recipe(args.recipe or "baseline")
+    exp = Experiment(tweaks={}, tier=tier.name, recipe=recipe.name, code_version=code_version(), proposer="baseline")
+    runs_root = (Path(args.runs_dir) if args.runs_dir else nanoresearch_home() / "runs") / "speedrun" / track.name
+    data = args.data or os.environ.get("NANORESEARCH_DATA") or tier.data or DEFAULT_SOURCE
+    job = Job(experiment_id=exp.id, rung=rung, slot=0, seed=0, data_seed=track.data_seed,
+              run_dir=runs_root / exp.id / "seed0", train_tier=tier.train_tier,
+              overrides=track_overrides(track, tier, recipe, exp), data=data, timeout_s=job_timeout(rung))
+    say(f"speedrun on track {track.name!r}, dry run: recipe {recipe.name}, {args.seeds} seeds, data {data}, executor "
+        f"{args.executor}; seed 0's job:")
+    plans.describe(job, Executor(args.executor, runs_root / "submitit", slurm), say)
+    say("dry run: nothing was run, downloaded or recorded")
     return 0
 
 
@@ -397,6 +424,8 @@ def run(args) -> int:
     track = load_track(args.track)
     tier = load_tier(track.tier)
     rung = track_rung(track, args.seeds)
+    if args.dry_run:
+        return dry_run(args, track, tier, rung, slurm)
     source = prepare_data(args.data, tier)  # bad data is one line before anything is recorded
     runs_root = prepare_runs_dir((Path(args.runs_dir) if args.runs_dir else nanoresearch_home() / "runs") / "speedrun"
                                  / track.name)

@@ -8,6 +8,7 @@ import streamlit as st
 
 from leaderboard import dashboard_db as db
 from leaderboard import dashboard_format as fmt
+from leaderboard import ranking
 
 url = db.current_url()
 st.title("Leaderboard")
@@ -45,6 +46,9 @@ def show_track() -> None:
         st.info(f"Track {name!r} has no entries yet.")
         return
     table, unit = fmt.leaderboard_table(entries, track["metric"])
+    if (record := ranking.current_record(entries)) is not None:
+        st.markdown(f"**Record to beat:** {record['recipe']}, {fmt.duration(record['time_to_target_mean'])}"
+                    + (f" ({record['source']})" if record.get("source") else ""))
     st.dataframe(
         table, hide_index=True, placeholder=fmt.MISSING, width="stretch",
         column_config={

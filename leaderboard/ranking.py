@@ -56,3 +56,10 @@ def standings(decisions: Iterable[Mapping[str, Any]], rungs: Sequence[str], excl
 def best(decisions: Iterable[Mapping[str, Any]], rungs: Sequence[str], exclude: Iterable[str] = ()) -> Standing | None:
     ranked = standings(decisions, rungs, exclude)
     return ranked[0] if ranked else None
+
+
+def current_record(entries: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """A track's record to beat: the fastest of its entries marked as a record (a published reference or a speedrun
+    that beat the record before it)."""
+    records = [e for e in entries if e["is_record"] and e["time_to_target_mean"] is not None]
+    return min(records, key=lambda e: e["time_to_target_mean"]) if records else None

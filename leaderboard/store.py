@@ -489,6 +489,21 @@ class Store:
             return conn.execute(sa.insert(schema.entries).values(row).returning(e.id)).scalar_one(), True
         return self._transact(work)
 
+    def withdraw_references(self, track: str, keep: set[tuple[str, str]]) -> int:
+        """Delete the published reference entries of `track` (entries with a source and no experiment of ours) whose
+        (recipe, source) is not in `keep`: the track's file is where published numbers come from, and one it no
+        longer lists was wrong or replaced. Entries made by speedruns are never touched. Returns how many went."""
+        e = schema.entries.c
+
+        def work(conn: sa.Connection) -> int:
+            rows = conn.execute(sa.select(e.id, e.recipe, e.source).where(
+                e.track == track, e.source.is_not(None), e.experiment_id.is_(None))).all()
+            stale = [r.id for r in rows if (r.recipe, r.source) not in keep]
+            if stale:
+                conn.execute(sa.delete(schema.entries).where(e.id.in_(stale)))
+            return len(stale)
+        return self._transact(work)
+
     # ---------------------------------------------------------------- queries
 
     def _read(self, work: Callable[[sa.Connection], T]) -> T:

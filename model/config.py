@@ -150,6 +150,14 @@ class ModelConfig:
     def n_layer(self) -> int:
         return self.depth
 
+    def scaling_params(self) -> int:
+        """Matrix + lm_head parameters, by arithmetic (no model is built): what nanochat's scaling laws count, and
+        what the dial scales batch, weight decay and the param/data horizon by."""
+        d, kv = self.model_dim, self.n_kv_head * self.head_dim
+        per_block = 2 * d * d + 2 * d * kv + 2 * self.mlp_ratio * d * d
+        padded_vocab = -(-self.vocab_size // 64) * 64
+        return self.depth * per_block + padded_vocab * d
+
     def short_window(self) -> int:
         return max(1, round(self.short_window_frac * self.sequence_len))
 
@@ -216,7 +224,8 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     total_batch_size: int = setting(524288, "tokens per optimizer step (all ranks, all micro-steps); reached by "
-                                            "grad accumulation", POSITIVE_INT)
+                                            "grad accumulation; 0 = from depth by nanochat's rule (auto_batch_size)",
+                                    NON_NEGATIVE_INT)
     device_batch_size: int = setting(32, "sequences per forward pass per rank", POSITIVE_INT)
     warmup_steps: int = setting(40, "LR linear warm-up steps", NON_NEGATIVE_INT)
     warmdown_ratio: float = setting(0.65, "fraction of the run spent annealing the learning rate", FRACTION)
@@ -229,7 +238,8 @@ class TrainConfig:
     core_max_per_task: int = setting(500, "examples per CORE task during training (0 = all)", NON_NEGATIVE_INT)
     save_every: int = setting(0, "steps between checkpoints (0 = only at the end)", NON_NEGATIVE_INT)
     compile: bool = setting(False, "torch.compile the model")
-    scale_wd_to_horizon: bool = setting(True, "rescale weight decay from d12's horizon to this run's (T_epoch rule)")
+    scale_wd_with_depth: bool = setting(True, "rescale weight decay from d12 to this model and batch (nanochat's "
+                                              "T_epoch rule, depth_scaled_weight_decay)")
     tokenizer_max_chars: int = setting(2_000_000_000, "training characters for the BPE tokenizer (nanochat's budget)",
                                        POSITIVE_INT)
     log_every: int = setting(10, "steps between progress lines", NON_NEGATIVE_INT)
@@ -237,6 +247,44 @@ class TrainConfig:
     def validate(self) -> None:
         check_types(self)
         check_legal(self)
+
+
+# -----------------------------------------------------------------------------
+# The depth dial's scaling rules, as nanochat's scripts/base_train.py computes them (master 92d63d4): its LRs, batch
+# and weight decay are tuned at d12 with a 2^19-token batch, and carried to other depths by
+# - batch: B = 2^19 x (D / D_ref)^0.383 rounded to a power of two (the Power Lines fit, Bopt ~ D^0.383), where D and
+#   D_ref are the compute-optimal horizons (ratio x scaling params) of the model and of d12: the ratio cancels, so
+#   the batch depends on the model's size alone;
+# - learning rates: x sqrt(B / 2^19) (model/optim.py);
+# - weight decay: x sqrt(B / 2^19) x D_ref / D (T_epoch = B / (lr x wd x D) held constant).
+
+REFERENCE_DEPTH = 12
+REFERENCE_BATCH_TOKENS = 2 ** 19  # nanochat's LRs, batch and weight decay are tuned at this batch at d12
+BATCH_EXPONENT = 0.383
+
+
+def reference_config(config: ModelConfig) -> ModelConfig:
+    """d12 with this model's vocabulary, sequence length and head size: where nanochat tuned its settings."""
+    return ModelConfig.from_depth(REFERENCE_DEPTH, **{k: getattr(config, k) for k in
+                                                      ("vocab_size", "sequence_len", "head_dim", "aspect_ratio",
+                                                       "mlp_ratio")})
+
+
+def auto_batch_size(config: ModelConfig) -> int:
+    """Tokens per optimizer step for this model by nanochat's rule: 2^19 at d12, growing as size^0.383."""
+    ratio = config.scaling_params() / reference_config(config).scaling_params()
+    return 2 ** round(math.log2(REFERENCE_BATCH_TOKENS * ratio ** BATCH_EXPONENT))
+
+
+def batch_lr_scale(total_batch_size: int) -> float:
+    """What every learning rate is multiplied by at this batch: sqrt(B / 2^19) (AdamW's rule, used for Muon too)."""
+    return math.sqrt(total_batch_size / REFERENCE_BATCH_TOKENS)
+
+
+def depth_scaled_weight_decay(weight_decay: float, config: ModelConfig, total_batch_size: int) -> float:
+    """nanochat's weight decay for this model and batch, from its d12 value (independent of the horizon trained)."""
+    size = reference_config(config).scaling_params() / config.scaling_params()
+    return weight_decay * batch_lr_scale(total_batch_size) * size
 
 
 # -----------------------------------------------------------------------------
@@ -249,12 +297,12 @@ TIERS: dict[str, dict[str, object]] = {
     # chunks are one or two books, and runs then differ by how well they predict those books (model/loader.py).
     "cpu": dict(vocab_size=8192, sequence_len=256, head_dim=64, device_batch_size=8, total_batch_size=8 * 256,
                 eval_every=50, eval_tokens=16 * 256 * 8, eval_spread=True, log_every=10, compile=False,
-                # d12's horizon says nothing about minutes-long CPU runs: weight decay is used as given.
-                scale_wd_to_horizon=False,
+                # Tuned here by its own sweeps, not carried from d12: weight decay is used as given.
+                scale_wd_with_depth=False,
                 # BPE at vocab 8192 needs far less than nanochat's 2B characters; 100M train in about a minute here.
                 tokenizer_max_chars=100_000_000),
-    # nanochat's single-node settings.
-    "gpu": dict(vocab_size=32768, sequence_len=2048, head_dim=128, device_batch_size=32, total_batch_size=524288,
+    # nanochat's single-node settings; the batch from depth (2^19 at d12, 2^20 at d20-d26).
+    "gpu": dict(vocab_size=32768, sequence_len=2048, head_dim=128, device_batch_size=32, total_batch_size=0,
                 eval_every=250, eval_tokens=10485760, log_every=10, compile=True),
 }
 

@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor
 
-from model.config import OptimConfig
+from model.config import REFERENCE_BATCH_TOKENS, OptimConfig, batch_lr_scale
 
 # Quintic Newton-Schulz: one coefficient triple for every iteration (modded-nanogpt).
 NEWTON_SCHULZ_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -41,7 +41,6 @@ POLAR_EXPRESS_COEFFS = [
     (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
     (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 ]
-REFERENCE_BATCH_TOKENS = 2 ** 19  # nanochat's LRs are tuned at this batch size (d12)
 REFERENCE_MODEL_DIM = 768
 
 
@@ -215,7 +214,7 @@ def build_optimizer(model, cfg: OptimConfig, total_batch_size: int = REFERENCE_B
     cfg.validate()
     groups = model.param_groups()
     dim = model.config.model_dim
-    batch_scale = (total_batch_size / REFERENCE_BATCH_TOKENS) ** 0.5
+    batch_scale = batch_lr_scale(total_batch_size)
     adam_scale = (dim / REFERENCE_MODEL_DIM) ** -0.5 * batch_scale
     muon_wd = cfg.weight_decay if weight_decay is None else weight_decay
 

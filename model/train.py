@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import shlex
@@ -42,16 +43,26 @@ import torch.distributed as dist
 from model import run_dir as rd
 from model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from model.cli import ArgumentParser
-from model.config import TIERS, ConfigError, ModelConfig, OptimConfig, TrainConfig, parse_set_args, split_overrides
+from model.config import (
+    TIERS,
+    ConfigError,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    auto_batch_size,
+    batch_lr_scale,
+    depth_scaled_weight_decay,
+    parse_set_args,
+    split_overrides,
+)
 from model.gpt import GPT
 from model.hardware import describe, peak_flops, peak_memory_bytes, synchronize
-from model.optim import REFERENCE_BATCH_TOKENS, build_optimizer
+from model.optim import build_optimizer
 from model.provenance import code_version
 from model.schedule import apply_schedules
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_TERMINATED = 0, 1, 2, 3, 143
 UNTIMED_STEPS = 10  # the first steps (compilation, allocator warm-up) never count as training time
-REFERENCE_DEPTH = 12  # nanochat tuned its weight decay at d12's compute-optimal horizon
 
 
 class BadInput(ValueError):
@@ -115,6 +126,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless configured)")
     p.add_argument("--experiment-id", default=None, help="set by the harness; recorded in config.json")
     p.add_argument("--rung", default=None, help="set by the harness; recorded in config.json")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the run's plan (model, batch, LRs, weight decay, horizon) as JSON and exit: no data, "
+                        "tokenizer or run dir is touched")
+    p.add_argument("--world", type=int, default=None,
+                   help="with --dry-run: the ranks to plan for (default: this process's, 1 outside torchrun)")
     return p
 
 
@@ -170,6 +186,8 @@ def resolve_setup(args: argparse.Namespace, device: torch.device, world: int = 1
     model_config = ModelConfig.from_depth(args.depth, **model_values)
     optim = OptimConfig(**optim_over)
     optim.validate()
+    if train.total_batch_size == 0:  # the tier (or --set) asks for nanochat's batch for this depth
+        train = dataclasses.replace(train, total_batch_size=auto_batch_size(model_config))
     # Batch: device_batch_size sequences per rank per micro-step, accumulated to total_batch_size tokens.
     tokens_per_micro = train.device_batch_size * model_config.sequence_len * world
     if train.total_batch_size % tokens_per_micro:
@@ -341,6 +359,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args, rank: int, local_rank: int, world: int) -> int:
+    if args.dry_run:
+        world = args.world or world
+        if world < 1:
+            raise BadInput(f"--world {world}: expected a positive number of ranks")
+        setup = resolve_setup(args, torch.device("cpu"), world)
+        print(json.dumps(plan(setup, world), indent=2))
+        return EXIT_OK
     device = select_device(args, local_rank, world)
     setup = resolve_setup(args, device, world)
     source, tokenizer, resuming_config = resolve_inputs(setup, rank, world)
@@ -361,7 +386,7 @@ def prepare(setup: Setup, source, tokenizer, resuming_config: dict | None, rank:
     T = model_config.sequence_len
     grad_accum = train.total_batch_size // (train.device_batch_size * T * world)
     num_iterations, budget, horizon = horizon_of(args, train, counts["scaling"], flops_per_token)
-    weight_decay = scaled_weight_decay(setup, num_iterations)
+    weight_decay = scaled_weight_decay(setup)
     optimizer = build_optimizer(model, setup.optim, total_batch_size=train.total_batch_size, weight_decay=weight_decay)
     train_model = wrap_for_training(model, setup, local_rank, world)
     loader, val_batches, token_bytes = build_data(setup, source, tokenizer, rank, world, data_seed)
@@ -391,6 +416,32 @@ def prepare(setup: Setup, source, tokenizer, resuming_config: dict | None, rank:
                     peak=peak_flops(device), wandb_run=wandb_run)
 
 
+def plan(setup: Setup, world: int) -> dict:
+    """What a run would do, from its settings alone (--dry-run): the model built on the meta device (no memory, no
+    init), its optimizer's learning rates, the batch, weight decay and horizon the dial gives."""
+    args, train, config = setup.args, setup.train, setup.model_config
+    with torch.device("meta"):
+        model = GPT(config)
+    counts, flops_per_token = model.num_params(), model.num_flops_per_token()
+    num_iterations, budget, horizon = horizon_of(args, train, counts["scaling"], flops_per_token)
+    weight_decay = scaled_weight_decay(setup)
+    optimizer = build_optimizer(model, setup.optim, total_batch_size=train.total_batch_size, weight_decay=weight_decay)
+    names = {id(p): name for name, ps in model.param_groups().items() for p in ps}
+    lrs = {}
+    for group in optimizer.param_groups:
+        lrs.setdefault(names[id(group["params"][0])], group["lr"])
+    tokens = num_iterations * train.total_batch_size if num_iterations is not None else None
+    return {"depth": config.depth, "model_dim": config.model_dim, "n_head": config.n_head, "n_kv_head": config.n_kv_head,
+            "params": counts["total"], "scaling_params": counts["scaling"], "flops_per_token": flops_per_token,
+            "total_batch_size": train.total_batch_size, "device_batch_size": train.device_batch_size, "world": world,
+            "grad_accum": train.total_batch_size // (train.device_batch_size * config.sequence_len * world),
+            "lr_batch_scale": batch_lr_scale(train.total_batch_size), "learning_rates": lrs,
+            "weight_decay": weight_decay, "horizon": horizon, "num_iterations": num_iterations, "time_budget": budget,
+            "tokens": tokens, "flops": tokens * flops_per_token if tokens is not None else None,
+            "param_data_ratio": round(tokens / counts["scaling"], 3) if tokens is not None else None,
+            "dtype": config.dtype, "compile": train.compile, "tier": setup.tier}
+
+
 # -----------------------------------------------------------------------------------------------------------
 # Model and optimizer
 
@@ -409,17 +460,13 @@ def horizon_of(args, train: TrainConfig, scaling: int, flops_per_token: int) -> 
     return num_iterations, None, horizon
 
 
-def scaled_weight_decay(setup: Setup, num_iterations: int | None) -> float:
-    """Weight decay: nanochat's value is tuned at d12's compute-optimal horizon and batch 2^19 tokens. It is
-    rescaled (T_epoch rule: wd ~ sqrt(B / B_ref) * D_ref / D) when the horizon is known in tokens and the tier asks
-    for it; otherwise it is used as given."""
-    optim, train, model_config = setup.optim, setup.train, setup.model_config
-    weight_decay = optim.weight_decay
-    if train.scale_wd_to_horizon and num_iterations is not None:
-        ref_config = ModelConfig.from_depth(REFERENCE_DEPTH, **{k: getattr(model_config, k) for k in ("vocab_size", "sequence_len", "head_dim")})
-        ref_tokens = train.param_data_ratio * scaling_params(ref_config)
-        weight_decay *= math.sqrt(train.total_batch_size / REFERENCE_BATCH_TOKENS) * ref_tokens / (num_iterations * train.total_batch_size)
-    return weight_decay
+def scaled_weight_decay(setup: Setup) -> float:
+    """Weight decay: nanochat's value is tuned at d12 with a 2^19-token batch; the dial carries it to this model and
+    batch (model.config.depth_scaled_weight_decay) when the tier asks for it, else it is used as given."""
+    optim, train = setup.optim, setup.train
+    if not train.scale_wd_with_depth:
+        return optim.weight_decay
+    return depth_scaled_weight_decay(optim.weight_decay, setup.model_config, train.total_batch_size)
 
 
 def wrap_for_training(model: GPT, setup: Setup, local_rank: int, world: int) -> torch.nn.Module:
@@ -753,14 +800,6 @@ def compute_horizon(args, train: TrainConfig, scaling: int, flops_per_token: int
         return steps, {"flops_budget": args.flops_budget, "num_iterations": steps}
     ratio = args.param_data_ratio or train.param_data_ratio
     return max(1, round(ratio * scaling / step_tokens)), {"param_data_ratio": ratio}
-
-
-def scaling_params(config: ModelConfig) -> int:
-    """Matrix + lm_head parameters of a config, by arithmetic (no model is built)."""
-    d, kv = config.model_dim, config.n_kv_head * config.head_dim
-    per_block = 2 * d * d + 2 * d * kv + 2 * config.mlp_ratio * d * d
-    padded_vocab = -(-config.vocab_size // 64) * 64
-    return config.depth * per_block + padded_vocab * d
 
 
 def debiased(ema: float, steps: int) -> float | None:

@@ -157,6 +157,7 @@ def test_leaderboard_ranks_entries_by_time_to_target(monkeypatch, seeded):
     at.selectbox[0].select("gpt2-speedrun").run()
     table = frame_with(at, "recipe")
     assert list(table["recipe"]) == ["smear d24", "nanochat d24 reference", "backout d24", "never reached the target"]
+    assert "**Record to beat:** smear d24, 2.70 h" in [m.value for m in at.markdown]  # the fastest record entry
     assert list(table["#"].fillna(0)) == [1, 2, 3, 0]  # no time to target: no rank
     assert list(table["time to target (h)"]) == ["2.70 ± 0.03", "3.00", "3.20 ± 0.05", "—"]
     assert list(table["CORE"]) == ["0.2601 ± 0.0012", "0.2585", "0.2571 ± 0.0008", "0.2400"]

@@ -54,6 +54,46 @@ def test_depth_dial_follows_nanochat_rules():
     assert (c.model_dim, c.n_head) == (384, 3)
 
 
+# nanochat's scripts/base_train.py (master 92d63d4) at its record settings (vocab 32768, sequence 2048, head dim 128,
+# aspect 64, weight decay 0.28), computed by hand from its formulas: scaling params p = L x 12 d^2 + 32768 d (block
+# matrices + lm_head); batch = 2^round(log2(2^19 x (p / p_d12)^0.383)); LR scale = sqrt(batch / 2^19);
+# weight decay = 0.28 x sqrt(batch / 2^19) x p_d12 / p.
+NANOCHAT_DIAL = {  # depth: (scaling params, batch, LR scale, weight decay)
+    12: (110_100_480, 524_288, 1.0, 0.28),
+    20: (435_159_040, 1_048_576, 1.414214, 0.100188),
+    24: (729_808_896, 1_048_576, 1.414214, 0.059738),
+    26: (918_421_504, 1_048_576, 1.414214, 0.047470),
+}
+
+
+@pytest.mark.parametrize("depth", sorted(NANOCHAT_DIAL))
+def test_the_gpu_tiers_batch_learning_rates_and_weight_decay_are_nanochats(depth, tmp_path):
+    from model.config import batch_lr_scale
+    from model.train import build_parser, resolve_setup, scaled_weight_decay
+    params, batch, lr_scale, weight_decay = NANOCHAT_DIAL[depth]
+    for ratio in ("8", "12"):  # the record's ratio and nanochat's default: neither moves batch or weight decay
+        args = build_parser().parse_args(["--depth", str(depth), "--tier", "gpu", "--out", str(tmp_path),
+                                          "--param-data-ratio", ratio])
+        setup = resolve_setup(args, torch.device("cpu"), world=8)
+        assert setup.model_config.scaling_params() == params
+        assert setup.train.total_batch_size == batch
+        assert batch_lr_scale(setup.train.total_batch_size) == pytest.approx(lr_scale, abs=1e-6)
+        assert scaled_weight_decay(setup) == pytest.approx(weight_decay, abs=1e-6)
+    # A batch given by hand is kept, and the weight decay follows it.
+    args = build_parser().parse_args(["--depth", str(depth), "--tier", "gpu", "--out", str(tmp_path),
+                                      "--set", "total_batch_size=524288"])
+    setup = resolve_setup(args, torch.device("cpu"))
+    assert setup.train.total_batch_size == 524_288
+    assert scaled_weight_decay(setup) == pytest.approx(0.28 * NANOCHAT_DIAL[12][0] / params, abs=1e-6)
+
+
+def test_the_cpu_tier_keeps_its_measured_batch_and_weight_decay(tmp_path):
+    from model.train import build_parser, resolve_setup, scaled_weight_decay
+    args = build_parser().parse_args(["--depth", "4", "--tier", "cpu", "--out", str(tmp_path)])
+    setup = resolve_setup(args, torch.device("cpu"))
+    assert setup.train.total_batch_size == 2048 and scaled_weight_decay(setup) == setup.optim.weight_decay
+
+
 def test_window_sizes_tile_the_pattern_and_last_layer_is_full():
     c = tiny_config(depth=5, window_pattern="SL", short_window_frac=0.25)
     assert c.window_sizes() == [8, None, 8, None, None]
