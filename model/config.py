@@ -227,6 +227,8 @@ class TrainConfig:
                                             "grad accumulation; 0 = from depth by nanochat's rule (auto_batch_size)",
                                     NON_NEGATIVE_INT)
     device_batch_size: int = setting(32, "sequences per forward pass per rank", POSITIVE_INT)
+    auto_device_batch: bool = setting(True, "on CUDA: halve device_batch_size until a training step fits in memory "
+                                            "(the total batch is kept by accumulation; the choice is in config.json)")
     warmup_steps: int = setting(40, "LR linear warm-up steps", NON_NEGATIVE_INT)
     warmdown_ratio: float = setting(0.65, "fraction of the run spent annealing the learning rate", FRACTION)
     final_lr_frac: float = setting(0.05, "LR at the end, as a fraction of the peak", FRACTION)

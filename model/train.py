@@ -384,10 +384,13 @@ def prepare(setup: Setup, source, tokenizer, resuming_config: dict | None, rank:
     counts = model.num_params()
     flops_per_token = model.num_flops_per_token()
     T = model_config.sequence_len
-    grad_accum = train.total_batch_size // (train.device_batch_size * T * world)
     num_iterations, budget, horizon = horizon_of(args, train, counts["scaling"], flops_per_token)
     weight_decay = scaled_weight_decay(setup)
     optimizer = build_optimizer(model, setup.optim, total_batch_size=train.total_batch_size, weight_decay=weight_decay)
+    device_batch = chosen_device_batch(setup, model, resuming_config, rank, world)
+    if device_batch != train.device_batch_size:
+        setup.train = train = dataclasses.replace(train, device_batch_size=device_batch)
+    grad_accum = train.total_batch_size // (train.device_batch_size * T * world)
     train_model = wrap_for_training(model, setup, local_rank, world)
     loader, val_batches, token_bytes = build_data(setup, source, tokenizer, rank, world, data_seed)
 
@@ -467,6 +470,58 @@ def scaled_weight_decay(setup: Setup) -> float:
     if not train.scale_wd_with_depth:
         return optim.weight_decay
     return depth_scaled_weight_decay(optim.weight_decay, setup.model_config, train.total_batch_size)
+
+
+def chosen_device_batch(setup: Setup, model: GPT, resuming_config: dict | None, rank: int, world: int) -> int:
+    """Sequences per forward pass: a resumed run keeps its own; on CUDA with auto_device_batch, the largest that fits
+    (fit_device_batch); else as configured. The total batch is kept either way (more accumulation steps)."""
+    train = setup.train
+    if resuming_config is not None:
+        return int((resuming_config.get("train") or {}).get("device_batch_size", train.device_batch_size))
+    if not (train.auto_device_batch and setup.device.type == "cuda"):
+        return train.device_batch_size
+    T, vocab = setup.model_config.sequence_len, setup.model_config.vocab_size
+    # What the optimizer will hold on top of a step's peak: ~2 fp32 states a parameter (AdamW; Muon holds fewer).
+    state_bytes = 8 * sum(p.numel() for p in model.parameters())
+    budget = 0.95 * torch.cuda.get_device_properties(setup.device).total_memory
+
+    def fits(batch: int) -> bool:
+        torch.cuda.reset_peak_memory_stats(setup.device)
+        x = torch.randint(0, vocab, (batch, T), device=setup.device)
+        model(x, x).backward()  # eager, on this rank's own model: no collective can hang on another rank's OOM
+        model.zero_grad(set_to_none=True)
+        return torch.cuda.max_memory_allocated(setup.device) + state_bytes <= budget
+
+    batch = fit_device_batch(fits, train.device_batch_size, train.total_batch_size // (T * world))
+    if world > 1:  # every rank steps with the same batch: the smallest any rank could fit
+        box = torch.tensor([batch], device=setup.device)
+        dist.all_reduce(box, op=dist.ReduceOp.MIN)
+        batch = int(box.item())
+    torch.cuda.empty_cache()
+    if batch != train.device_batch_size and rank == 0:
+        print(f"train: device_batch_size {train.device_batch_size} does not fit in this GPU's memory: using {batch} "
+              f"(the total batch is kept by accumulating more micro-steps)", file=sys.stderr, flush=True)
+    return batch
+
+
+def fit_device_batch(fits, device_batch: int, rows_per_step: int) -> int:
+    """The largest device batch, halving from `device_batch`, for which fits(batch) is true and does not raise an
+    out-of-memory error. `rows_per_step` (sequences per step per rank) must stay a multiple of it, so the total batch
+    is reached by accumulation. BadInput when not even one sequence fits."""
+    batch = device_batch
+    while True:
+        try:
+            if fits(batch):
+                return batch
+        except torch.OutOfMemoryError:
+            pass
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if batch == 1 or batch % 2 or rows_per_step % (batch // 2):
+            raise BadInput(f"device_batch_size={batch}: a training step does not fit in memory, and halving it "
+                           f"cannot keep {rows_per_step} sequences a step per rank; set a smaller total_batch_size or "
+                           "a smaller model")
+        batch //= 2
 
 
 def wrap_for_training(model: GPT, setup: Setup, local_rank: int, world: int) -> torch.nn.Module:

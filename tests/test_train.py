@@ -264,3 +264,51 @@ def test_checkpoint_writes_leave_no_temp_files(tmp_path):
     path = save_checkpoint(tmp_path, 30, {"step": 30})
     assert not stale.exists() and latest_checkpoint(tmp_path) == path
     assert sorted(p.name for p in directory.iterdir()) == ["LATEST", "step_000030.pt"]
+
+
+# --- the device batch that fits -----------------------------------------------------------------------------------
+
+def test_the_device_batch_halves_on_out_of_memory_and_keeps_the_total_batch():
+    import torch
+
+    from model.train import BadInput, fit_device_batch
+    tried = []
+
+    def fits(batch):  # a GPU where 8 sequences of this model fit and 16 do not
+        tried.append(batch)
+        if batch > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return True
+    assert fit_device_batch(fits, 32, rows_per_step=64) == 8 and tried == [32, 16, 8]
+    assert 64 // 8 == 8  # 8 accumulation steps of 8 sequences: the same 64 sequences a step per rank
+    # A step that fits but leaves no room for the optimizer's state counts as not fitting.
+    assert fit_device_batch(lambda b: b <= 4, 32, rows_per_step=64) == 4
+    with pytest.raises(BadInput, match="device_batch_size=1: a training step does not fit in memory"):
+        fit_device_batch(lambda b: False, 4, rows_per_step=64)
+    with pytest.raises(BadInput, match="cannot keep 6 sequences a step per rank"):
+        fit_device_batch(lambda b: False, 6, rows_per_step=6)
+
+
+def test_a_fitted_device_batch_trains_with_more_accumulation_and_is_recorded(tmp_path, shared_data, tokenizer_dir,
+                                                                               monkeypatch):
+    import model.train as train
+    chosen = []
+
+    real = train.chosen_device_batch
+
+    def fitted(setup, model, resuming_config, rank, world):
+        chosen.append(setup.train.device_batch_size)
+        return 2 if resuming_config is None else real(setup, model, resuming_config, rank, world)
+    monkeypatch.setattr(train, "chosen_device_batch", fitted)
+    out = tmp_path / "run"
+    argv = [*TINY, "--data", str(shared_data), "--tokenizer", str(tokenizer_dir), "--out", str(out),
+            "--num-iterations", "3", "--seed", "0"]
+    assert train.main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert chosen == [4] and config["train"]["device_batch_size"] == 2 and config["grad_accum"] == 2
+    assert config["train"]["total_batch_size"] == 256  # the total batch is kept
+    assert json.loads((out / "result.json").read_text())["tokens"] == 3 * 256
+    # Resumed, a run keeps the device batch it started with; on a CPU the configured one is used as is.
+    import torch
+    setup = train.resolve_setup(train.build_parser().parse_args(argv), torch.device("cpu"))
+    assert real(setup, None, config, 0, 1) == 2 and real(setup, None, None, 0, 1) == 4
