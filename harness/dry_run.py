@@ -37,7 +37,9 @@ def describe(job: Job, executor: Executor, say: Callable[[str], None]) -> None:
     p = plan(job)
     rung = job.rung
     say(f"rung {rung.name}: depth {rung.depth}, {rung.describe_horizon()}, {rung.seeds} seed{'s' * (rung.seeds > 1)}, "
-        f"{rung.devices} device{'s' * (rung.devices > 1)}")
+        f"{rung.devices} device{'s' * (rung.devices > 1)}"
+        + ("; uncalibrated (no measured throughput or noise: harness.calibrate on this hardware)"
+           if rung.tok_per_s is None else f"; calibrated at {rung.tok_per_s:,.0f} tok/s"))
     say(f"  command: {shlex.join(job.command())}")
     say(f"  model: dim {p['model_dim']}, {p['n_head']} heads ({p['n_kv_head']} kv), {p['params'] / 1e6:,.1f}M params "
         f"({p['scaling_params'] / 1e6:,.1f}M scaling), {p['flops_per_token'] / 1e9:.3g} GFLOP/token")

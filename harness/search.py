@@ -695,7 +695,8 @@ def execute(config: SearchConfig) -> tuple[str, Search]:
                         code_version=code_version(), seed_base=config.seed_base, throughput_share=throughput_share,
                         every_rung=config.proposer == "calibration", sandbox=config.sandbox)
         rungs = " -> ".join(f"{r.name} (depth {r.depth}, {r.describe_horizon()}, {r.seeds} seeds"
-                            + (f", target {r.target}" if r.target else "") + ")" for r in tier.rungs)
+                            + (f", target {r.target}" if r.target else "")
+                            + (", uncalibrated" if r.tok_per_s is None else "") + ")" for r in tier.rungs)
         search.say(f"search {name!r}: tier {tier.name}, space {config.space_name} ({len(config.space.knobs)} knobs), "
                    f"proposer {proposer.describe()}, {config.trials} trials, ladder {rungs}, executor "
                    f"{config.executor} x{config.parallel}")

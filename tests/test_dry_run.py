@@ -36,6 +36,9 @@ def test_search_dry_run_prints_every_rungs_command_and_settings_and_records_noth
                         "--executor", "slurm", "--slurm-partition", "h100"]) == 0
     out = capsys.readouterr().out
     assert "rung d12: depth 12" in out and "rung d24: depth 24" in out
+    # The screening rung: ~5 minutes of one H100 by arithmetic, in FLOPs, and said to be uncalibrated.
+    assert "rung d12s: depth 12, 1.2e+17 FLOPs, 3 seeds, 1 device; uncalibrated" in out
+    assert out.count("; uncalibrated") == 3 and "horizon: 301 steps, 157,810,688 tokens" in out
     assert "torchrun --standalone --nproc_per_node=8 -m model.train --depth 24 --tier gpu" in out
     assert "batch: 524,288 tokens" in out and "batch: 1,048,576 tokens = 32 sequences x 8 ranks x 2 accumulation" in out
     assert "weight decay: 0.05974" in out and "horizon: 5,568 steps" in out

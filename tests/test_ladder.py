@@ -135,8 +135,10 @@ def test_shipped_tiers_recipes_and_tracks_load():
     # Screening rungs are budgeted in compute, never in seconds; the top rung has a target for time-to-target.
     assert all(r.flops_budget and r.time_budget is None for r in cpu.rungs) and cpu.rungs[-1].target.startswith("val_bpb<=")
     assert all(r.seeds <= cpu.statistics.max_seeds for r in (*cpu.rungs, *gpu.rungs))
-    assert gpu.rungs[0].depth == 12 and gpu.rungs[-1].depth == 24 and gpu.rungs[-1].devices == 8
-    assert gpu.rungs[-1].target == "core>=0.256525"
+    assert [r.name for r in gpu.rungs] == ["d12s", "d12", "d24"] and gpu.rungs[-1].devices == 8
+    assert gpu.rungs[0].flops_budget and gpu.rungs[0].tok_per_s is None  # the screen: compute-budgeted, uncalibrated
+    assert gpu.rungs[-1].target == "core>=0.256525" and gpu.rungs[-1].param_data_ratio == 8.0  # nanochat's Run 6
+    assert gpu.data == "climbmix"
     assert (cpu.parallel, gpu.parallel) == (2, 1)  # cpu: two single-thread jobs share the cores
     assert load_recipe("baseline").overrides == {}
     assert load_recipe("plain-gpt").overrides["smear"] is False
