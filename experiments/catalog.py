@@ -46,6 +46,7 @@ class Rung:
     target: str | None = None       # top rung: "val_bpb<=X" / "core>=X", time-to-target is measured
     core_every: int | None = None
     timeout_s: float | None = None  # wall-clock limit for one job (default: derived from the budget)
+    fp8: bool = False               # train in fp8 where the GPU can (model/fp8.py): the speedrun rung, as nanochat's record
 
     HORIZONS = ("flops_budget", "token_budget", "num_iterations", "param_data_ratio", "time_budget")
 

@@ -53,7 +53,7 @@ def describe(job: Job, executor: Executor, say: Callable[[str], None]) -> None:
             f"{p['param_data_ratio']}), {p['flops']:.3g} FLOPs")
     else:
         say(f"  horizon: {p['time_budget']} s of training")
-    say(f"  dtype: {p['dtype']} (bf16 on CUDA SM80+ when auto), compile {'on' if p['compile'] else 'off'}, "
-        f"tier {p['tier']}")
+    say(f"  dtype: {p['dtype']} (bf16 on CUDA SM80+ when auto), fp8 {'on (SM89+ GPUs)' if p['fp8'] else 'off'}, "
+        f"compile {'on' if p['compile'] else 'off'}, tier {p['tier']}")
     if executor.kind == "slurm":
         say("  sbatch script:\n" + "\n".join("    " + line for line in executor.sbatch_script(job).splitlines()))

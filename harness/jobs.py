@@ -115,6 +115,8 @@ class Job:
                 *(["--data-seed", str(self.data_seed)] if self.data_seed not in (None, self.seed) else []),
                 *self.rung.horizon_args(), "--resume",
                 "--experiment-id", self.experiment_id, "--rung", self.rung.name]
+        if self.rung.fp8:  # before the experiment's own values, which win
+            args += ["--set", "fp8=true"]
         for key, value in sorted(self.overrides.items()):
             args += ["--set", format_set(key, value)]
         if self.data:

@@ -240,6 +240,8 @@ class TrainConfig:
     core_max_per_task: int = setting(500, "examples per CORE task during training (0 = all)", NON_NEGATIVE_INT)
     save_every: int = setting(0, "steps between checkpoints (0 = only at the end)", NON_NEGATIVE_INT)
     compile: bool = setting(False, "torch.compile the model")
+    fp8: bool = setting(False, "fp8 matmuls for the block and head Linears (torchao, tensorwise scaling; model/fp8.py) "
+                               "on an SM89+ GPU; bf16 elsewhere")
     scale_wd_with_depth: bool = setting(True, "rescale weight decay from d12 to this model and batch (nanochat's "
                                               "T_epoch rule, depth_scaled_weight_decay)")
     tokenizer_max_chars: int = setting(2_000_000_000, "training characters for the BPE tokenizer (nanochat's budget)",

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from model import fp8
 from model import run_dir as rd
 from model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from model.cli import ArgumentParser
@@ -383,6 +384,7 @@ def prepare(setup: Setup, source, tokenizer, resuming_config: dict | None, rank:
     model = build_model(setup)
     counts = model.num_params()
     flops_per_token = model.num_flops_per_token()
+    fp8_linears = use_fp8(setup, model, rank)
     T = model_config.sequence_len
     num_iterations, budget, horizon = horizon_of(args, train, counts["scaling"], flops_per_token)
     weight_decay = scaled_weight_decay(setup)
@@ -398,6 +400,7 @@ def prepare(setup: Setup, source, tokenizer, resuming_config: dict | None, rank:
     checkpoint = latest_checkpoint(setup.run_dir) if args.resume else None
     record = config_record(setup, source, world, data_seed=data_seed, horizon=horizon, counts=counts,
                            flops_per_token=flops_per_token, grad_accum=grad_accum, weight_decay=weight_decay)
+    record["fp8_linears"] = fp8_linears
     if resuming_config is not None:
         check_resumed_config(setup.run_dir, resuming_config, record)
     if checkpoint is not None:
@@ -442,7 +445,7 @@ def plan(setup: Setup, world: int) -> dict:
             "weight_decay": weight_decay, "horizon": horizon, "num_iterations": num_iterations, "time_budget": budget,
             "tokens": tokens, "flops": tokens * flops_per_token if tokens is not None else None,
             "param_data_ratio": round(tokens / counts["scaling"], 3) if tokens is not None else None,
-            "dtype": config.dtype, "compile": train.compile, "tier": setup.tier}
+            "dtype": config.dtype, "compile": train.compile, "fp8": train.fp8, "tier": setup.tier}
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -470,6 +473,21 @@ def scaled_weight_decay(setup: Setup) -> float:
     if not train.scale_wd_with_depth:
         return optim.weight_decay
     return depth_scaled_weight_decay(optim.weight_decay, setup.model_config, train.total_batch_size)
+
+
+def use_fp8(setup: Setup, model: GPT, rank: int) -> int:
+    """With fp8 set: the eligible Linears converted (before compile and DDP) where the GPU can; how many were."""
+    if not setup.train.fp8:
+        return 0
+    if why := fp8.supported(setup.device):
+        if rank == 0:
+            print(f"train: fp8 requested but {why}: training in bf16", file=sys.stderr, flush=True)
+        return 0
+    converted = fp8.convert(model)
+    if rank == 0:
+        print(f"train: fp8 matmuls in {converted} Linears (tensorwise scaling); evaluation in bf16", file=sys.stderr,
+              flush=True)
+    return converted
 
 
 def chosen_device_batch(setup: Setup, model: GPT, resuming_config: dict | None, rank: int, world: int) -> int:
@@ -628,11 +646,11 @@ def evaluate(tr: Training, step: int, final: bool) -> None:
     from model.evaluate import evaluate_bpb
     model, state, train, target = tr.model, tr.state, tr.train, tr.setup.target
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), fp8.bf16_linears(model):  # the model is measured in bf16, whatever it trains in
         val_bpb = evaluate_bpb(model, tr.val_batches, tr.token_bytes)
-    core = None
-    if train.core_every and (final or step % train.core_every == 0):
-        core = run_core(tr)
+        core = None
+        if train.core_every and (final or step % train.core_every == 0):
+            core = run_core(tr)
     model.train()
     state.last_val_bpb = val_bpb
     state.min_val_bpb = val_bpb if state.min_val_bpb is None else min(state.min_val_bpb, val_bpb)
