@@ -120,11 +120,10 @@ def load_final_model(setup, run_dir: Path) -> tuple[GPT, int]:
 
 
 def score(argv: list[str]) -> dict:
-    parser = build_parser()
-    parser.add_argument("--world", type=int, default=1, help="ranks the run trained on (its validation set is theirs)")
-    args, _ = parser.parse_known_args(argv)
+    args, _ = build_parser().parse_known_args(argv)  # the run's own arguments; --world: the ranks it trained on
     if not args.tokenizer:
         raise BadInput("--tokenizer: the sealed score needs the tokenizer the run was given (not the run dir's copy)")
+    args.world = args.world or 1
     if args.world < 1:
         raise BadInput(f"--world {args.world}: expected a positive number of ranks")
     from model.loader import validation_batches

@@ -131,7 +131,8 @@ def build_parser() -> ArgumentParser:
                    help="print the run's plan (model, batch, LRs, weight decay, horizon) as JSON and exit: no data, "
                         "tokenizer or run dir is touched")
     p.add_argument("--world", type=int, default=None,
-                   help="with --dry-run: the ranks to plan for (default: this process's, 1 outside torchrun)")
+                   help="with --dry-run: the ranks to plan for (default: this process's, 1 outside torchrun); "
+                        "model.seal: the ranks the run trained on")
     return p
 
 

@@ -52,6 +52,7 @@ def test_speedrun_dry_run_prints_the_tracks_job_and_records_nothing(tmp_path, ca
                           "--runs-dir", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     assert "--param-data-ratio 8" in out and "--target 'core>=0.256525'" in out and "horizon: 5,568 steps" in out
+    assert "--set fp8=true" in out and "fp8 on (SM89+ GPUs)" in out  # nanochat's record trains in fp8
     assert not db.exists() and not (tmp_path / "runs").exists()
     assert speedrun.main(["--track", "gpt2-8xh100", "--dry-run", "--experiment", "abc123", "--db",
                           f"sqlite:///{db}"]) == 2
