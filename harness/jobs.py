@@ -237,14 +237,9 @@ def unwritable(directory: Path) -> str | None:
     return None
 
 
-def last_line(path: Path, chars: int = 4000) -> str:
-    """The last non-empty line of a log (at most 300 characters)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, 2) - chars))
-            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "no log"
+def last_line(text: str | None) -> str:
+    """The last non-empty line of some output (at most 300 characters): what a one-line reason quotes."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return (lines[-1] if lines else "no output")[:300]
 
 
@@ -386,7 +381,8 @@ class TrainingJob:
             scored = None
         if not isinstance(scored, dict) or not isinstance(scored.get("val_bpb"), int | float):
             log.flush()
-            return {"error": f"the sealed re-score gave no score (exit {returncode}): {last_line(self.log_path)}"}
+            tail = self.log_path.read_bytes()[-4000:].decode(errors="replace")  # the seal's stderr went there
+            return {"error": f"the sealed re-score gave no score (exit {returncode}): {last_line(tail)}"}
         return scored
 
     def stop(self, grace_s: float = 60.0) -> int | None:

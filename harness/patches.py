@@ -40,7 +40,7 @@ from pathlib import Path
 
 from experiments.catalog import Rung
 from harness import sandbox
-from harness.jobs import REPO, Job, TrainingJob, clean_env
+from harness.jobs import REPO, Job, TrainingJob, clean_env, last_line
 from harness.runs import read_outcome
 
 # The files a patch may change; it may also add new modules directly in model/ (see the docstring for the rest).
@@ -145,7 +145,6 @@ class SmokeTest:
     tokenizer: str | None = None
     overrides: dict = field(default_factory=dict)
     timeout_s: float = 300.0
-    sandbox: bool = True  # False only with --unsafe-patches
 
 
 def worktrees_root() -> Path:
@@ -169,11 +168,6 @@ def _run(command: list[str], cwd: Path, timeout: float = 120.0) -> subprocess.Co
         raise PatchError(f"{' '.join(command[:4])} ... did not finish within {timeout:.0f}s") from None
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return (lines[-1] if lines else "no output")[:300]
-
-
 def _git(repo: Path, *args: str, input_text: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, input=input_text,
                           timeout=120, env=clean_env())
@@ -190,7 +184,7 @@ def remove_worktree(repo: Path, dest: Path) -> None:
 def prepare(patch: str, commit: str, dest: Path, *, repo: Path = REPO, smoke: SmokeTest | None = None,
             sandboxed: bool = True) -> Path:
     """Check `patch`, apply it to a new worktree of `commit` at `dest` and run the checks (the patched code only ever
-    runs in the sandbox, unless `sandboxed` (or the smoke test's) is False); return `dest`.
+    runs in the sandbox, unless `sandboxed` is False: --unsafe-patches); return `dest`.
 
     A worktree at `dest` that already passed these checks for the same commit and patch is reused as it is, once
     it is seen to hold no change beyond what a patch may change. Raises PatchError (and leaves no worktree behind)
@@ -198,7 +192,6 @@ def prepare(patch: str, commit: str, dest: Path, *, repo: Path = REPO, smoke: Sm
     files = check_paths(patch)
     fingerprint = _fingerprint(commit, patch)
     marker = _marker(dest)
-    sandboxed = smoke.sandbox if smoke is not None else sandboxed
     if dest.is_dir() and marker.exists():
         try:
             if json.loads(marker.read_text()) == fingerprint and not any(refusal(p) for p in changed_paths(dest)):
@@ -210,17 +203,17 @@ def prepare(patch: str, commit: str, dest: Path, *, repo: Path = REPO, smoke: Sm
         dest.parent.mkdir(parents=True, exist_ok=True)
         added = _git(repo, "worktree", "add", "--detach", "--quiet", str(dest), commit)
         if added.returncode != 0:
-            raise PatchError(f"cannot create a worktree of commit {commit!r}: {_last_line(added.stderr)}")
+            raise PatchError(f"cannot create a worktree of commit {commit!r}: {last_line(added.stderr)}")
         _apply(dest, patch, files)
         _check_import(dest, files, sandboxed)
         if smoke is not None:
-            _smoke_run(dest, smoke)
+            _smoke_run(dest, smoke, sandboxed)
         marker.write_text(json.dumps(fingerprint))
     except (PatchError, OSError, subprocess.SubprocessError) as e:
         remove_worktree(repo, dest)
         if isinstance(e, PatchError):
             raise
-        raise PatchError(f"checking the patch failed: {type(e).__name__}: {_last_line(str(e))}") from None
+        raise PatchError(f"checking the patch failed: {type(e).__name__}: {last_line(str(e))}") from None
     return dest
 
 
@@ -230,7 +223,7 @@ def _apply(dest: Path, patch: str, files: list[str]) -> None:
     for check in (["--check"], []):
         applied = _git(dest, "apply", "--recount", "--whitespace=nowarn", *check, "-", input_text=text)
         if applied.returncode != 0:
-            raise PatchError(f"the patch does not apply to the recorded commit: {_last_line(applied.stderr)}")
+            raise PatchError(f"the patch does not apply to the recorded commit: {last_line(applied.stderr)}")
     # Whatever git made of the diff, only what a patch may change has changed in the worktree.
     changed = changed_paths(dest)
     refused = [(p, why) for p in changed if (why := refusal(p))]
@@ -255,17 +248,17 @@ def _check_import(dest: Path, files: list[str], sandboxed: bool) -> None:
     command = [sys.executable, "-c", code]
     done = _run(sandbox.wrap(command, cwd=dest) if sandboxed else command, cwd=dest)
     if done.returncode != 0:
-        raise PatchError(f"the patched model does not import: {_last_line(done.stderr or done.stdout)}")
+        raise PatchError(f"the patched model does not import: {last_line(done.stderr or done.stdout)}")
 
 
-def _smoke_run(dest: Path, smoke: SmokeTest) -> None:
+def _smoke_run(dest: Path, smoke: SmokeTest, sandboxed: bool) -> None:
     """A one-step training run of the patched model at depth 1, as a patched job of a search runs it (sandboxed,
     then re-scored by the sealed evaluator, which must agree with it and find the model causal)."""
     overrides = {k: v for k, v in {**smoke.overrides, **SMOKE_SETTINGS}.items() if v is not None}
     with tempfile.TemporaryDirectory(prefix="smoke-", dir=dest.parent) as out:
         job = Job(experiment_id="smoke", rung=Rung(name="smoke", depth=1, seeds=1, num_iterations=1), slot=0, seed=0,
                   run_dir=Path(out), train_tier="cpu", overrides=overrides, data=smoke.data, tokenizer=smoke.tokenizer,
-                  timeout_s=smoke.timeout_s, workdir=dest, sandbox=smoke.sandbox)
+                  timeout_s=smoke.timeout_s, workdir=dest, sandbox=sandboxed)
         returned = TrainingJob(job.command(), out, smoke.timeout_s, seal=job.seal_command())()
         outcome = read_outcome(job, returned)
         if not outcome.ok:

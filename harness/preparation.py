@@ -20,13 +20,20 @@ class BadInput(ValueError):
     """Input the user can fix: one line for them, exit code 2."""
 
 
+def data_name(spec: str | None, tier: Tier) -> str:
+    """Which corpus a search or speedrun trains on: --data, else $NANORESEARCH_DATA, else the tier's, else the
+    default (FineWeb-EDU)."""
+    from model.sources import DEFAULT_SOURCE
+    return spec or os.environ.get("NANORESEARCH_DATA") or tier.data or DEFAULT_SOURCE
+
+
 def prepare_data(spec: str | None, tier: Tier):
     """The pretraining source: --data, else $NANORESEARCH_DATA, else the tier's corpus (ClimbMix for the gpu tier, as
     in nanochat's record), else FineWeb-EDU. A known public corpus that is not downloaded yet is fetched here: the
     tier's number of train shards plus the validation shard."""
     from model.download import download
-    from model.sources import DEFAULT_SOURCE, DOWNLOAD_SOURCES, resolve_source
-    name = spec or os.environ.get("NANORESEARCH_DATA") or tier.data or DEFAULT_SOURCE
+    from model.sources import DOWNLOAD_SOURCES, resolve_source
+    name = data_name(spec, tier)
     try:
         return resolve_source(name)
     except (ValueError, OSError) as e:

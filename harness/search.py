@@ -39,6 +39,7 @@ from harness.noise import CONTROL_INITS, Spread, control_spread, fit_prior
 from harness.pool import Finished, JobPool
 from harness.preparation import (
     BadInput,
+    data_name,
     job_timeout,
     local_threads,
     patch_worktree,
@@ -607,13 +608,12 @@ def dry_run(config: SearchConfig) -> int:
     from harness import dry_run as plans
     from model.home import nanoresearch_home
     from model.provenance import code_version
-    from model.sources import DEFAULT_SOURCE
     tier, recipe = config.tier, config.recipe
     baseline = Experiment(tweaks={}, tier=tier.name, recipe=recipe.name, code_version=code_version(),
                           proposer="baseline", name=f"baseline ({recipe.name})")
     runs_root = Path(config.runs_dir) if config.runs_dir else nanoresearch_home() / "runs"
     executor = Executor(config.executor, runs_root / config.name / "submitit", config.slurm)
-    data = config.data or os.environ.get("NANORESEARCH_DATA") or tier.data or DEFAULT_SOURCE
+    data = data_name(config.data, tier)
     print(f"search {config.name!r}, dry run: tier {tier.name}, recipe {recipe.name}, data {data}, executor "
           f"{config.executor}; the baseline's first job at each rung (a candidate adds its --set values):", flush=True)
     for rung in tier.rungs:
@@ -755,7 +755,7 @@ def make_proposer(config: SearchConfig, store, search_id: int, baseline_id: str,
 
     context = SearchContext(name=config.name, search_id=search_id, tier=tier, recipe=recipe, baseline_id=baseline_id,
                             identity=identity, commit=version if config.agent.allow_patches else None,
-                            smoke=SmokeTest(data=data, tokenizer=tokenizer, sandbox=config.sandbox))
+                            smoke=SmokeTest(data=data, tokenizer=tokenizer), sandbox=config.sandbox)
     proposer = AgentProposer(config.space, tpe, store, context, config.agent, say=say)
     for key in SECRET_ENV:
         os.environ.pop(key, None)

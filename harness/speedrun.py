@@ -42,7 +42,6 @@ speedrun was interrupted, 2 for bad input (one line on stderr).
 from __future__ import annotations
 
 import math
-import os
 import shlex
 import statistics
 import sys
@@ -59,6 +58,7 @@ from harness.jobs import Job, terminate_as_interrupt
 from harness.pool import JobPool
 from harness.preparation import (
     BadInput,
+    data_name,
     job_timeout,
     local_threads,
     patch_worktree,
@@ -362,14 +362,13 @@ def dry_run(args, track: Track, tier, rung, slurm) -> int:
     from harness import dry_run as plans
     from model.home import nanoresearch_home
     from model.provenance import code_version
-    from model.sources import DEFAULT_SOURCE
     if args.experiment is not None:
         raise SpeedrunError("--dry-run: only with --recipe (an --experiment is read from the database, which a dry run "
                             "does not touch)")
     recipe = load_recipe(args.recipe or "baseline")
     exp = Experiment(tweaks={}, tier=tier.name, recipe=recipe.name, code_version=code_version(), proposer="baseline")
     runs_root = (Path(args.runs_dir) if args.runs_dir else nanoresearch_home() / "runs") / "speedrun" / track.name
-    data = args.data or os.environ.get("NANORESEARCH_DATA") or tier.data or DEFAULT_SOURCE
+    data = data_name(args.data, tier)
     job = Job(experiment_id=exp.id, rung=rung, slot=0, seed=0, data_seed=track.data_seed,
               run_dir=runs_root / exp.id / "seed0", train_tier=tier.train_tier,
               overrides=track_overrides(track, tier, recipe, exp), data=data, timeout_s=job_timeout(rung))

@@ -57,7 +57,8 @@ def test_depth_dial_follows_nanochat_rules():
 # nanochat's scripts/base_train.py (master 92d63d4) at its record settings (vocab 32768, sequence 2048, head dim 128,
 # aspect 64, weight decay 0.28), computed by hand from its formulas: scaling params p = L x 12 d^2 + 32768 d (block
 # matrices + lm_head); batch = 2^round(log2(2^19 x (p / p_d12)^0.383)); LR scale = sqrt(batch / 2^19);
-# weight decay = 0.28 x sqrt(batch / 2^19) x p_d12 / p.
+# weight decay = 0.28 x sqrt(batch / 2^19) x p_d12 / p. (nanochat's count also has the value-embedding gates, 12 x heads
+# weights on every other layer: 2e-6 of p at d24, below the last digit of every number here.)
 NANOCHAT_DIAL = {  # depth: (scaling params, batch, LR scale, weight decay)
     12: (110_100_480, 524_288, 1.0, 0.28),
     20: (435_159_040, 1_048_576, 1.414214, 0.100188),

@@ -470,15 +470,21 @@ def test_search_is_reopened_by_name(store):
     assert reopened["status"] == "running" and reopened["finished_at"] is None and reopened["reason"] is None
 
 
+def as_older_version(db_url: str, version: int, *statements: str) -> None:
+    """Turn a current database back into one an older release made: run `statements`, record `version`."""
+    engine = sa.create_engine(resolve_url(db_url))
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+        conn.exec_driver_sql(f"UPDATE schema_info SET value = '{version}' WHERE key = 'version'")
+    engine.dispose()
+
+
 def test_a_v4_database_gets_the_failure_reason_column(db_url):
     """v5 adds searches.reason to a database whose searches table v2-v4 made without it."""
     with Store(db_url) as store:
         store.start_search("old", tier="cpu")
-    engine = sa.create_engine(resolve_url(db_url))
-    with engine.begin() as conn:
-        conn.exec_driver_sql("ALTER TABLE searches DROP COLUMN reason")
-        conn.exec_driver_sql("UPDATE schema_info SET value = '4' WHERE key = 'version'")
-    engine.dispose()
+    as_older_version(db_url, 4, "ALTER TABLE searches DROP COLUMN reason")
     with Store(db_url) as store:
         assert store.schema_version == SCHEMA_VERSION
         old = store.find_search("old")
@@ -492,11 +498,7 @@ def test_a_v5_database_gets_the_sealed_column_and_keeps_its_runs(db_url):
     with Store(db_url) as store:
         store.record_experiment(experiment(1))
         store.record_run(Run(experiment_id="exp0001", rung="d2", seed=0, status="ok", val_bpb=2.5))
-    engine = sa.create_engine(resolve_url(db_url))
-    with engine.begin() as conn:
-        conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN sealed")
-        conn.exec_driver_sql("UPDATE schema_info SET value = '5' WHERE key = 'version'")
-    engine.dispose()
+    as_older_version(db_url, 5, "ALTER TABLE runs DROP COLUMN sealed")
     with Store(db_url) as store:
         assert store.schema_version == SCHEMA_VERSION
         [old] = store.runs(experiment_id="exp0001")

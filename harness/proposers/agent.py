@@ -90,6 +90,7 @@ class SearchContext:
     repo: Path = REPO
     # Patch mode: the one-step check's data, tokenizer, and --set values that win over the baseline recipe.
     smoke: SmokeTest = field(default_factory=SmokeTest)
+    sandbox: bool = True                          # patch mode: check patches in the sandbox (False: --unsafe-patches)
 
     @property
     def baseline_values(self) -> dict:
@@ -710,10 +711,11 @@ class AgentProposer(Proposer):
                 raise PatchError("no recorded commit to apply patches to")
             smoke = SmokeTest(data=self.context.smoke.data, tokenizer=self.context.smoke.tokenizer,
                               overrides={**self.context.baseline_values, **self.context.smoke.overrides, **tweaks},
-                              timeout_s=self.context.smoke.timeout_s, sandbox=self.context.smoke.sandbox)
+                              timeout_s=self.context.smoke.timeout_s)
             self.say(f"agent: checking the patch of proposal {i + 1} in a worktree (apply, import, one-step run, "
                      "sealed re-score)")
-            prepare(patch, self.context.commit, worktrees_root() / exp_id, repo=self.context.repo, smoke=smoke)
+            prepare(patch, self.context.commit, worktrees_root() / exp_id, repo=self.context.repo, smoke=smoke,
+                    sandboxed=self.context.sandbox)
         extra = {"falsification": item["falsification"].strip()}
         if patch:
             extra["patch"] = patch
