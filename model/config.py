@@ -98,6 +98,8 @@ class ModelConfig:
         Legal(pattern="(?i)[SL]+", text="a non-empty string of S and L, e.g. 'SSSL'"))
     short_window_frac: float = setting(0.25, "the short window as a fraction of the sequence length",
                                        Legal(low=0, high=1, low_open=True, text="a fraction in (0, 1]"))
+    short_window_multiple: int = setting(128, "round the short window up to a multiple of this (nanochat: 128, "
+                                              "FlashAttention-3's tile; 1 = no rounding)", POSITIVE_INT)
     rope_base: float = setting(100000.0, "rotary embedding base frequency",
                                Legal(low=1, low_open=True, text="a number > 1"))
     qk_scale: float = setting(1.2, "multiplier on q and k after QK-norm (sharper attention when larger)", POSITIVE)
@@ -126,7 +128,8 @@ class ModelConfig:
     fc_init_scale: float = setting(0.4, "MLP input projection init relative to the other matrices", NON_NEGATIVE)
     init_per_param: bool = setting(False, "draw each parameter's init from its own (seed, name) generator (see GPT)")
     # --- numerics ---
-    dtype: str = setting("auto", "compute dtype (auto = bf16 on CUDA SM80+, else fp32)", one_of("auto", "float32", "bfloat16"))
+    dtype: str = setting("auto", "compute dtype (auto = bf16 where bf16 matmuls are native: CUDA SM80+, "
+                                     "CPUs with AVX512-BF16/AMX; else fp32)", one_of("auto", "float32", "bfloat16"))
 
     @classmethod
     def from_depth(cls, depth: int, **overrides) -> ModelConfig:
@@ -159,7 +162,9 @@ class ModelConfig:
         return self.depth * per_block + padded_vocab * d
 
     def short_window(self) -> int:
-        return max(1, round(self.short_window_frac * self.sequence_len))
+        """ceil(frac * sequence_len), rounded up to a multiple: 512 at sequence 2048, 128 at the cpu tier's 256."""
+        window = math.ceil(self.short_window_frac * self.sequence_len)
+        return -(-window // self.short_window_multiple) * self.short_window_multiple
 
     def window_sizes(self) -> list[int | None]:
         """Per-layer attention window (None = full causal). The last layer always sees the full context."""
@@ -189,12 +194,15 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    # --- learning rates (nanochat's, tuned at d12; AdamW ones scale by (model_dim/768)^-0.5, all by sqrt(batch/2^19)) ---
+    # --- learning rates (nanochat's, tuned at d12; AdamW ones scale by (model_dim/768)^-0.5, all but gate_lr by
+    # sqrt(batch/2^19)) ---
     matrix_lr: float = setting(0.02, "Muon learning rate for block matrices (before batch scaling)", NON_NEGATIVE)
     embedding_lr: float = setting(0.3, "AdamW learning rate for the token embedding (value embeddings get half)",
                                   NON_NEGATIVE)
     unembedding_lr: float = setting(0.008, "AdamW learning rate for lm_head", NON_NEGATIVE)
     scalar_lr: float = setting(0.5, "AdamW learning rate for the per-layer lambdas", NON_NEGATIVE)
+    gate_lr: float = setting(0.2, "AdamW learning rate for the smear and backout gates (as nanochat: not scaled by "
+                                  "batch or width)", NON_NEGATIVE)
     weight_decay: float = setting(0.28, "Muon decoupled weight decay (at d12's horizon; model.train rescales it)",
                                   NON_NEGATIVE)
     wd_schedule: str = setting("cosine", "weight decay schedule: to zero (cosine, linear) or constant",
@@ -204,16 +212,23 @@ class OptimConfig:
     orthogonalizer: str = setting("polar_express", "Muon's orthogonalisation: quintic Newton-Schulz or Polar Express",
                                   one_of("polar_express", "newton_schulz"))
     ns_steps: int = setting(5, "orthogonalisation iterations", Legal(low=1, high=12, text="an integer in [1, 12]"))
-    ortho_safety: float = setting(1.02, "normalise by ||G|| * safety so the top singular value starts inside the band",
+    ortho_safety: float = setting(1.01, "normalise by ||G|| * safety so the top singular value starts inside the band",
                                   Legal(low=1, text="a number >= 1"))
     nesterov: bool = setting(True, "Nesterov momentum")
     momentum_start: float = setting(0.85, "Muon momentum before warm-up", BETA)
     momentum_peak: float = setting(0.97, "Muon momentum after warm-up", BETA)
     momentum_warmup_steps: int = setting(400, "steps to warm Muon momentum up from momentum_start", NON_NEGATIVE_INT)
     momentum_end: float = setting(0.90, "Muon momentum at the end, cooled to over the LR warm-down", BETA)
+    momentum_schedule: str = setting(
+        "nanochat", "how warm-up and warm-down meet: nanochat (warm up for momentum_warmup_steps whatever the LR "
+                    "does; in the warm-down, momentum_peak -> momentum_end), or cool_from_warm (in the warm-down, blend "
+                    "the warming-up value towards momentum_end)",
+        one_of("nanochat", "cool_from_warm"))
     normuon: bool = setting(True, "NorMuon: normalise update rows by a running second moment")
     normuon_beta2: float = setting(0.9, "NorMuon's second-moment decay", BETA)
-    muon_eq: bool = setting(False, "MuonEq: equilibrate momentum rows before orthogonalising")
+    muon_eq: bool = setting(True, "MuonEq: rescale each momentum row to the mean row norm before orthogonalising")
+    muon_plus: bool = setting(True, "Muon+: rescale the orthogonalised update to Frobenius norm sqrt(min(rows, cols)), "
+                                    "that of an exactly semi-orthogonal matrix")
     shape_scaling: bool = setting(True, "scale Muon's LR by sqrt(max(1, rows/cols))")
 
     def validate(self) -> None:

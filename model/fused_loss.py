@@ -65,7 +65,10 @@ class LinearSoftcapCrossEntropy(torch.autograd.Function):
                 rw = row_weight[start:end].unsqueeze(1)  # applied to the small operands, not to g
                 gd = g.to(x.dtype)
                 grad_x[start:end] = (gd @ w) * rw.to(x.dtype)
-                grad_w[:vocab_size].addmm_(gd.T.to(torch.float32), xc.to(torch.float32) * rw)
+                if x.dtype == torch.float32:
+                    grad_w[:vocab_size].addmm_(gd.T, xc * rw)
+                else:  # the matmul in the activations' dtype (2x faster in bf16 on a CPU with native bf16)
+                    grad_w[:vocab_size].add_(gd.T @ (xc * rw.to(x.dtype)))
         if want_grad:
             ctx.save_for_backward(grad_x, grad_w)
         ctx.reduction = reduction

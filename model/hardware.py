@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
@@ -15,6 +16,24 @@ PEAK_BF16_FLOPS = [
     ("H200", 989e12),
     ("A100", 312e12),
 ]
+
+
+@functools.cache
+def cpu_has_bf16_matmul() -> bool:
+    """Does this CPU multiply bf16 natively (AVX512-BF16 / AMX)? Elsewhere bf16 matmuls are emulated and slow."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Are bf16 matmuls native here: CUDA SM80+ (Ampere and later), or a CPU with AVX512-BF16 / AMX."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    return device.type == "cpu" and cpu_has_bf16_matmul()
 
 
 def peak_flops(device: torch.device) -> float | None:

@@ -11,19 +11,26 @@ approximately orthogonal matrix with the same singular vectors. Variants, each a
 - Nesterov momentum, with the momentum itself on a schedule (see model/schedule.py).
 - NorMuon (https://arxiv.org/abs/2510.05491): after orthogonalising, normalise each row (or column) by a running
   second moment of the update, rescaled to keep the update's overall norm.
-- MuonEq: equilibrate the rows of the momentum before orthogonalising.
+- MuonEq (https://arxiv.org/abs/2603.28254): rescale each row of the momentum to the mean row norm before
+  orthogonalising, so the spectrum it starts from is better conditioned.
+- Muon+ (https://arxiv.org/abs/2602.21545): rescale the orthogonalised update to the Frobenius norm of an exactly
+  semi-orthogonal matrix, sqrt(min(rows, cols)), undoing the polynomial's under-convergence.
 - cautious weight decay: decay only the coordinates where the update and the weight have the same sign.
 - shape scaling: multiply the LR by sqrt(max(1, rows/cols)) so tall matrices take comparable steps.
 
+The defaults are nanochat's (master, 92d63d4): MuonEq and Muon+ on, Polar Express with safety 1.01, NorMuon,
+cautious weight decay, shape scaling; the orthogonalisation runs in the model's compute dtype (bf16 where that is
+native). One Muon step agrees with one written from nanochat's formulas to float32 rounding (tests/test_optim.py).
+
 AdamW groups follow nanochat: embeddings, lm_head, value embeddings and the per-layer scalars each with their
-own LR and betas; AdamW LRs scale by (model_dim/768)^-0.5 (tuned at d12) and every LR by sqrt(batch/2^19).
+own LR and betas; AdamW LRs scale by (model_dim/768)^-0.5 (tuned at d12) and every LR by sqrt(batch/2^19), except
+the smear and backout gates' (gate_lr, fixed as in nanochat).
 Under torchrun the model is wrapped in DDP, so gradients arrive averaged over ranks and every rank applies
 the same update; sharding the optimizer state is a later optimisation.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -44,29 +51,17 @@ POLAR_EXPRESS_COEFFS = [
 REFERENCE_MODEL_DIM = 768
 
 
-@functools.cache
-def cpu_has_bf16_matmul() -> bool:
-    """Does this CPU multiply bf16 natively (AVX512-BF16 / AMX)? Elsewhere bf16 matmuls are emulated and slow."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def orthogonalize(G: Tensor, method: str = "polar_express", steps: int = 5, safety: float = 1.02,
+def orthogonalize(G: Tensor, method: str = "polar_express", steps: int = 5, safety: float = 1.01,
                   dtype: torch.dtype | None = None) -> Tensor:
-    """Approximate the orthogonal polar factor U V^T of G (..., rows, cols) with an odd matrix polynomial."""
-    # The iterations are stable in bf16 (nanochat runs them in bf16 on GPUs). Use it wherever bf16 matmuls are
-    # native: GPUs, and CPUs with AVX512-BF16, where batched bf16 matmuls measured ~8x faster than fp32 here.
+    """Approximate the orthogonal polar factor U V^T of G (..., rows, cols) with an odd matrix polynomial, computed
+    in `dtype` (default: bf16 on CUDA, as nanochat, else fp32; the iterations are stable in bf16)."""
     if dtype is None:
-        dtype = torch.bfloat16 if (G.is_cuda or (G.device.type == "cpu" and cpu_has_bf16_matmul())) else torch.float32
+        dtype = torch.bfloat16 if G.is_cuda else torch.float32
     X = G.to(dtype)
     tall = X.size(-2) > X.size(-1)
     if tall:
         X = X.mT  # iterate on the wide orientation: the Gram matrix X X^T is then the smaller one
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) * safety + 1e-7)
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * safety + 1e-6)
     if method == "newton_schulz":
         coeffs = [NEWTON_SCHULZ_COEFFS] * steps
     else:
@@ -89,8 +84,9 @@ class MuonAdamW(torch.optim.Optimizer):
     adamw: 'betas', 'eps';  muon: 'momentum' and the Muon variant switches (see build_optimizer).
     Muon groups must hold parameters of one shape: they are stacked and orthogonalised as a batch."""
 
-    def __init__(self, param_groups: list[dict], fused_adamw: bool = True):
+    def __init__(self, param_groups: list[dict], fused_adamw: bool = True, ortho_dtype: torch.dtype | None = None):
         self.fused_adamw = fused_adamw
+        self.ortho_dtype = ortho_dtype  # Muon orthogonalises in the model's compute dtype (None: orthogonalize's)
         for group in param_groups:
             group.setdefault("initial_lr", group["lr"])
             group.setdefault("initial_weight_decay", group["weight_decay"])
@@ -162,9 +158,14 @@ class MuonAdamW(torch.optim.Optimizer):
         momentum = group["momentum"]
         buf.lerp_(grads, 1 - momentum)
         update = grads.lerp_(buf, momentum) if group["nesterov"] else buf.clone()
-        if group["muon_eq"]:
-            update = update / (update.norm(dim=-1, keepdim=True) + 1e-7)
-        update = orthogonalize(update, group["orthogonalizer"], group["ns_steps"], group["ortho_safety"]).float()
+        if group["muon_eq"]:  # every row to the mean row norm: a better-conditioned spectrum to orthogonalise
+            mean_row_norm = update.norm(dim=(-2, -1), keepdim=True) / rows ** 0.5
+            update = update * (mean_row_norm / update.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+        update = orthogonalize(update, group["orthogonalizer"], group["ns_steps"], group["ortho_safety"],
+                               self.ortho_dtype).float()
+        if group.get("muon_plus", False):  # (.get: optimizer states saved before Muon+ existed resume without it)
+            # The polynomial stops short of exact orthogonality; snap to the norm of a semi-orthogonal matrix.
+            update = update * (min(rows, cols) ** 0.5 / update.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-6))
         if group["normuon"]:
             update = self._normuon(update, first["second_moment"], group["normuon_beta2"], rows >= cols)
         lr = group["lr"] * (max(1.0, rows / cols) ** 0.5 if group["shape_scaling"] else 1.0)
@@ -227,14 +228,15 @@ def build_optimizer(model, cfg: OptimConfig, total_batch_size: int = REFERENCE_B
         adamw(groups["value_embeds"], cfg.embedding_lr * adam_scale * 0.5, (0.8, 0.995), 0.01),
         adamw(groups["resid_lambdas"], cfg.scalar_lr * 0.01 * batch_scale, (0.8, 0.95), 0.05),
         adamw(groups["x0_lambdas"], cfg.scalar_lr * batch_scale, (0.96, 0.95), 0.0),  # slow-moving blend
-        adamw(groups["gates"], 0.2 * batch_scale, (0.8, 0.95), 0.0),
+        adamw(groups["gates"], cfg.gate_lr, (0.8, 0.95), 0.0),
     ]
     muon_switches = dict(orthogonalizer=cfg.orthogonalizer, ns_steps=cfg.ns_steps, ortho_safety=cfg.ortho_safety,
                          nesterov=cfg.nesterov, normuon=cfg.normuon, normuon_beta2=cfg.normuon_beta2,
-                         muon_eq=cfg.muon_eq, cautious_wd=cfg.cautious_wd, shape_scaling=cfg.shape_scaling)
+                         muon_eq=cfg.muon_eq, muon_plus=cfg.muon_plus, cautious_wd=cfg.cautious_wd,
+                         shape_scaling=cfg.shape_scaling)
     matrices = groups["matrix"]
     for shape in sorted({tuple(p.shape) for p in matrices}):
         param_groups.append(dict(kind="muon", params=[p for p in matrices if tuple(p.shape) == shape],
                                  lr=cfg.matrix_lr * batch_scale, weight_decay=muon_wd,
                                  momentum=cfg.momentum_start, **muon_switches))
-    return MuonAdamW([g for g in param_groups if g["params"]])
+    return MuonAdamW([g for g in param_groups if g["params"]], ortho_dtype=model.compute_dtype())

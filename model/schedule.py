@@ -26,15 +26,23 @@ def lr_multiplier(step: int, progress: float, train: TrainConfig) -> float:
 
 
 def muon_momentum(step: int, progress: float, optim: OptimConfig, train: TrainConfig) -> float:
-    """Warm up from momentum_start to momentum_peak over momentum_warmup_steps, then cool towards
-    momentum_end during the LR warm-down (less momentum while the LR anneals)."""
+    """Warm up from momentum_start to momentum_peak over momentum_warmup_steps; during the LR warm-down, cool
+    towards momentum_end (less momentum while the LR anneals).
+
+    The two schedules differ only in runs whose warm-down starts before the warm-up ends (with nanochat's 400
+    steps and warm-down ratio 0.65, runs shorter than ~1,150 steps: every cpu-tier run). nanochat's keeps warming
+    up until step 400 and then jumps onto the peak -> end line; cool_from_warm blends the warming-up value towards
+    momentum_end as the warm-down proceeds, so it never jumps."""
     warm = 1.0 if optim.momentum_warmup_steps == 0 else min(1.0, step / optim.momentum_warmup_steps)
-    momentum = optim.momentum_start + (optim.momentum_peak - optim.momentum_start) * warm
+    warmed = optim.momentum_start + (optim.momentum_peak - optim.momentum_start) * warm
     warmdown_start = 1.0 - train.warmdown_ratio
-    if train.warmdown_ratio > 0 and progress > warmdown_start:
-        cool = min(1.0, (progress - warmdown_start) / train.warmdown_ratio)
-        momentum += (optim.momentum_end - momentum) * cool
-    return momentum
+    in_warmdown = train.warmdown_ratio > 0 and progress > warmdown_start
+    cool = min(1.0, (progress - warmdown_start) / train.warmdown_ratio) if in_warmdown else 0.0
+    if optim.momentum_schedule == "nanochat":
+        if warm < 1.0 or not in_warmdown:
+            return warmed
+        return optim.momentum_peak + (optim.momentum_end - optim.momentum_peak) * cool
+    return warmed + (optim.momentum_end - warmed) * cool
 
 
 def weight_decay_multiplier(progress: float, optim: OptimConfig) -> float:

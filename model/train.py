@@ -56,7 +56,7 @@ from model.config import (
     parse_set_args,
     split_overrides,
 )
-from model.gpt import GPT
+from model.gpt import GPT, compute_dtype
 from model.hardware import describe, peak_flops, peak_memory_bytes, synchronize
 from model.optim import build_optimizer
 from model.provenance import code_version
@@ -586,6 +586,7 @@ def config_record(setup: Setup, source, world: int, *, data_seed: int, horizon: 
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "experiment_id": args.experiment_id, "rung": args.rung,
         "chat": False, "num_params": counts, "flops_per_token": flops_per_token, "grad_accum": grad_accum,
         "weight_decay_used": weight_decay,
+        "compute_dtype": str(compute_dtype(setup.model_config, device)).removeprefix("torch."),  # what "auto" chose
     }
 
 

@@ -95,6 +95,7 @@ KNOBS: dict[str, Knob] = _declare(
     Knob("layer_lambdas", "bool", "structural"),
     Knob("window_pattern", "categorical", "structural", choices=("SSSL", "SSL", "SL", "SLLL", "L")),
     Knob("short_window_frac", "float", "parametric", 0.125, 0.5),
+    Knob("short_window_multiple", "categorical", "structural", choices=(128, 64, 1)),
     Knob("softcap", "categorical", "structural", choices=(0.0, 10.0, 15.0, 20.0, 30.0)),
     Knob("qk_scale", "float", "parametric", 0.8, 2.0),
     Knob("rope_base", "logfloat", "parametric", 1e3, 1e6),
@@ -111,23 +112,26 @@ KNOBS: dict[str, Knob] = _declare(
     Knob("normuon", "bool", "structural"),
     Knob("normuon_beta2", "float", "parametric", 0.8, 0.99),
     Knob("muon_eq", "bool", "structural"),
+    Knob("muon_plus", "bool", "structural"),
     Knob("cautious_wd", "bool", "structural"),
     Knob("momentum_peak", "float", "parametric", 0.9, 0.99),
     Knob("momentum_warmup_steps", "int", "parametric", 0, 800),
+    Knob("momentum_schedule", "categorical", "structural", choices=("nanochat", "cool_from_warm")),
     Knob("matrix_lr", "logfloat", "parametric", 0.003, 0.3),
     Knob("embedding_lr", "logfloat", "parametric", 0.03, 3.0),
     Knob("unembedding_lr", "logfloat", "parametric", 0.001, 0.1),
+    Knob("gate_lr", "logfloat", "parametric", 0.01, 1.0),
     Knob("weight_decay", "float", "parametric", 0.0, 0.6),
     Knob("warmdown_ratio", "float", "parametric", 0.1, 0.9),
 )
 
 SPACES: dict[str, tuple[str, ...]] = {
     "architecture": ("smear", "backout", "value_embeds", "layer_lambdas", "window_pattern", "short_window_frac",
-                     "softcap", "qk_scale", "rope_base", "n_kv_head", "x0_lambda_init", "resid_lambda_init",
+                     "short_window_multiple", "softcap", "qk_scale", "rope_base", "n_kv_head", "x0_lambda_init", "resid_lambda_init",
                      "backout_init", "ve_gate_range"),
-    "optimizer": ("orthogonalizer", "ns_steps", "normuon", "normuon_beta2", "muon_eq", "cautious_wd", "momentum_peak",
-                  "momentum_warmup_steps", "matrix_lr", "embedding_lr", "unembedding_lr", "weight_decay",
-                  "warmdown_ratio"),
+    "optimizer": ("orthogonalizer", "ns_steps", "normuon", "normuon_beta2", "muon_eq", "muon_plus", "cautious_wd",
+                  "momentum_peak", "momentum_warmup_steps", "momentum_schedule", "matrix_lr", "embedding_lr",
+                  "unembedding_lr", "gate_lr", "weight_decay", "warmdown_ratio"),
 }
 SPACES["all"] = tuple(KNOBS)
 

@@ -9,12 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from model.attention import attend
-from model.config import ConfigError, ModelConfig, OptimConfig, TrainConfig, parse_set_args, split_overrides
+from model.config import TIERS, ConfigError, ModelConfig, OptimConfig, TrainConfig, parse_set_args, split_overrides
 from model.fused_loss import linear_softcap_cross_entropy
 from model.gpt import GPT
 from model.kv_cache import KVCache
 
-TINY = dict(vocab_size=256, sequence_len=32, head_dim=16, aspect_ratio=32)
+# Short windows unrounded (8 tokens at sequence 32), so the windowed paths are exercised at these sizes; fp32, so
+# the numerics tests compare exact math (a CPU with native bf16 would pick bf16 under "auto").
+TINY = dict(vocab_size=256, sequence_len=32, head_dim=16, aspect_ratio=32, short_window_multiple=1, dtype="float32")
 
 
 def tiny_config(depth=3, **overrides) -> ModelConfig:
@@ -95,11 +97,43 @@ def test_the_cpu_tier_keeps_its_measured_batch_and_weight_decay(tmp_path):
     assert setup.train.total_batch_size == 2048 and scaled_weight_decay(setup) == setup.optim.weight_decay
 
 
+def test_the_cpu_tiers_smear_and_backout_lr_short_window_and_smear_gate_are_nanochats(tmp_path):
+    """nanochat gives the smear and backout scalars a fixed LR of 0.2 (not scaled by batch: at the cpu tier's 2048
+    tokens a batch-scaled LR would be 16x smaller), starts the smear gate at U(0, 0.02), and rounds the short
+    window up to 128 tokens (a quarter of 256 would be 64)."""
+    from model.optim import build_optimizer
+    from model.train import build_parser, resolve_setup
+    args = build_parser().parse_args(["--depth", "2", "--tier", "cpu", "--out", str(tmp_path)])
+    setup = resolve_setup(args, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = GPT(setup.model_config)
+    opt = build_optimizer(model, setup.optim, total_batch_size=setup.train.total_batch_size)
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    for p in (model.smear_gate.weight, model.smear_lambda, model.backout_lambda):
+        assert by_param[id(p)]["lr"] == 0.2 and by_param[id(p)]["weight_decay"] == 0.0
+    assert by_param[id(model.wte.weight)]["lr"] < setup.optim.embedding_lr  # the others still scale with batch
+    gate = model.smear_gate.weight
+    assert 0.0 <= gate.min() and gate.max() <= 0.02 and gate.std() > 0.002  # uniform on [0, 0.02], not zero
+    assert model.smear_lambda.item() == 0.0 and model.backout_lambda.item() == pytest.approx(0.2)
+    assert model.window_sizes == [128, None]
+
+
 def test_window_sizes_tile_the_pattern_and_last_layer_is_full():
     c = tiny_config(depth=5, window_pattern="SL", short_window_frac=0.25)
     assert c.window_sizes() == [8, None, 8, None, None]
     assert tiny_config(depth=4, window_pattern="SSSL").window_sizes() == [8, 8, 8, None]
     assert tiny_config(depth=4, window_pattern="S").window_sizes()[-1] is None
+
+
+def test_the_short_window_is_rounded_up_to_a_multiple_of_128_as_nanochat():
+    """nanochat: ceil(sequence_len / 4) rounded up to FlashAttention-3's 128-token tile."""
+    def short(sequence_len, **overrides):
+        return ModelConfig.from_depth(4, sequence_len=sequence_len, **overrides).window_sizes()[0]
+    assert short(256) == 128  # the cpu tier: a quarter would be 64
+    assert short(2048) == 512 and short(1024) == 256 and short(640) == 256 and short(1000) == 256
+    assert short(256, short_window_multiple=1) == 64 and short(256, short_window_multiple=64) == 64
+    cpu = {k: TIERS["cpu"][k] for k in ("vocab_size", "sequence_len", "head_dim")}
+    assert ModelConfig.from_depth(2, **cpu).window_sizes() == [128, None]
 
 
 def test_value_embeds_on_alternating_layers_including_last():
@@ -314,6 +348,24 @@ def test_fused_loss_matches_plain_cross_entropy_and_gradients():
         assert torch.allclose(gx, px, atol=1e-5) and torch.allclose(gw, pw, atol=1e-5)
 
 
+def test_fused_loss_in_bf16_matches_the_fp32_path_within_bf16_rounding():
+    """bf16 activations (a CPU with native bf16): the matmuls run in bf16, the weight's gradient lands in fp32."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(100, 32, generator=g).bfloat16().requires_grad_()
+    w = torch.randn(64, 32, generator=g, requires_grad=True)  # the fp32 master weight
+    t = torch.randint(0, 60, (100,), generator=g)
+    t[::7] = -1
+    fused = linear_softcap_cross_entropy(x, w, t, 60, 15.0, "mean", chunk_rows=32)
+    gx, gw = torch.autograd.grad(fused, (x, w))
+    xf = x.detach().float().requires_grad_()
+    plain = F.cross_entropy(15.0 * torch.tanh(xf @ w[:60].T / 15.0), t, ignore_index=-1)
+    px, pw = torch.autograd.grad(plain, (xf, w))
+    assert gx.dtype == torch.bfloat16 and gw.dtype == torch.float32
+    assert abs(fused.item() - plain.item()) < 1e-2 * plain.item()
+    for ours, exact in ((gx.float(), px), (gw, pw)):
+        assert (ours - exact).norm() < 2e-2 * exact.norm()
+
+
 def train_steps(seed, steps=3):
     from model.optim import build_optimizer
     model = build(tiny_config(), seed=seed)
@@ -414,3 +466,16 @@ def test_validate_refuses_just_outside_every_declared_legal_range():
                 checked.add(f.name)
     assert {"depth", "short_window_frac", "window_pattern", "dtype", "ns_steps", "momentum_peak", "warmdown_ratio",
             "param_data_ratio"} <= checked and len(checked) >= 40
+
+
+def test_auto_dtype_is_bf16_where_the_cpu_multiplies_bf16_natively(monkeypatch):
+    import model.hardware
+    from model.gpt import compute_dtype
+    config = ModelConfig.from_depth(2, **{**TINY, "dtype": "auto"})
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(model.hardware, "cpu_has_bf16_matmul", lambda: True)
+    assert compute_dtype(config, cpu) == torch.bfloat16
+    assert compute_dtype(ModelConfig.from_depth(2, **TINY), cpu) == torch.float32  # asked for fp32: fp32
+    monkeypatch.setattr(model.hardware, "cpu_has_bf16_matmul", lambda: False)
+    assert compute_dtype(config, cpu) == torch.float32  # emulated bf16 would be slower than fp32
+    assert compute_dtype(ModelConfig.from_depth(2, **{**TINY, "dtype": "bfloat16"}), cpu) == torch.bfloat16

@@ -52,7 +52,8 @@ VARIANTS = [
     {"orthogonalizer": "newton_schulz"},
     {"ns_steps": 3},
     {"normuon": False},
-    {"muon_eq": True},
+    {"muon_eq": False},
+    {"muon_plus": False},
     {"cautious_wd": False, "weight_decay": 0.5},
     {"nesterov": False},
     {"shape_scaling": False},
@@ -140,6 +141,116 @@ def test_schedules():
     assert weight_decay_multiplier(0.0, OptimConfig()) == 1.0 and weight_decay_multiplier(1.0, OptimConfig()) == pytest.approx(0)
     assert weight_decay_multiplier(0.5, OptimConfig(wd_schedule="linear")) == 0.5
     assert weight_decay_multiplier(0.9, OptimConfig(wd_schedule="constant")) == 1.0
+
+
+def nanochat_momentum(it: int, num_iterations: int, warmdown_ratio: float = 0.65) -> float:
+    """nanochat's get_muon_momentum (scripts/base_train.py, master 92d63d4), in its own integer terms."""
+    warmdown_iters = round(warmdown_ratio * num_iterations)
+    warmdown_start = num_iterations - warmdown_iters
+    if it < 400:
+        return (1 - it / 400) * 0.85 + it / 400 * 0.97
+    if it >= warmdown_start:
+        progress = (it - warmdown_start) / warmdown_iters
+        return 0.97 * (1 - progress) + 0.90 * progress
+    return 0.97
+
+
+@pytest.mark.parametrize("num_iterations", [300, 1000, 4000])
+def test_the_default_momentum_schedule_is_nanochats(num_iterations):
+    train, optim = TrainConfig(), OptimConfig()
+    for step in (1, 200, 400, 1000):
+        if step <= num_iterations:
+            ours = muon_momentum(step, step / num_iterations, optim, train)
+            assert ours == pytest.approx(nanochat_momentum(step, num_iterations), abs=1e-12), step
+    # The alternative blends the warming-up value towards the end value: in a short run (warm-down from step 105
+    # of 300) it differs from nanochat's, which keeps warming up and only then cools.
+    cool = OptimConfig(momentum_schedule="cool_from_warm")
+    assert abs(muon_momentum(200, 200 / 300, cool, train) - nanochat_momentum(200, 300)) > 0.004
+    assert muon_momentum(3000, 0.75, cool, train) == pytest.approx(nanochat_momentum(3000, 4000))
+
+
+def nanochat_muon_step(grads, params, momentum_buffer, second_moment, momentum, lr, weight_decay, beta2=0.9):
+    """One Muon step for a stack of same-shape matrices, in float32, written from nanochat's muon_step_fused
+    (nanochat/optim.py, master 92d63d4): Nesterov momentum, MuonEq, Polar Express (safety 1.01), Muon+, NorMuon's
+    variance reduction, cautious weight decay, the LR scaled by sqrt(max(1, rows/cols)). Returns the new params."""
+    from model.optim import POLAR_EXPRESS_COEFFS
+    rows, cols = grads.shape[-2:]
+    momentum_buffer.lerp_(grads, 1 - momentum)
+    g = grads.lerp(momentum_buffer, momentum)
+    target = g.norm(dim=(-2, -1), keepdim=True) / rows ** 0.5
+    g = g * (target / g.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+    X = g / (g.norm(dim=(-2, -1), keepdim=True) * 1.01 + 1e-6)
+    for a, b, c in POLAR_EXPRESS_COEFFS:
+        if rows > cols:
+            A = X.mT @ X
+            X = a * X + X @ (b * A + c * (A @ A))
+        else:
+            A = X @ X.mT
+            X = a * X + (b * A + c * (A @ A)) @ X
+    g = X * (min(rows, cols) ** 0.5 / X.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-6))
+    red_dim = -1 if rows >= cols else -2
+    v_mean = g.square().mean(dim=red_dim, keepdim=True)
+    v_norm = (v_mean.sum(dim=(-2, -1), keepdim=True) * g.size(red_dim)).sqrt()
+    second_moment.lerp_(v_mean, 1 - beta2)
+    step_size = second_moment.clamp_min(1e-10).rsqrt()
+    v_norm_new = (v_mean * g.size(red_dim) * step_size.square()).sum(dim=(-2, -1), keepdim=True).sqrt()
+    g = g * step_size * (v_norm / v_norm_new.clamp_min(1e-10))
+    lr = lr * max(1.0, rows / cols) ** 0.5
+    mask = (g * params) >= 0
+    return params - (lr * g + lr * weight_decay * params * mask)
+
+
+def muon_steps(optim: OptimConfig, steps: int = 3):
+    """Run a tiny fp32 GPT's Muon groups for a few steps on fixed random gradients; return every Muon group's
+    parameters before and after, its gradients per step and the momentum / lr / weight decay each step used."""
+    torch.manual_seed(0)
+    config = ModelConfig.from_depth(2, vocab_size=128, sequence_len=32, head_dim=16, aspect_ratio=32, dtype="float32")
+    model = GPT(config)
+    opt = build_optimizer(model, optim, total_batch_size=2 ** 19, weight_decay=0.3)
+    groups = [g for g in opt.param_groups if g["kind"] == "muon"]
+    assert any(g["params"][0].shape[0] > g["params"][0].shape[1] for g in groups)  # tall and wide shapes both
+    assert any(g["params"][0].shape[0] < g["params"][0].shape[1] for g in groups)
+    gen = torch.Generator().manual_seed(1)
+    start = [torch.stack([p.detach().clone() for p in g["params"]]) for g in groups]
+    history = []
+    for step in range(steps):
+        settings = dict(momentum=muon_momentum(step, step / 100, optim, TrainConfig()), lr=0.02 * (1 - step / 10),
+                        weight_decay=0.3 * (1 - step / 10))
+        grads = []
+        for g in groups:
+            g.update(settings)
+            for p in g["params"]:
+                p.grad = torch.randn(p.shape, generator=gen)
+            grads.append(torch.stack([p.grad.clone() for p in g["params"]]))
+        for p in model.parameters():  # only the Muon groups move: the AdamW ones have no gradient
+            if not any(p is q for g in groups for q in g["params"]):
+                p.grad = None
+        opt.step()
+        history.append((grads, settings))
+    return start, [torch.stack([p.detach() for p in g["params"]]) for g in groups], history
+
+
+def reference_steps(start, history):
+    params = [s.clone() for s in start]
+    buffers = [torch.zeros_like(s) for s in start]
+    seconds = [torch.zeros(s.shape[0], s.shape[1], 1) if s.shape[1] >= s.shape[2] else torch.zeros(s.shape[0], 1, s.shape[2])
+               for s in start]
+    for grads, settings in history:
+        params = [nanochat_muon_step(g, p, b, v, **settings) for g, p, b, v in zip(grads, params, buffers, seconds)]
+    return params
+
+
+def test_one_muon_step_at_the_defaults_is_nanochats_to_float32_rounding():
+    start, ours, history = muon_steps(OptimConfig())
+    expected = reference_steps(start, history)
+    for a, b, s in zip(ours, expected, start):
+        assert (a - b).norm() <= 1e-5 * (b - s).norm() + 1e-7, ((a - b).norm(), (b - s).norm())
+        assert (a - s).norm() > 0
+    # The test sees the difference each of nanochat's choices makes (each alone moves the update by > 1%).
+    for variant in ({"muon_plus": False}, {"muon_eq": False}, {"ortho_safety": 1.02}):
+        _, other, _ = muon_steps(OptimConfig(**variant))
+        moved = max(((a - b).norm() / (b - s).norm()).item() for a, b, s in zip(other, expected, start))
+        assert moved > 0.01, (variant, moved)
 
 
 def test_fused_adamw_matches_the_reference_update():
