@@ -733,17 +733,18 @@ def execute(config: SearchConfig) -> tuple[str, Search]:
 
 
 def make_proposer(config: SearchConfig, store, search_id: int, baseline_id: str, data: str, tokenizer: str) -> Proposer:
-    """The search's proposer, built before the search: A/A nulls, TPE over the space (its study in the search's
-    database), or the agent over that study. The agent's API key is read by the SDK client here, then removed from
-    this process's environment: no child process (submitit workers, SLURM jobs, training) inherits it."""
+    """The search's proposer, built before the search: A/A nulls, TPE (or random sampling) over the space (its study
+    in the search's database), or the agent over that study. The agent's API key is read by the SDK client here,
+    then removed from this process's environment: no child process (submitit workers, SLURM jobs, training)
+    inherits it."""
     if config.proposer in ("aa", "calibration"):
         from harness.proposers.aa import AAProposer
         return AAProposer(config.aa, {**config.tier.baseline, **config.recipe.overrides}, config.first_replica)
     from harness.proposers.optuna_tpe import OptunaProposer
-    tpe = OptunaProposer(config.space, store.url.render_as_string(hide_password=False), f"nanoresearch:{config.name}",
-                         seed=config.seed)
+    study = OptunaProposer(config.space, store.url.render_as_string(hide_password=False), f"nanoresearch:{config.name}",
+                           seed=config.seed, sampler="random" if config.proposer == "random" else "tpe")
     if config.proposer != "agent":
-        return tpe
+        return study
     from harness.jobs import SECRET_ENV
     from harness.patches import SmokeTest
     from harness.proposers.agent import AgentProposer, SearchContext
@@ -756,7 +757,7 @@ def make_proposer(config: SearchConfig, store, search_id: int, baseline_id: str,
     context = SearchContext(name=config.name, search_id=search_id, tier=tier, recipe=recipe, baseline_id=baseline_id,
                             identity=identity, commit=version if config.agent.allow_patches else None,
                             smoke=SmokeTest(data=data, tokenizer=tokenizer), sandbox=config.sandbox)
-    proposer = AgentProposer(config.space, tpe, store, context, config.agent, say=say)
+    proposer = AgentProposer(config.space, study, store, context, config.agent, say=say)
     for key in SECRET_ENV:
         os.environ.pop(key, None)
     return proposer

@@ -28,8 +28,9 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m harness.search", description="Search for changes that beat the baseline on a depth ladder.")
     p.add_argument("--tier", default=None, help="cpu | gpu | path/to/tier.toml (default: gpu when CUDA is available, else cpu)")
     p.add_argument("--space", default="all", choices=sorted(SPACES), help="which knobs proposals may turn")
-    p.add_argument("--proposer", default="auto", choices=["optuna", "agent", "auto"],
-                   help="auto = agent when ANTHROPIC_API_KEY is set, else optuna")
+    p.add_argument("--proposer", default="auto", choices=["optuna", "random", "agent", "auto"],
+                   help="auto = agent when ANTHROPIC_API_KEY is set, else optuna (TPE); random = uniform sampling "
+                        "of the space (TPE's control)")
     p.add_argument("--trials", type=int, default=8, help="proposals to test (not counting the baseline)")
     p.add_argument("--budget-hours", type=float, default=None, help="stop proposing after this many compute hours")
     p.add_argument("--parallel", type=int, default=None, help="jobs running at once (default: the tier's, cpu 2)")
@@ -177,7 +178,7 @@ class SearchConfig:
     recipe: Recipe
     space_name: str
     space: Space
-    proposer: str                      # optuna | agent | aa | calibration
+    proposer: str                      # optuna | random | agent | aa | calibration
     trials: int                        # proposals to test (A/A: two nulls per replica)
     budget_hours: float | None
     parallel: int

@@ -120,6 +120,30 @@ def test_a_resumed_optuna_study_does_not_propose_its_first_trial_again(tmp_path)
     assert fresh.propose(1)[0].tweaks == proposed[0].tweaks  # a new study with the same seed is reproducible
 
 
+def test_the_random_proposer_is_tpes_control(tmp_path):
+    """--proposer random: the same study machinery with Optuna's RandomSampler; its experiments say who made them."""
+    import optuna
+
+    from harness.proposers.optuna_tpe import OptunaProposer
+    from harness.search import make_proposer
+    from harness.search_config import build_parser, resolve
+    space, url = Space.named("all"), f"sqlite:///{tmp_path / 'study.db'}"
+    rnd = OptunaProposer(space, url, "r", seed=0, sampler="random")
+    assert isinstance(rnd.study.sampler, optuna.samplers.RandomSampler) and rnd.name == "random"
+    proposals = rnd.propose(3)
+    assert all(p.proposer == "random" and p.rationale.startswith("random sample") for p in proposals)
+    for p in proposals:
+        space.validate(p.tweaks)
+        rnd.study.tell(p.trial, 0.0)
+    again = OptunaProposer(space, url, "r", seed=0, sampler="random")  # resumed: a random sampler still
+    assert isinstance(again.study.sampler, optuna.samplers.RandomSampler)
+    from leaderboard import Store
+    config = resolve(build_parser().parse_args(["--tier", "cpu", "--proposer", "random", "--db", url]))
+    with Store(url) as store:
+        made = make_proposer(config, store, 0, "", "", "")
+    assert config.proposer == "random" and isinstance(made.study.sampler, optuna.samplers.RandomSampler)
+
+
 def test_json_schema_lists_every_knob_with_its_range():
     schema = Space.named("optimizer", {"matrix_lr": 0.08}).json_schema()
     assert schema["additionalProperties"] is False and set(schema["properties"]) == set(SPACES["optimizer"])

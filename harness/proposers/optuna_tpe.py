@@ -1,4 +1,5 @@
-"""The Optuna proposer: TPE over the search space, with the study in the leaderboard's own database.
+"""The Optuna proposer: TPE over the search space (or, as a control for it, uniform random sampling), with the study
+in the leaderboard's own database.
 
 Trials are asked for with the define-by-run API (one suggest per knob), so their params are the full knob
 vector; the proposal is the part that differs from the baseline. Proposals from elsewhere (a file, the agent)
@@ -24,18 +25,24 @@ def storage_for(db_url: str) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
+SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+
+
 class OptunaProposer(Proposer):
     name = "optuna"
 
-    def __init__(self, space: Space, db_url: str, study_name: str, seed: int = 0):
+    def __init__(self, space: Space, db_url: str, study_name: str, seed: int = 0, sampler: str = "tpe"):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.space = space
+        if sampler != "tpe":
+            self.name = sampler  # what the experiments it proposes record as their proposer
+        make_sampler = SAMPLERS[sampler]
         self.study = optuna.create_study(study_name=study_name, storage=storage_for(db_url), direction="minimize",
-                                         sampler=optuna.samplers.TPESampler(seed=seed), load_if_exists=True)
+                                         sampler=make_sampler(seed=seed), load_if_exists=True)
         # A resumed study draws on from where it stopped: a sampler seeded as before would restart its random
         # start-up sequence and propose trial 0 again. A new study is seeded with `seed` exactly.
         if self.study.trials:
-            self.study.sampler = optuna.samplers.TPESampler(seed=seed + len(self.study.trials))
+            self.study.sampler = make_sampler(seed=seed + len(self.study.trials))
         self._asked: dict[int, optuna.Trial] = {}
 
     def enqueue(self, proposal: Proposal) -> None:
@@ -54,7 +61,8 @@ class OptunaProposer(Proposer):
             if "tweaks" in attrs:  # an enqueued proposal: exactly what was proposed, whatever its size
                 tweaks = self.space.validate(attrs["tweaks"])
             proposer = attrs.get("proposer", self.name)
-            rationale = attrs.get("rationale") or f"TPE sample (Optuna trial {trial.number})"
+            sampled = "TPE sample" if self.name == "optuna" else "random sample"
+            rationale = attrs.get("rationale") or f"{sampled} (Optuna trial {trial.number})"
             out.append(Proposal(tweaks=tweaks, proposer=proposer, rationale=rationale, extra=dict(attrs.get("extra") or {}),
                                 trial=trial.number))
         return out
