@@ -27,6 +27,7 @@ A failed candidate run is a rejection under every rule.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import sys
@@ -175,8 +176,13 @@ def load(store, name: str) -> Recorded:
     config = row.get("config") or {}
     try:
         tier = load_tier(config.get("tier") or row.get("tier"))
-    except CatalogError as e:
-        raise BadInput(f"search {name!r}: its tier cannot be read ({e})") from None
+        # The ladder as the search ran it: its rungs (--rungs; an A/A run's first rung only) and seed count (--seeds).
+        rungs = [tier.rung(n) for n in config.get("rungs") or [r.name for r in tier.rungs]]
+    except (CatalogError, KeyError, ValueError) as e:
+        raise BadInput(f"search {name!r}: its tier and rungs cannot be read ({e})") from None
+    if config.get("seeds"):
+        rungs = [dataclasses.replace(r, seeds=int(config["seeds"])) for r in rungs]
+    tier = dataclasses.replace(tier, rungs=tuple(rungs))
     seed_base = int(config.get("seed_base", 0))
     rows = {x["id"]: x for x in store.experiments(search_id=row["id"])}
     baseline = config.get("baseline_experiment_id") or next(

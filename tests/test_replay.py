@@ -106,8 +106,10 @@ def test_halving_always_promotes_someone_and_greedy_follows_single_runs(tmp_path
     nulls = [Experiment(tweaks={}, tier="cpu", replica=r, name=f"null {r}") for r in range(1, 7)]
     first_slot = [2.3390, 2.3395, 2.3410, 2.3420, 2.3385, 2.3430]  # the baseline's is 2.3400: three below it
     with Store(url) as store:
+        # An A/A run trains its nulls at the first rung only, and records so: adopted there means promoted there.
         sid = store.start_search("aa", tier="cpu", space="all", proposer="aa",
-                                 config={"tier": "cpu", "seed_base": 0, "baseline_experiment_id": base.id})
+                                 config={"tier": "cpu", "seed_base": 0, "baseline_experiment_id": base.id,
+                                         "rungs": ["d2"]})
         for exp in [base, *nulls]:
             store.record_experiment(exp.record(), search_id=sid)
         for slot, val in BASE.items():
@@ -124,6 +126,7 @@ def test_halving_always_promotes_someone_and_greedy_follows_single_runs(tmp_path
     assert tallies["halving"].promoted_first == 2 == tallies["halving"].false_first  # 6 // 3 of them, the best two
     assert tallies["fixed_t"].promoted_first == 0 and tallies["ladder"].promoted_first == 0
     assert tallies["greedy"].runs == 6 and tallies["fixed_t"].runs == 18
+    assert tallies["greedy"].false_adopted == 3 and tallies["greedy"].untried == 0
     text = out.getvalue()
     assert "nulls at d2" in text and "null 5" in text
 
