@@ -318,9 +318,9 @@ TIERS: dict[str, dict[str, object]] = {
                 eval_every=50, eval_tokens=16 * 256 * 8, eval_spread=True, log_every=10, compile=False,
                 # Tuned here by its own sweeps, not carried from d12: weight decay is used as given.
                 scale_wd_with_depth=False,
-                # fp32 even where bf16 matmuls are native (1.14-1.40x faster here): in bf16 a change of matrix_lr
+                # fp32 even where bf16 matmuls are native (1.25-1.66x faster here): in bf16 a change of matrix_lr
                 # by 1e-3 sometimes sends a run down another path (d2 seed 4: +0.0071 bpb, fp32 -0.0001), which
-                # made the parametric null spread 10-40x wider and the parametric test useless (README).
+                # widened the parametric null spread from ~0.0003 to 0.003-0.009, about the structural one (README).
                 dtype="float32",
                 # BPE at vocab 8192 needs far less than nanochat's 2B characters; 100M train in about a minute here.
                 tokenizer_max_chars=100_000_000),
