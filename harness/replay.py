@@ -191,13 +191,17 @@ def load(store, name: str) -> Recorded:
     candidates = {i: x for i, x in rows.items()
                   if i != baseline and (x.get("extra") or {}).get("replica") != NOISE_FLOOR_REPLICA}
     search = Recorded(name, tier, baseline, candidates)
-    for run in store.runs(search_id=row["id"]):
-        x = rows.get(run["experiment_id"])
-        if x is None or run["status"] in ("running", "queued"):
+    # By experiment, not by the runs' search: a search reuses the finished runs an earlier one made of the same
+    # experiment on the same seeds. Runs on other seed slots (another --seed-base) are not this search's.
+    for run in store.runs(experiment_id=list(rows)):
+        x = rows[run["experiment_id"]]
+        if run["status"] in ("running", "queued"):
             continue
         extra = x.get("extra") or {}
         slot = Experiment(tweaks=x.get("tweaks") or {}, tier=tier.name, patch=x.get("patch"),
                           replica=int(extra.get("replica") or 0)).slot(int(run["seed"]), seed_base)
+        if not 0 <= slot < max(tier.statistics.max_seeds, int(config.get("seeds") or 0)):
+            continue
         ok = run["status"] == "ok" and run.get("val_bpb") is not None and math.isfinite(run["val_bpb"])
         search.values.setdefault((run["experiment_id"], run["rung"]), {})[slot] = run["val_bpb"] if ok else None
     for d in store.decisions(search_id=row["id"]):

@@ -57,8 +57,11 @@ def recorded(tmp_path):
         for rung, table in (("d2", D2), ("d4", D4)):
             for name, values in table.items():
                 for slot, val in values.items():
+                    # "worse" reuses the runs an earlier search made of the same experiment on the same seeds
                     store.record_run(Run(exps[name].id, rung, exps[name].seed(slot), "ok" if val is not None else "failed",
-                                         val_bpb=val, search_id=sid))
+                                         val_bpb=val, search_id=None if name == "worse" else sid))
+        # a run of another seed base (slot 50 here) is not this search's
+        store.record_run(Run(exps["good"].id, "d2", exps["good"].seed(50), "ok", val_bpb=9.0, search_id=None))
         for name, rung, verdict in LADDER:
             store.record_decision(Decision(exps[name].id, rung, verdict, search_id=sid))
     return url, exps
@@ -74,7 +77,8 @@ def outcomes(url, exps, rule):
 
 def test_each_rule_decides_the_recorded_runs_as_it_implies(recorded):
     url, exps = recorded
-    ladder, _, _ = outcomes(url, exps, "ladder")
+    ladder, result, ids = outcomes(url, exps, "ladder")
+    assert result[ids["good"]].runs == 6 and result[ids["worse"]].runs == 3  # slot 50 left out, reused runs read
     assert ladder == {"good": "adopted", "lucky_null": "rejected at d2", "null": "rejected at d2",
                       "worse": "rejected at d2", "failed": "rejected at d2"}
     # greedy: one run (slot 0) against the baseline's slot 0. The lucky null's 2.339 < 2.340 promotes it, and the
