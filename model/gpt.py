@@ -12,7 +12,7 @@ parameter's initial values are drawn from (one random stream, or one per paramet
 
 Precision: parameters stay fp32 (the optimizer's master weights); where bf16 matmuls are native (CUDA SM80+, CPUs
 with AVX512-BF16 or AMX) activations run in bf16 and each Linear casts its weight to the activation dtype at use.
-Logits and the loss are always fp32. (On a 2-core EPYC with AVX512-BF16 a depth-4 cpu-tier step ran 1.37x faster
+Logits and the loss are always fp32. (On a 2-core EPYC with AVX512-BF16 a depth-4 cpu-tier run trained 1.66x faster
 in bf16 than in fp32; the cpu tier still pins fp32, because bf16 rounding made its parametric nulls diverge: README,
 "Where the defaults come from".)
 """
