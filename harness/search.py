@@ -14,7 +14,9 @@ The data flow: proposer -> Experiment (content-hash id) -> jobs (experiment, run
 
 Everything lives in the database (SQLite file by default; PostgreSQL by URL): proposals (and the ones refused,
 with why), runs, decisions, null spreads per kind of change, and the Optuna study. A search is identified by --name; running the same command again resumes
-it: finished runs are never repeated, unfinished ones continue from their checkpoints.
+it: finished runs are never repeated, unfinished ones continue from their checkpoints. A run another search already
+made of the same experiment, rung and seed, trained the same way, is taken from the database instead of trained again
+(`Search.made_elsewhere`).
 """
 
 from __future__ import annotations
@@ -119,6 +121,9 @@ class Search:
         self.duplicates_in_a_row = 0
         self.proposals_exhausted = False
         self.failed: str | None = None
+        self.elsewhere: dict[tuple[str, str], dict[int, dict]] = {}  # (experiment, rung) -> seed -> another search's ok run
+        self.producers: dict[int, dict] = {}                          # search id -> its searches row
+        self.reused = 0                                               # runs taken from other searches
 
     # --- small helpers ---------------------------------------------------------------------------------------
     def say(self, message: str) -> None:
@@ -359,6 +364,56 @@ class Search:
                                f"{outcome.reason}); see {job.run_dir / 'train.log'}")
             self.update_null_spreads(job.rung)
 
+    # --- runs another search made ------------------------------------------------------------------------------
+    def made_elsewhere(self, exp: Experiment, rung: Rung, slot: int) -> dict | None:
+        """The run of this experiment, rung and seed that another search recorded as finished ok, when it was trained
+        as this search would train it: the rung's horizon in compute (a time budget depends on the machine's load),
+        the same data and data order, and a producer with the same executor and thread split (the thread count
+        moves val_bpb in its last digits). The run key (experiment, rung, seed) is unique in the database, and
+        training is deterministic given these, so that run is this one; training it again would record nothing new.
+        Failed runs are never taken: they train here."""
+        if rung.time_budget is not None or exp.patch:
+            return None  # wall-clock budgets are not reproducible; a patch's sealed checks belong to its own search
+        key = (exp.id, rung.name)
+        if key not in self.elsewhere:
+            rows = self.store.runs(experiment_id=exp.id, rung=rung.name, status="ok", details=True)
+            self.elsewhere[key] = {int(r["seed"]): r for r in rows
+                                   if r.get("search_id") not in (None, self.search_id) and r.get("val_bpb") is not None}
+        row = self.elsewhere[key].get(self.seed(exp, slot))
+        if row is None:
+            return None
+        config = row.get("config") or {}
+        horizon, value = rung.horizon()
+        budget = (config.get("budget") or {}).get(horizon)
+        same_horizon = isinstance(budget, int | float) and math.isclose(budget, value, rel_tol=1e-9)
+        same_data = config.get("data") == self.data and config.get("data_seed") == exp.data_seed(slot, self.seed_base)
+        if row["search_id"] not in self.producers:
+            self.producers[row["search_id"]] = self.store.search(row["search_id"]) or {}
+        flags = self.producers[row["search_id"]].get("config") or {}
+        same_jobs = (flags.get("executor") == self.pool.executor.kind
+                     and int(flags.get("parallel") or 1) == self.parallel)
+        return row if same_horizon and same_data and same_jobs else None
+
+    def take_made_elsewhere(self) -> int:
+        """Every needed run another search already made (`made_elsewhere`), into this search's results untrained;
+        how many. They cost this search no compute."""
+        taken = 0
+        for exp, index, slot in self.needed():
+            rung = self.tier.rungs[index]
+            row = self.made_elsewhere(exp, rung, slot)
+            if row is None:
+                continue
+            outcome = Outcome.from_row(row)
+            self.results[(exp.id, rung.name, slot)] = outcome
+            taken += 1
+            self.reused += 1
+            producer = self.producers.get(row["search_id"], {}).get("name") or f"search {row['search_id']}"
+            self.say(f"reuse {rung.name} seed {row['seed']} of {self.label(exp)} from {producer}: "
+                     f"val_bpb {outcome.val_bpb:.4f} | {self.progress()}")
+            if self.is_own(exp.id):
+                self.update_null_spreads(rung)
+        return taken
+
     def control(self, exp: Experiment) -> list[Experiment]:
         """The baseline-recipe runs a change is compared with on its slot (harness/noise.py, CONTROL_INITS): the
         baseline alone for a parametric change and for the search's own nulls (whose differences with it are the
@@ -547,6 +602,8 @@ class Search:
                 self.decide_ready()
             if self.failed:
                 break
+            if self.take_made_elsewhere():
+                continue  # runs another search made are in: decide on them before starting anything
             for exp, index, slot in self.needed()[: max(0, self.parallel - len(self.pool))]:
                 self.submit(exp, index, slot)
             if not self.pool:

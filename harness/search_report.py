@@ -54,7 +54,9 @@ def replication_lines(search) -> list[str]:
 def summary(search, status: str) -> str:
     stats = search.tier.statistics
     lines = [f"\nsearch {search.name!r} {status}: {search.proposals_made} proposals, "
-             f"compute {search.compute_s / 3600:.2f} h, database {search.store.url_text}"]
+             f"compute {search.compute_s / 3600:.2f} h"
+             + (f" ({search.reused} runs taken from other searches, untrained)" if search.reused else "")
+             + f", database {search.store.url_text}"]
     for rung in search.tier.rungs:
         base = [search.val(r) for (e, n, _), r in search.results.items() if e == search.baseline.id and n == rung.name and search.status(r) == "ok"]
         if not base:

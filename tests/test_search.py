@@ -418,6 +418,48 @@ def test_a_search_resumes_only_with_its_seed_base_and_thread_count(workdir, shar
     assert not Store(f"sqlite:///{workdir / 'lb.db'}").runs()  # nothing was trained
 
 
+ONE_RUNG = """
+[statistics]
+alpha = 0.05
+min_effect = 0.0
+max_seeds = 2
+[[rungs]]
+name = "d1"
+depth = 1
+num_iterations = 8
+seeds = 2
+"""
+
+
+def test_a_search_takes_the_runs_another_search_made_the_same_way_and_trains_the_rest(workdir, shared_data):
+    tier = workdir / "one.toml"
+    tier.write_text(tiny_tier("test tier: one rung of 8 steps", ONE_RUNG))
+    change = workdir / "change.json"
+    change.write_text(json.dumps([{"tweaks": {"unembedding_lr": 0.05}, "rationale": "a change"}]))
+    common = ["--tier", str(tier), "--trials", "1", "--proposer", "optuna", "--enqueue", str(change)]
+    first = run_search(workdir, shared_data, *common, "--name", "first")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    store = Store(f"sqlite:///{workdir / 'lb.db'}")
+    made = {(r["experiment_id"], r["rung"], r["seed"]): r["val_bpb"] for r in store.runs()}
+    assert len(made) == 8  # the baseline, its two nulls and the change, 2 seeds each
+
+    again = run_search(workdir, shared_data, *common, "--name", "again")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("] reuse d1 seed ") == 8 and "] start " not in again.stdout
+    assert "8 runs taken from other searches, untrained" in again.stdout
+    assert not (workdir / "runs" / "again").exists() or not list((workdir / "runs" / "again").glob("*/d1/seed*"))
+    # The same runs, so the same decision.
+    decided = {s: [(d["experiment_id"], d["verdict"], d["mean_delta"]) for d in store.decisions(
+        search_id=store.find_search(s)["id"])] for s in ("first", "again")}
+    assert decided["again"] == decided["first"] and decided["first"]
+    assert {(r["experiment_id"], r["rung"], r["seed"]): r["val_bpb"] for r in store.runs()} == made
+
+    # Another horizon is another run: trained, not taken (the run key cannot hold both, so the first one stays).
+    longer = run_search(workdir, shared_data, *common, "--name", "longer", "--flops-budget", "3e9")
+    assert longer.returncode == 0, longer.stdout[-3000:] + longer.stderr[-3000:]
+    assert "] reuse " not in longer.stdout and longer.stdout.count("] start d1 seed ") == 8
+
+
 def test_enqueue_file_is_validated_against_the_space(workdir, shared_data):
     bad = workdir / "bad.json"
     bad.write_text(json.dumps([{"tweaks": {"qk_scale": 99}}]))
