@@ -8,6 +8,8 @@ Tiers, recipes and tracks are data (TOML files in this package); this module loa
   machine and a loaded one. A wall-clock budget is allowed but turns load into noise.
 - A *recipe* is a named set of overrides (the baseline is nanochat's recipe: no overrides).
 - A *track* (leaderboard speedruns) fixes depth, hardware, metric, target and timing rule.
+- A *benchmark* (harness/benchmark.py) is a test of the search itself: a tier, a baseline recipe with planted
+  defects, and a pool of changes, each planted as good (repairs a defect), bad, or null (does nothing meaningful).
 
 A name is looked up in experiments/<kind>s/<name>.toml; a path to a .toml file works too, so users can keep their
 own tiers and tracks outside the package. Unknown keys and bad values are one-line errors naming the file.
@@ -142,6 +144,30 @@ class Track:
         return f"{self.metric}{'<=' if self.metric == 'val_bpb' else '>='}{self.target}"
 
 
+PLANTED = ("good", "bad", "null")
+
+
+@dataclass(frozen=True)
+class Change:
+    name: str
+    tweaks: dict                    # knob -> value, relative to the benchmark's baseline (tier + recipe)
+    planted: str                    # one of PLANTED: what the change was built to be (its measured effect may disagree)
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    description: str
+    tier: str                       # the tier the searches run on
+    recipe: str                     # the baseline recipe, with the planted defects
+    changes: tuple[Change, ...]
+    path: str = ""
+
+    def planted(self, kind: str) -> list[Change]:
+        return [c for c in self.changes if c.planted == kind]
+
+
 # -----------------------------------------------------------------------------------------------------------
 
 def _read(kind: str, name_or_path: str) -> tuple[dict, Path]:
@@ -251,3 +277,27 @@ def load_track(name_or_path: str) -> Track:
     if track.data_seed is not None and (type(track.data_seed) is not int or track.data_seed < 0):
         raise CatalogError(f"{path}: data_seed {track.data_seed!r}: expected an integer >= 0")
     return track
+
+
+def load_benchmark(name_or_path: str) -> Benchmark:
+    data, path = _read("benchmark", name_or_path)
+    _check_keys(data, _fields(Benchmark), str(path))
+    changes = []
+    for i, raw in enumerate(data.get("changes", [])):
+        where = f"{path}: changes[{i}]"
+        _check_keys(raw, _fields(Change), where)
+        if not raw.get("name") or not isinstance(raw.get("tweaks"), dict) or not raw["tweaks"]:
+            raise CatalogError(f"{where}: expected a name and a non-empty tweaks table")
+        if raw.get("planted") not in PLANTED:
+            raise CatalogError(f"{where}: planted = {raw.get('planted')!r}: expected one of {', '.join(PLANTED)}")
+        changes.append(Change(name=raw["name"], tweaks=_check_overrides(raw["tweaks"], where), planted=raw["planted"],
+                              why=raw.get("why", "")))
+    if len(changes) < 2 or len({c.name for c in changes}) != len(changes):
+        raise CatalogError(f"{path}: a benchmark needs at least two [[changes]] with unique names")
+    if not any(c.planted == "good" for c in changes):
+        raise CatalogError(f"{path}: no change is planted as good: the benchmark could not measure a discovery")
+    for key in ("tier", "recipe"):
+        if not isinstance(data.get(key), str):
+            raise CatalogError(f"{path}: {key} = {data.get(key)!r}: expected the name of a {key}")
+    return Benchmark(name=data.get("name", path.stem), description=data.get("description", ""), tier=data["tier"],
+                     recipe=data["recipe"], changes=tuple(changes), path=str(path))

@@ -55,6 +55,10 @@ class Recorded:
     candidates: dict[str, dict]                                   # experiment id -> experiments row
     values: dict[tuple[str, str], dict[int, float | None]] = field(default_factory=dict)
     verdicts: dict[tuple[str, str], str] = field(default_factory=dict)
+    # What each run cost, by (experiment, rung) and slot: its tokens at the rung's calibrated throughput, in seconds
+    # (its own training time where the rung is uncalibrated); and each candidate's place in the order proposed.
+    seconds: dict[tuple[str, str], dict[int, float | None]] = field(default_factory=dict)
+    order: dict[str, int] = field(default_factory=dict)
 
     def is_null(self, experiment_id: str) -> bool:
         """A/A null replicas do nothing by construction: promoting one is a false promotion."""
@@ -69,6 +73,7 @@ class Outcome:
     rung: str | None            # the rung it was rejected or untried at (the top rung when adopted)
     runs: int = 0
     promoted_at: list[str] = field(default_factory=list)
+    read: dict[str, int] = field(default_factory=dict)  # rung name -> runs the rule read there
 
     def describe(self) -> str:
         return "adopted" if self.state == "adopted" else f"{self.state} at {self.rung}"
@@ -153,6 +158,7 @@ def replay(search: Recorded, rule: str, eta: int = 3) -> dict[str, Outcome]:
         for exp, (verdict, runs) in verdicts.items():
             outcome = outcomes.setdefault(exp, Outcome("adopted", rung.name))
             outcome.runs += runs
+            outcome.read[rung.name] = runs
             outcome.rung = rung.name
             if verdict == "promote":
                 outcome.promoted_at.append(rung.name)
@@ -190,7 +196,8 @@ def load(store, name: str) -> Recorded:
          and not (x.get("extra") or {}).get("replica")), None)
     candidates = {i: x for i, x in rows.items()
                   if i != baseline and (x.get("extra") or {}).get("replica") != NOISE_FLOOR_REPLICA}
-    search = Recorded(name, tier, baseline, candidates)
+    search = Recorded(name, tier, baseline, candidates, order={i: n for n, i in enumerate(rows)})
+    rungs_by_name = {r.name: r for r in tier.rungs}
     # By experiment, not by the runs' search: a search reuses the finished runs an earlier one made of the same
     # experiment on the same seeds. Runs on other seed slots (another --seed-base) are not this search's.
     for run in store.runs(experiment_id=list(rows)):
@@ -204,6 +211,10 @@ def load(store, name: str) -> Recorded:
             continue
         ok = run["status"] == "ok" and run.get("val_bpb") is not None and math.isfinite(run["val_bpb"])
         search.values.setdefault((run["experiment_id"], run["rung"]), {})[slot] = run["val_bpb"] if ok else None
+        rung = rungs_by_name.get(run["rung"])
+        calibrated = rung is not None and rung.tok_per_s and run.get("tokens")
+        search.seconds.setdefault((run["experiment_id"], run["rung"]), {})[slot] = (
+            run["tokens"] / rung.tok_per_s if calibrated else run.get("total_training_time"))
     for d in store.decisions(search_id=row["id"]):
         search.verdicts[(d["experiment_id"], d["from_rung"])] = d["verdict"]  # the last decision of each stands
     return search

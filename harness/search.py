@@ -162,7 +162,7 @@ class Search:
         self.store.record_experiment(self.baseline.record(), search_id=self.search_id)
         for null in self.nulls.values():
             self.store.record_experiment(null.record())  # not a proposal of the search: no search link
-        rows = sorted(self.store.experiments(search_id=self.search_id), key=lambda r: str(r.get("created_at") or ""))
+        rows = self.store.experiments(search_id=self.search_id)  # in the order this search proposed them
         for row in rows:
             if self.is_own(row["id"]):
                 continue
@@ -705,8 +705,9 @@ def run_aa(config: SearchConfig) -> int:
     return 0
 
 
-def execute(config: SearchConfig) -> tuple[str, Search]:
-    """Run the search the config describes, to its end; (status, the search)."""
+def execute(config: SearchConfig, proposer: Proposer | None = None) -> tuple[str, Search]:
+    """Run the search the config describes, to its end; (status, the search). `proposer`: one built by the caller
+    (the benchmark's pool proposers) instead of the one the config names."""
     from leaderboard import LeaderboardError, Store
     from model.home import nanoresearch_home
     from model.provenance import code_version
@@ -745,7 +746,7 @@ def execute(config: SearchConfig) -> tuple[str, Search]:
         env, throughput_share = local_threads(tier.train_tier, config.executor, config.parallel)
         executor = Executor(config.executor, runs_root / name / "submitit", config.slurm, env)
         data = config.data or source.name
-        proposer = make_proposer(config, store, search_id, baseline_id, data, tokenizer_dir)
+        proposer = proposer or make_proposer(config, store, search_id, baseline_id, data, tokenizer_dir)
         search = Search(store=store, search_id=search_id, name=name, tier=tier, recipe=recipe, space=config.space,
                         proposer=proposer, executor=executor, runs_root=runs_root, data=data, tokenizer=tokenizer_dir,
                         trials=config.trials, budget_hours=config.budget_hours, parallel=config.parallel,

@@ -598,13 +598,14 @@ class Store:
         return self._read(work)
 
     def experiments(self, *, search_id: int | None = None) -> list[dict[str, Any]]:
-        """All experiments, or those a search proposed, oldest first."""
-        x = schema.experiments
-        stmt = sa.select(x)
-        if search_id is not None:
-            stmt = stmt.join(schema.proposals, schema.proposals.c.experiment_id == x.c.id).where(
-                schema.proposals.c.search_id == search_id)
-        return self._select(stmt.order_by(x.c.created_at, x.c.id))
+        """All experiments, oldest first; or those a search proposed, in the order it proposed them, each with
+        `proposed_at` (an experiment another search made first keeps that search's created_at)."""
+        x, p = schema.experiments, schema.proposals
+        if search_id is None:
+            return self._select(sa.select(x).order_by(x.c.created_at, x.c.id))
+        stmt = (sa.select(x, p.c.created_at.label("proposed_at")).join(p, p.c.experiment_id == x.c.id)
+                .where(p.c.search_id == search_id))
+        return self._select(stmt.order_by(p.c.created_at, x.c.id))
 
     def experiments_by_id(self, experiment_ids: Iterable[str], *,
                           columns: Iterable[str] | None = None) -> list[dict[str, Any]]:
