@@ -43,6 +43,7 @@ import math
 import statistics
 import sys
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from experiments.catalog import Benchmark, CatalogError, load_benchmark, load_recipe
@@ -273,11 +274,18 @@ def evaluate(store, args, bench: Benchmark) -> dict:
         for rule in args.rules:
             scores.append(score(recorded, rule, truth, proposer, int(repeat), args.eta))
     tier = truth_search.tier
-    return {"benchmark": bench.name, "name": args.name, "tier": tier.name, "recipe": bench.recipe,
+    return {"benchmark": bench.name, "name": args.name, "description": bench.description, "tier": tier.name,
+            "recipe": bench.recipe, "db": store.url_text, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "proposers": args.proposers, "repeats": args.repeats, "trials": args.trials, "eta": args.eta,
             "alpha": stats.alpha, "min_effect": stats.min_effect,
             "rungs": [r.name for r in replay.load(store, scores[0].search).tier.rungs] if scores else [],
             "truth": [dataclasses.asdict(t) for t in truth.values()],
             "scores": [dataclasses.asdict(s) for s in scores]}
+
+
+def with_summary(report: dict) -> dict:
+    """The report as written to benchmark.json: with its per proposer and rule summary (what the dashboard shows)."""
+    return {**report, "summary": summarize(report)}
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -341,7 +349,7 @@ def plot(report: dict, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     rules = sorted({s["rule"] for s in report["scores"]}, key=lambda r: replay.RULES.index(r))
     colours = {"tpe": "tab:blue", "random": "tab:orange", "scripted": "tab:green"}
-    fig, axes = plt.subplots(1, max(1, len(rules)), figsize=(4.2 * max(1, len(rules)), 3.6), sharey=True,
+    fig, axes = plt.subplots(1, max(1, len(rules)), figsize=(4.2 * max(1, len(rules)), 3.6), sharex=True, sharey=True,
                              squeeze=False)
     for ax, rule in zip(axes[0], rules):
         seen = set()
@@ -454,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out_dir = Path(args.out) if args.out else nanoresearch_home() / "benchmarks" / args.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1))
+    (out_dir / REPORT_FILE).write_text(json.dumps(with_summary(report), indent=1))
     print_report(report)
     paths = plot(report, out_dir)
     print(f"\nreport: {out_dir / REPORT_FILE}; plots: {', '.join(str(p) for p in paths)}", flush=True)

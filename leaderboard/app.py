@@ -1,9 +1,9 @@
 """The nanoresearch dashboard: `streamlit run leaderboard/app.py [-- --db URL]`.
 
 Pages: Leaderboard (per track), Search (progress, funnel, decisions, agent spend), Runs (curves, config
-diffs), Experiment (one recipe, its runs and decisions) and Chat (the best checkpoint found so far). The
-database comes from the sidebar, else --db, else $NANORESEARCH_DB, else sqlite:///nanoresearch.db, and is
-only ever read.
+diffs), Experiment (one recipe, its runs and decisions), Chat (the best checkpoint found so far) and Benchmark (the
+search itself measured: the reports of harness.benchmark). The database comes from the sidebar, else --db, else
+$NANORESEARCH_DB, else sqlite:///nanoresearch.db, and is only ever read.
 
 Binds to localhost (`.streamlit/config.toml` at the repo root; from another directory pass
 `--server.address localhost`): the dashboard has no login, so it is not served to the network unless
@@ -34,6 +34,7 @@ PAGES = [
     st.Page(HERE / "dashboard_runs.py", title="Runs", icon=":material/show_chart:", url_path="runs"),
     st.Page(HERE / "dashboard_experiment.py", title="Experiment", icon=":material/science:", url_path="experiment"),
     st.Page(HERE / "dashboard_chat.py", title="Chat", icon=":material/chat:", url_path="chat"),
+    st.Page(HERE / "dashboard_benchmark.py", title="Benchmark", icon=":material/speed:", url_path="benchmark"),
 ]
 
 st.set_page_config(page_title="nanoresearch", page_icon=":material/trophy:", layout="wide")

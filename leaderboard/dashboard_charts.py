@@ -52,3 +52,13 @@ def curves(frame: pd.DataFrame, x: str) -> alt.Chart:
         color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=2, labelLimit=400)),
         tooltip=[alt.Tooltip(field="run", type="nominal"), alt.Tooltip(field=x, type="quantitative"),
                  alt.Tooltip(field="val_bpb", type="quantitative")])
+
+
+def discovery(frame: pd.DataFrame) -> alt.Chart:
+    """Best true improvement adopted so far against compute: a step line per search, one colour per proposer."""
+    return alt.Chart(frame).mark_line(interpolate="step-after", point=alt.OverlayMarkDef(size=15)).encode(
+        x=alt.X(field="compute (h)", type="quantitative", title="compute (calibrated hours)"),
+        y=alt.Y(field="true improvement (bpb)", type="quantitative", title="best true improvement adopted (bpb)"),
+        color=alt.Color("proposer:N"), detail="search:N",
+        tooltip=["search", "proposer", "proposal", alt.Tooltip(field="compute (h)", type="quantitative"),
+                 alt.Tooltip(field="true improvement (bpb)", type="quantitative")])

@@ -348,3 +348,51 @@ RUN_COLUMN_HELP = {
     "tok/s": "training throughput over the timed steps",
     "loaded": "trained below half its rung's calibrated throughput: a loaded or slower machine",
 }
+
+
+# ------------------------------------------------------------------------------------------------ benchmark reports
+# (harness/benchmark.py writes benchmark.json; the Benchmark page shows it)
+
+def benchmark_truth_table(report: Mapping[str, Any]) -> pd.DataFrame:
+    """Each change of the pool: what it was planted as, what its truth runs measured."""
+    return pd.DataFrame([{
+        "change": t["name"], "planted": t["planted"], "measured": t["label"],
+        "true effect (bpb)": (mean_std(t["effect"], t["std_error"]) if t["effect"] is not None
+                              else "not run: a null by construction"),
+        "seeds": t["n"] or None} for t in report.get("truth", [])])
+
+
+def benchmark_summary_table(report: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per proposer and rule (the report's summary): promotions true and false, compute to the first win."""
+    rows = []
+    for r in report.get("summary", []):
+        rows.append({
+            "proposer": r["proposer"], "rule": r["rule"], "searches": r["searches"],
+            "true promotions": round(r["true_promotions"], 2), "false promotions": round(r["false_promotions"], 2),
+            "nulls adopted": f"{r['nulls_adopted']}/{r['nulls_proposed']}",
+            "false at 1st rung": round(r["false_first"], 2), "missed wins": round(r["missed"], 2),
+            "untried": round(r["untried"], 2), "compute (h)": round(r["compute_h"], 3),
+            "first true win (h)": (f"{r['first_win_h']:.3g} ({r['wins']}/{r['searches']})"
+                                   if r["first_win_h"] is not None else f"{MISSING} (0/{r['searches']})"),
+            "top-rung d": number(r["top_improvement"])})
+    return pd.DataFrame(rows)
+
+
+def discovery_frame(report: Mapping[str, Any], rule: str) -> pd.DataFrame:
+    """The discovery curves of one rule: per search, (compute, best true improvement adopted so far), from (0, 0)."""
+    rows = []
+    for s in report.get("scores", []):
+        if s["rule"] != rule:
+            continue
+        for step, (hours, best) in enumerate([(0.0, 0.0), *s["curve"]]):
+            rows.append({"search": s["search"], "proposer": s["proposer"], "proposal": step,
+                         "compute (h)": hours, "true improvement (bpb)": -best})
+    return pd.DataFrame(rows)
+
+
+def benchmark_outcomes_table(report: Mapping[str, Any], rule: str) -> pd.DataFrame:
+    """What one rule did with each change in each search, with the change's measured truth."""
+    truth = {t["name"]: t["label"] for t in report.get("truth", [])}
+    return pd.DataFrame([{"search": s["search"], "order": i + 1, "change": name, "truth": truth.get(name, MISSING),
+                          "outcome": s["outcomes"].get(name, MISSING)}
+                         for s in report.get("scores", []) if s["rule"] == rule for i, name in enumerate(s["proposed"])])

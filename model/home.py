@@ -7,7 +7,12 @@ import os
 from pathlib import Path
 
 
+def home_path() -> Path:
+    """The directory, as configured, without creating it (for readers such as the dashboard)."""
+    return Path(os.environ.get("NANORESEARCH_HOME") or Path.home() / ".cache" / "nanoresearch").expanduser()
+
+
 def nanoresearch_home() -> Path:
-    home = Path(os.environ.get("NANORESEARCH_HOME") or Path.home() / ".cache" / "nanoresearch").expanduser()
+    home = home_path()
     home.mkdir(parents=True, exist_ok=True)
     return home

@@ -593,3 +593,40 @@ def test_bench_command_renders_every_page(tmp_path, capsys, monkeypatch):
     assert "(8 runs, 40 metric points, 2 decisions, 1 entries" in printed
     for page in ("leaderboard", "search", "runs", "experiment"):
         assert f"render {page}: first in process" in printed
+
+
+# ------------------------------------------------------------------------------------------------ benchmark
+
+def test_benchmark_page_shows_the_truth_the_rules_side_by_side_and_the_discovery_curves(monkeypatch, tmp_path):
+    from tests.test_benchmark import sample_report
+    monkeypatch.setenv("NANORESEARCH_HOME", str(tmp_path / "home"))
+    report = sample_report(tmp_path / "home" / "benchmarks" / "demo")
+    at = render(monkeypatch, f"sqlite:///{tmp_path / 'none.db'}", page="benchmark", query={"report": "demo"})
+    truth = frame_with(at, "planted")
+    assert list(truth["change"]) == ["null", "bad", "good", "good2"]
+    assert list(truth["measured"]) == ["null", "bad", "good", "good"]
+    assert truth.loc[truth["change"] == "good", "true effect (bpb)"].item() == "-0.0900 ± 0.0030"
+    assert "null by construction" in truth.loc[truth["change"] == "null", "true effect (bpb)"].item()
+    summary = frame_with(at, "false at 1st rung")
+    assert len(summary) == 8 and set(summary["rule"]) == {"ladder", "greedy", "halving", "fixed_t"}
+    greedy = summary[(summary["proposer"] == "tpe") & (summary["rule"] == "greedy")].iloc[0]
+    assert greedy["false at 1st rung"] == 1 and greedy["untried"] == 1 and greedy["true promotions"] == 1
+    ladder = summary[(summary["proposer"] == "tpe") & (summary["rule"] == "ladder")].iloc[0]
+    expected = next(r for r in report["summary"] if r["proposer"] == "tpe" and r["rule"] == "ladder")
+    assert ladder["first true win (h)"] == f"{expected['first_win_h']:.3g} (1/1)" and ladder["missed wins"] == 1
+    # The discovery chart of the chosen rule: two searches, a step from (0, 0) to the good change's 0.09.
+    (chart,) = [chart_data(c) for c in at.get("vega_lite_chart")]
+    assert set(chart["search"]) == {"s"} and set(chart["proposer"]) == {"tpe", "random"}
+    tpe = chart[chart["proposer"] == "tpe"].sort_values("proposal")
+    assert tpe["true improvement (bpb)"].round(4).tolist() == [0, 0, 0, 0.09, 0.09]
+    assert tpe["compute (h)"].is_monotonic_increasing and tpe["compute (h)"].iloc[0] == 0
+    outcomes = frame_with(at, "outcome")
+    assert set(outcomes["search"]) == {"s"} and "adopted" in set(outcomes["outcome"])
+
+
+def test_benchmark_page_without_reports_says_how_to_make_one(monkeypatch, tmp_path):
+    monkeypatch.setenv("NANORESEARCH_HOME", str(tmp_path / "home"))
+    at = render(monkeypatch, f"sqlite:///{tmp_path / 'none.db'}", page="benchmark")
+    assert len(at.info) == 1 and "No benchmark reports yet" in at.info[0].value
+    assert "python -m harness.benchmark" in at.info[0].value and not at.dataframe
+    assert not (tmp_path / "home").exists() and not (tmp_path / "none.db").exists()  # the page created nothing

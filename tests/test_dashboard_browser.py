@@ -118,7 +118,7 @@ def dashboard(tmp_path):
     seed(db)
     port = free_port()
     log = tmp_path / "streamlit.log"
-    env = {k: v for k, v in os.environ.items() if k != "NANORESEARCH_DB"}
+    env = {**{k: v for k, v in os.environ.items() if k != "NANORESEARCH_DB"}, "NANORESEARCH_HOME": str(tmp_path / "home")}
     command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
                "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
                "--server.fileWatcherType", "none", "--", "--db", db]
@@ -146,18 +146,15 @@ def dashboard(tmp_path):
             server.wait()
 
 
-def test_leaderboard_page_renders_seeded_entries_in_chromium(chromium, dashboard, tmp_path):
+def page_text(chromium: str, url: str, wanted: list[str], tmp_path: Path, screenshot: Path) -> str:
+    """The page's text once every `wanted` string is in it (or after RENDER_S), with a screenshot saved.
+    Streamlit fills the page over its websocket after load, and its grid paints cells on a canvas mirrored in an
+    accessibility table, hence polling textContent (which includes that table) rather than innerText."""
     browser = DevTools(chromium, tmp_path / "chromium-profile", tmp_path / "chromium.log")
-    screenshot = tmp_path / "leaderboard.png"
     text = ""
     try:
-        target = browser.send("Target.createTarget", {"url": dashboard + "?track=gpt2-speedrun"})["targetId"]
+        target = browser.send("Target.createTarget", {"url": url})["targetId"]
         session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        # The table arrives over the websocket after load: poll the DOM for the seeded entries. Streamlit's
-        # grid paints cells on a canvas and mirrors them in an accessibility table, hence textContent
-        # (which includes that table) rather than innerText.
-        wanted = ["smear d24", "2.70 ± 0.03", "0.2601 ± 0.0012", "nanochat d24 reference", "nanochat README",
-                  "3.00", "backout d24", "3.20 ± 0.05", "never reached the target"]
         deadline = time.monotonic() + RENDER_S
         while time.monotonic() < deadline:
             result = browser.send("Runtime.evaluate", {"expression": "document.body ? document.body.textContent : ''",
@@ -170,9 +167,30 @@ def test_leaderboard_page_renders_seeded_entries_in_chromium(chromium, dashboard
         screenshot.write_bytes(base64.b64decode(shot["data"]))
     finally:
         browser.close()
+    return text
+
+
+def test_leaderboard_page_renders_seeded_entries_in_chromium(chromium, dashboard, tmp_path):
+    screenshot = tmp_path / "leaderboard.png"
+    wanted = ["smear d24", "2.70 ± 0.03", "0.2601 ± 0.0012", "nanochat d24 reference", "nanochat README",
+              "3.00", "backout d24", "3.20 ± 0.05", "never reached the target"]
+    text = page_text(chromium, dashboard + "?track=gpt2-speedrun", wanted, tmp_path, screenshot)
     where = f"(screenshot: {screenshot}; page text: {text[:1500]!r})"
     assert all(w in text for w in wanted), f"seeded entries not rendered within {RENDER_S} s {where}"
     ranked = ["smear d24", "nanochat d24 reference", "backout d24", "never reached the target"]
     assert sorted(ranked, key=text.index) == ranked, f"entries not in time-to-target order {where}"
     assert "Cannot read the database" not in text and "Traceback" not in text, where
+    assert screenshot.stat().st_size > 10_000, f"blank screenshot? {where}"
+
+
+def test_benchmark_page_renders_a_report_in_chromium(chromium, dashboard, tmp_path):
+    from tests.test_benchmark import sample_report
+    sample_report(tmp_path / "home" / "benchmarks" / "demo")
+    screenshot = tmp_path / "benchmark.png"
+    wanted = ["The pool's truth", "-0.0900 ± 0.0030", "not run: a null by construction", "Proposers and decision rules",
+              "false at 1st rung", "greedy", "fixed_t", "Discovery: ladder", "discovery.png", "outcomes.png"]
+    text = page_text(chromium, dashboard + "benchmark?report=demo", wanted, tmp_path, screenshot)
+    where = f"(screenshot: {screenshot}; page text: {text[:1500]!r})"
+    assert all(w in text for w in wanted), f"the report not rendered within {RENDER_S} s {where}"
+    assert "Traceback" not in text and "Cannot read" not in text, where
     assert screenshot.stat().st_size > 10_000, f"blank screenshot? {where}"

@@ -2,8 +2,9 @@
 inside a function) is an edge of a module graph that must have no cycle and must point the documented way.
 
     harness       -> model, search_spaces, experiments, leaderboard
-    leaderboard   -> nothing of ours, except its chat page (leaderboard.dashboard_chat), which uses model, and
-                     leaderboard.ingest, which reads run dirs through the torch-free model.run_dir
+    leaderboard   -> nothing of ours, except its chat page (leaderboard.dashboard_chat), which uses model,
+                     leaderboard.ingest, which reads run dirs through the torch-free model.run_dir, and the
+                     benchmark page, which finds reports where model.home says
     search_spaces -> model.config (to validate knobs)
     experiments   -> model.config (to validate a recipe's overrides)
     model         -> nothing of ours
@@ -26,7 +27,8 @@ ALLOWED: dict[str, list[tuple[str, str]]] = {
     "model": [],
     "search_spaces": [("*", "model.config")],
     "experiments": [("*", "model.config")],
-    "leaderboard": [("leaderboard.dashboard_chat", "model"), ("leaderboard.ingest", "model.run_dir")],
+    "leaderboard": [("leaderboard.dashboard_chat", "model"), ("leaderboard.ingest", "model.run_dir"),
+                    ("leaderboard.dashboard_benchmark", "model.home")],
     "harness": [("*", "model"), ("*", "search_spaces"), ("*", "experiments"), ("*", "leaderboard")],
 }
 
