@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -49,13 +50,14 @@ from pathlib import Path
 from experiments.catalog import Benchmark, CatalogError, load_benchmark, load_recipe
 from harness import replay, search_report
 from harness.preparation import BadInput
-from harness.proposers.pool import PoolProposer
+from harness.proposers.pool import PoolAgent, PoolProposer
 from harness.search_config import SearchError, resolve
 from harness.search_config import build_parser as search_parser
 from model.cli import ArgumentParser
 from search_spaces import SearchSpaceError, Space
 
-PROPOSERS = ("tpe", "random", "scripted")
+PROPOSERS = ("tpe", "random", "scripted", "agent")
+DEFAULT_PROPOSERS = ("tpe", "random", "scripted")  # agent: only with ANTHROPIC_API_KEY
 REPORT_FILE = "benchmark.json"
 
 
@@ -226,8 +228,26 @@ def pool_changes(bench: Benchmark, space: Space) -> list[tuple[str, dict]]:
     return out
 
 
-def run_searches(args, bench: Benchmark) -> list[tuple[str, str, int]]:
-    """Steps 1 and 2 (training what no search has made yet); [(search name, proposer, repeat)] of step 2."""
+def agent_client():
+    """The Anthropic client for the agent proposer, made once; the API key is then removed from this process's
+    environment, so no job the searches start inherits it (as harness.search does)."""
+    import anthropic
+
+    from harness.jobs import SECRET_ENV
+    client = anthropic.Anthropic(max_retries=2, timeout=600.0)
+    for key in SECRET_ENV:
+        os.environ.pop(key, None)
+    return client
+
+
+def make_pool_proposer(args, strategy: str, changes, baseline: dict, seed: int, client) -> PoolProposer:
+    if strategy == "agent":
+        return PoolAgent(changes, baseline, seed=seed, model=args.agent_model, client=client)
+    return PoolProposer(changes, strategy, seed=seed)
+
+
+def run_searches(args, bench: Benchmark) -> dict[str, dict]:
+    """Steps 1 and 2 (training what no search has made yet); the agent's spend per search it proposed for."""
     from harness.search import execute
     config = search_config(args, bench, f"{args.name}-truth", trials=1, seed_base=args.truth_seed_base,
                            proposer="list")
@@ -242,19 +262,27 @@ def run_searches(args, bench: Benchmark) -> list[tuple[str, str, int]]:
     status, _ = execute(truth, proposer=PoolProposer(to_measure, "list"))
     if status != "finished":
         raise SearchError(f"the truth search {truth.name!r} {status}: rerun the same command to resume it")
-    searches = []
+    spend = {}
+    client = agent_client() if "agent" in args.proposers else None
+    baseline = {**config.tier.baseline, **config.recipe.overrides}
     for proposer in args.proposers:
         for repeat in range(args.repeats):
             name = f"{args.name}-{proposer}-{repeat}"
             config = search_config(args, bench, name, trials=args.trials, seed_base=0, proposer=proposer, seed=repeat)
             print(f"benchmark {args.name!r}: step 2, search {name!r} ({proposer}, seed {repeat}, {args.trials} "
                   f"proposals)", flush=True)
-            status, search = execute(config, proposer=PoolProposer(changes, proposer, seed=repeat))
+            pool = make_pool_proposer(args, proposer, changes, baseline, repeat, client)
+            status, search = execute(config, proposer=pool)
             print(search_report.summary(search, status), flush=True)
+            if isinstance(pool, PoolAgent):
+                spend[name] = pool.spend
+                cost = pool.spend["cost_usd"]
+                print(f"agent spend of {name!r}: {pool.spend['calls']} calls, {pool.spend['input_tokens']:,} in / "
+                      f"{pool.spend['output_tokens']:,} out tokens, "
+                      + (f"${cost:.4f}" if cost is not None else "no price for the model"), flush=True)
             if status != "finished":
                 raise SearchError(f"search {name!r} {status}: rerun the same command to resume it")
-            searches.append((name, proposer, repeat))
-    return searches
+    return spend
 
 
 def evaluate(store, args, bench: Benchmark) -> dict:
@@ -334,6 +362,10 @@ def print_report(report: dict, out=None) -> None:
         print(f"{r['proposer']:<9} {r['rule']:<8} {r['searches']:>2}  {r['true_promotions']:>5.2f}  "
               f"{r['false_promotions']:>5.2f}  {r['nulls_adopted']:>6}/{r['nulls_proposed']:<6}  {r['false_first']:>9.2f}  "
               f"{r['missed']:>6.2f}  {r['untried']:>7.2f}  {r['compute_h']:>9.3g}  {win:>11}  {top:>10}", file=out)
+    for name, used in sorted((report.get("spend") or {}).items()):
+        cost = f"${used['cost_usd']:.4f}" if used.get("cost_usd") is not None else "no price for the model"
+        print(f"agent spend of {name}: {used['calls']} calls, {used['input_tokens']:,} in / {used['output_tokens']:,} "
+              f"out tokens, {cost}, {used['fallbacks']} scripted fallbacks", file=out)
     print("(means over each proposer's searches; true/false: changes adopted at the top rung that are / are not "
           "good; nulls adopted: summed; false@1st: not-good changes promoted at the first rung; missed: good changes "
           "rejected; untried: promoted to a rung the search never ran them at; 1st win h: median compute to the first "
@@ -348,7 +380,7 @@ def plot(report: dict, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rules = sorted({s["rule"] for s in report["scores"]}, key=lambda r: replay.RULES.index(r))
-    colours = {"tpe": "tab:blue", "random": "tab:orange", "scripted": "tab:green"}
+    colours = {"tpe": "tab:blue", "random": "tab:orange", "scripted": "tab:green", "agent": "tab:purple"}
     fig, axes = plt.subplots(1, max(1, len(rules)), figsize=(4.2 * max(1, len(rules)), 3.6), sharex=True, sharey=True,
                              squeeze=False)
     for ax, rule in zip(axes[0], rules):
@@ -397,7 +429,9 @@ def build_parser() -> ArgumentParser:
                                    "rules side by side on the same runs.")
     p.add_argument("--benchmark", default="cpu", help="experiments/benchmarks/NAME.toml or a path (default: cpu)")
     p.add_argument("--name", default=None, help="prefix of its searches (default: bench-BENCHMARK)")
-    p.add_argument("--proposers", default=",".join(PROPOSERS), help=f"comma-separated, of {', '.join(PROPOSERS)}")
+    p.add_argument("--proposers", default=",".join(DEFAULT_PROPOSERS),
+                   help=f"comma-separated, of {', '.join(PROPOSERS)} (agent: Claude, needs ANTHROPIC_API_KEY)")
+    p.add_argument("--agent-model", default=None, help="the agent's Claude model (default: the search's)")
     p.add_argument("--rules", default=",".join(replay.RULES), help=f"comma-separated, of {', '.join(replay.RULES)}")
     p.add_argument("--repeats", type=int, default=3, help="searches per proposer, on proposer seeds 0..R-1")
     p.add_argument("--trials", type=int, default=None, help="proposals per search (default: the whole pool)")
@@ -431,6 +465,9 @@ def parse(argv: list[str] | None):
                            f"{2 if flag == 'truth_seeds' else 1}")
     if args.eta < 2:
         raise BadInput(f"--eta {args.eta}: expected an integer >= 2")
+    if "agent" in args.proposers and not args.report_only and not os.environ.get("ANTHROPIC_API_KEY"):
+        raise BadInput("--proposers agent: ANTHROPIC_API_KEY is not set (the stand-in that needs no key is "
+                       "`scripted`)")
     if args.truth_seed_base < 0:
         raise BadInput(f"--truth-seed-base {args.truth_seed_base}: expected a non-negative integer")
     return args
@@ -447,8 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             raise BadInput(str(e)) from None
         args.name = args.name or f"bench-{bench.name}"
         args.trials = args.trials or len(bench.changes)
-        if not args.report_only:
-            run_searches(args, bench)
+        spend = {} if args.report_only else run_searches(args, bench)
         try:
             with Store(args.db, read_only=args.report_only) as store:
                 if store.find_search(f"{args.name}-truth") is None:
@@ -462,6 +498,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out_dir = Path(args.out) if args.out else nanoresearch_home() / "benchmarks" / args.name
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The agent's spend is known to the run that made its calls: kept from an earlier report for searches not run now.
+    try:
+        earlier = json.loads((out_dir / REPORT_FILE).read_text()).get("spend") or {}
+    except (OSError, ValueError):
+        earlier = {}
+    report["spend"] = {**earlier, **spend}
     (out_dir / REPORT_FILE).write_text(json.dumps(with_summary(report), indent=1))
     print_report(report)
     paths = plot(report, out_dir)

@@ -14,7 +14,7 @@ import pytest
 
 from experiments.catalog import Rung, Statistics, Tier
 from harness import benchmark, replay
-from harness.proposers.pool import PoolProposer
+from harness.proposers.pool import PoolAgent, PoolProposer
 from tests.conftest import tiny_tier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,6 +148,42 @@ def test_the_scripted_agent_tries_next_to_what_helped_and_a_new_knob_otherwise()
     assert second.extra["pool_change"] == near and "next to the best so far" in second.rationale
 
 
+def test_the_agent_picks_an_untried_change_from_the_history_its_spend_is_counted_and_a_bad_answer_falls_back():
+    import anthropic
+
+    from harness.proposers.prices import cost_usd
+    from tests.fake_anthropic import FakeAnthropic, message
+
+    def choose(change: str) -> object:
+        return message([{"type": "tool_use", "id": "toolu_1", "name": "choose_change",
+                         "input": {"change": change, "rationale": "the matrix LR helped: try next to it"}}],
+                       "tool_use", input_tokens=1000, output_tokens=200)
+
+    with FakeAnthropic([choose("lr 0.08"), choose("lr 0.04"), choose("lr 0.04"), choose("no such change")]) as fake:
+        client = anthropic.Anthropic(base_url=fake.url, api_key="test", max_retries=0)
+        said = []
+        agent = PoolAgent(POOL, {"matrix_lr": 0.005}, model="claude-sonnet-4-5", client=client, say=said.append)
+        picked = []
+        for value in (-0.03, 0.01, None):
+            (p,) = agent.propose(1)
+            picked.append((p.extra["pool_change"], p.rationale))
+            agent.link(p.trial, f"id{len(picked)}")
+            agent.observe(f"id{len(picked)}", value)
+        (last,) = agent.propose(1)
+    assert picked[0] == ("lr 0.08", "agent: the matrix LR helped: try next to it") and picked[1][0] == "lr 0.04"
+    # The third answer repeats a tried change, the fourth names none: the scripted choice stands in for both.
+    assert picked[2][1].startswith("(scripted fallback)") and last.rationale.startswith("(scripted fallback)")
+    assert len({name for name, _ in picked} | {last.extra["pool_change"]}) == 4
+    assert agent.spend["calls"] == 4 and agent.spend["fallbacks"] == 2 and len(said) == 2
+    assert agent.spend["cost_usd"] == pytest.approx(4 * cost_usd("claude-sonnet-4-5", 1000, 200))
+    # The second request shows the history and the untried changes by name and setting, and offers only those.
+    body = fake.requests[1]["body"]
+    text = body["messages"][0]["content"]
+    assert "- lr 0.08: {\"matrix_lr\": 0.08} -> -0.0300" in text and "- rope: {\"rope_base\": 20000.0}" in text
+    assert body["tools"][0]["input_schema"]["properties"]["change"]["enum"] == [n for n, _ in POOL if n != "lr 0.08"]
+    assert body["tool_choice"]["name"] == "choose_change"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # End to end
 
@@ -236,13 +272,15 @@ planted = "null"
 
 @pytest.mark.parametrize("extra, needle", [
     (["--proposers", "tpe,claude"], "--proposers 'tpe,claude': expected a comma-separated list of tpe, random"),
+    (["--proposers", "agent"], "--proposers agent: ANTHROPIC_API_KEY is not set"),
     (["--rules", "greedy,best"], "--rules 'greedy,best'"),
     (["--truth-seeds", "1"], "--truth-seeds 1: expected an integer >= 2"),
     (["--benchmark", "nope"], "unknown benchmark 'nope'"),
 ])
 def test_bad_benchmark_flags_are_one_line(tmp_path, extra, needle):
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
     proc = subprocess.run([sys.executable, "-m", "harness.benchmark", "--db", f"sqlite:///{tmp_path / 'x.db'}", *extra],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
     assert not (tmp_path / "x.db").exists()

@@ -13,11 +13,16 @@ sampling the whole space (a sampled value's true effect would be unknown). Each 
             nearest to the best so far on the same knob (the history's rationale: "the matrix LR mattered, try next to
             it"); when nothing has helped, it moves to a knob it has not tried yet. Its choices among equals are
             seeded.
+- agent:    Claude through the Anthropic API (ANTHROPIC_API_KEY): each proposal is one call that shows the baseline,
+            the changes tried so far with their values, and the untried ones (names and settings only: never what they
+            were planted as), and asks for one by forced tool use. An unusable answer or a failed call falls back to
+            the scripted choice for that proposal. Its tokens and dollars are counted (`spend`).
 - list:     the pool in its file's order (the benchmark's truth runs).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -25,15 +30,16 @@ import optuna
 
 from harness.proposers import Proposal, Proposer
 
-STRATEGIES = ("tpe", "random", "scripted", "list")
+STRATEGIES = ("tpe", "random", "scripted", "agent", "list")
+AGENT_TOOL = "choose_change"
 STARTUP_TRIALS = 3  # TPE's random start-up (Optuna's default 10 would cover most of a small pool)
 
 
 class PoolProposer(Proposer):
     def __init__(self, changes: list[tuple[str, dict]], strategy: str, seed: int = 0):
         """`changes`: (name, tweaks) of every change in the pool, tweaks in canonical form."""
-        if strategy not in STRATEGIES:
-            raise ValueError(f"pool strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+        if strategy not in STRATEGIES or (strategy == "agent") != isinstance(self, PoolAgent):
+            raise ValueError(f"pool strategy {strategy!r}: expected one of {', '.join(STRATEGIES)} (agent: PoolAgent)")
         self.changes = dict(changes)
         self.strategy, self.name = strategy, strategy
         self.rng = random.Random(seed)
@@ -152,3 +158,86 @@ def distance(a: dict, b: dict) -> float:
         else:
             total += float(x != y)
     return total
+
+
+class PoolAgent(PoolProposer):
+    """The `agent` strategy: Claude picks the next change of the pool (see the module docstring)."""
+
+    def __init__(self, changes: list[tuple[str, dict]], baseline: dict, seed: int = 0, model: str | None = None,
+                 client=None, max_tokens: int = 4000, say=None):
+        super().__init__(changes, "agent", seed)
+        from harness.proposers.agent import DEFAULT_MODEL, accepts_forced_tool
+        self.model = model or DEFAULT_MODEL
+        self.baseline, self.max_tokens = dict(baseline), max_tokens
+        if client is None:
+            import anthropic  # the key and ANTHROPIC_BASE_URL come from the environment, read by the SDK
+            client = anthropic.Anthropic(max_retries=2, timeout=600.0)
+        self.client = client
+        self.forced = accepts_forced_tool(self.model)
+        self.say = say or (lambda message: print(message, flush=True))
+        self.spend = {"calls": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "fallbacks": 0}
+
+    def describe(self) -> str:
+        return f"pool/agent ({self.model}, {len(self.changes)} changes)"
+
+    def choose(self) -> tuple[str, str]:
+        untried = self.untried
+        try:
+            name, why = self.ask(untried)
+            if name in untried:
+                return name, why
+            problem = f"it chose {name!r}, not an untried change"
+        except Exception as e:  # noqa: BLE001 - the benchmark never stops because of the agent
+            problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        self.spend["fallbacks"] += 1
+        self.say(f"agent: unusable ({problem}); the scripted choice stands in for this proposal")
+        name, why = self.scripted()
+        return name, f"(scripted fallback) {why}"
+
+    def prompt(self, untried: list[str]) -> tuple[str, str]:
+        system = ("You choose the next experiment of a search for changes that lower the validation bits-per-byte "
+                  "(val_bpb) of a small GPT trained for a fixed compute budget. Each change is tested on a few seeds "
+                  "against the baseline, paired by seed; its value is the mean paired difference in val_bpb "
+                  "(negative is better). Each change can be tested once. Choose the untried change most likely to "
+                  "improve on the best so far.")
+        lines = [f"Baseline settings that differ from nanochat's defaults: {json.dumps(self.baseline, sort_keys=True)}",
+                 "", "Tried so far (in order):"]
+        for n in self.proposed:
+            v = self.values.get(n, "pending")
+            value = "pending" if v == "pending" else "its runs failed" if v is None else f"{v:+.4f}"
+            lines.append(f"- {n}: {json.dumps(self.changes[n], sort_keys=True)} -> {value}")
+        if not self.proposed:
+            lines.append("- nothing yet")
+        lines += ["", "Untried changes:"] + [f"- {n}: {json.dumps(self.changes[n], sort_keys=True)}" for n in untried]
+        lines += ["", f"Call {AGENT_TOOL} with one untried change and why."]
+        return system, "\n".join(lines)
+
+    def ask(self, untried: list[str]) -> tuple[str, str]:
+        from harness.proposers.prices import cost_usd
+        system, user = self.prompt(untried)
+        tool = {"name": AGENT_TOOL, "description": "The next change to test.",
+                "input_schema": {"type": "object", "properties": {
+                    "change": {"enum": untried, "description": "the name of an untried change"},
+                    "rationale": {"type": "string", "description": "why this one, citing the history"}},
+                    "required": ["change", "rationale"], "additionalProperties": False}}
+        choice = ({"type": "tool", "name": AGENT_TOOL, "disable_parallel_tool_use": True} if self.forced
+                  else {"type": "auto", "disable_parallel_tool_use": True})
+        self.spend["calls"] += 1
+        response = self.client.messages.create(model=self.model, max_tokens=self.max_tokens, system=system,
+                                               messages=[{"role": "user", "content": user}], tools=[tool],
+                                               tool_choice=choice)
+        usage = getattr(response, "usage", None)
+        tokens_in = int(getattr(usage, "input_tokens", 0) or 0)
+        tokens_out = int(getattr(usage, "output_tokens", 0) or 0)
+        self.spend["input_tokens"] += tokens_in
+        self.spend["output_tokens"] += tokens_out
+        cost = cost_usd(self.model, tokens_in, tokens_out)
+        if cost is None:
+            self.spend["cost_usd"] = None
+        elif self.spend["cost_usd"] is not None:
+            self.spend["cost_usd"] += cost
+        for block in getattr(response, "content", None) or []:
+            if getattr(block, "type", None) == "tool_use" and getattr(block, "name", None) == AGENT_TOOL:
+                data = block.input if isinstance(block.input, dict) else {}
+                return str(data.get("change")), f"agent: {str(data.get('rationale') or '')[:500]}"
+        raise ValueError("no choose_change call in the answer")
