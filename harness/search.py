@@ -34,7 +34,7 @@ from experiments.catalog import CatalogError, Rung, Tier
 from harness import search_report
 from harness.compute_multiplier import ComputeMultiplier, compute_multiplier
 from harness.executors import Executor
-from harness.experiment import NOISE_FLOOR_REPLICA, Experiment, parametric_null_tweaks
+from harness.experiment import NOISE_FLOOR_REPLICA, Experiment, format_set, parametric_null_tweaks
 from harness.jobs import Job, terminate_as_interrupt
 from harness.ladder import Verdict, decide
 from harness.noise import CONTROL_INITS, Spread, control_spread, fit_prior
@@ -368,8 +368,9 @@ class Search:
     def made_elsewhere(self, exp: Experiment, rung: Rung, slot: int) -> dict | None:
         """The run of this experiment, rung and seed that another search recorded as finished ok, when it was trained
         as this search would train it: the rung's horizon in compute (a time budget depends on the machine's load),
-        the same data and data order, and a producer with the same executor and thread split (the thread count
-        moves val_bpb in its last digits). The run key (experiment, rung, seed) is unique in the database, and
+        the same settings (a tier file edited under the same name changes them, not the experiment id), the same
+        data and data order, and a producer with the same executor and thread split (the thread count moves val_bpb
+        in its last digits). The run key (experiment, rung, seed) is unique in the database, and
         training is deterministic given these, so that run is this one; training it again would record nothing new.
         Failed runs are never taken: they train here."""
         if rung.time_budget is not None or exp.patch:
@@ -387,12 +388,15 @@ class Search:
         budget = (config.get("budget") or {}).get(horizon)
         same_horizon = isinstance(budget, int | float) and math.isclose(budget, value, rel_tol=1e-9)
         same_data = config.get("data") == self.data and config.get("data_seed") == exp.data_seed(slot, self.seed_base)
+        settings = {k: format_set(k, v).partition("=")[2]
+                    for k, v in exp.overrides(self.tier.baseline, self.recipe.overrides).items() if k != "fp8"}
+        same_settings = {k: str(v) for k, v in (config.get("overrides") or {}).items() if k != "fp8"} == settings
         if row["search_id"] not in self.producers:
             self.producers[row["search_id"]] = self.store.search(row["search_id"]) or {}
         flags = self.producers[row["search_id"]].get("config") or {}
         same_jobs = (flags.get("executor") == self.pool.executor.kind
                      and int(flags.get("parallel") or 1) == self.parallel)
-        return row if same_horizon and same_data and same_jobs else None
+        return row if same_horizon and same_settings and same_data and same_jobs else None
 
     def take_made_elsewhere(self) -> int:
         """Every needed run another search already made (`made_elsewhere`), into this search's results untrained;

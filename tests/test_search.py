@@ -436,7 +436,7 @@ def test_a_search_takes_the_runs_another_search_made_the_same_way_and_trains_the
     tier.write_text(tiny_tier("test tier: one rung of 8 steps", ONE_RUNG))
     change = workdir / "change.json"
     change.write_text(json.dumps([{"tweaks": {"unembedding_lr": 0.05}, "rationale": "a change"}]))
-    common = ["--tier", str(tier), "--trials", "1", "--proposer", "optuna", "--enqueue", str(change)]
+    common = ["--tier", str(tier), "--trials", "1", "--proposer", "optuna", "--enqueue", str(change), "--parallel", "2"]
     first = run_search(workdir, shared_data, *common, "--name", "first")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     store = Store(f"sqlite:///{workdir / 'lb.db'}")
@@ -454,10 +454,15 @@ def test_a_search_takes_the_runs_another_search_made_the_same_way_and_trains_the
     assert decided["again"] == decided["first"] and decided["first"]
     assert {(r["experiment_id"], r["rung"], r["seed"]): r["val_bpb"] for r in store.runs()} == made
 
-    # Another horizon is another run: trained, not taken (the run key cannot hold both, so the first one stays).
+    # Another horizon, or a tier file of the same name with another baseline, is another run: trained, not taken
+    # (the run key cannot hold both, so the first one stays in the database).
     longer = run_search(workdir, shared_data, *common, "--name", "longer", "--flops-budget", "3e9")
     assert longer.returncode == 0, longer.stdout[-3000:] + longer.stderr[-3000:]
     assert "] reuse " not in longer.stdout and longer.stdout.count("] start d1 seed ") == 8
+    tier.write_text(tier.read_text().replace("embedding_lr = 3.0", "embedding_lr = 2.0"))
+    edited = run_search(workdir, shared_data, *common, "--name", "edited")
+    assert edited.returncode == 0, edited.stdout[-3000:] + edited.stderr[-3000:]
+    assert "] reuse " not in edited.stdout and edited.stdout.count("] start d1 seed ") == 8
 
 
 def test_enqueue_file_is_validated_against_the_space(workdir, shared_data):
