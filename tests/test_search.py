@@ -318,7 +318,10 @@ def test_aa_mode_reports_the_false_promotion_rate_of_each_kind(workdir, shared_d
     reports its rates, and the report over both counts every null with two bounds."""
     from scipy import stats
     tier = write_tier(workdir)
-    proc = run_search(workdir, shared_data, "--tier", str(tier), "--aa", "3", "--aa-controls", "2", "--seed-base", "10")
+    # Two controls of tiny runs, one at a time: 10 min beside a benchmark's two training jobs on a 2-core machine,
+    # and past the former 10-min limit in a CI run beside them. A hang guard, not a speed test.
+    proc = run_search(workdir, shared_data, "--tier", str(tier), "--aa", "3", "--aa-controls", "2", "--seed-base", "10",
+                      timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "A/A calibration at d1" in proc.stdout
     for kind in ("structural", "parametric"):
