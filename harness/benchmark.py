@@ -75,11 +75,6 @@ class Truth:
     n: int = 0
     label: str = "null"              # good | bad | null: what the measurement says it is
 
-    def describe(self) -> str:
-        if self.effect is None:
-            return f"{self.label} (by construction)"
-        return f"{self.label} ({self.effect:+.4f} ± {self.std_error or 0:.4f}, n={self.n})"
-
 
 def label(effect: float, std_error: float, min_effect: float) -> str:
     bar = max(min_effect, 2 * std_error)
