@@ -1,7 +1,10 @@
-"""`python -m leaderboard`: record run dirs (`ingest`) and measure the store (`bench`).
+"""`python -m leaderboard`: serve the dashboard (`serve`), record run dirs (`ingest`), measure the store (`bench`).
 
+    python -m leaderboard serve [--db URL] [--port 8501] [--host 127.0.0.1]
     python -m leaderboard ingest runs/d2-smear runs/d2-base [--db URL]
     python -m leaderboard bench [--db URL] [--runs 10000 --points 1000000]
+
+`serve` works from any directory and binds to 127.0.0.1 unless --host says otherwise: the dashboard has no login.
 
 --db defaults to $NANORESEARCH_DB, else sqlite:///nanoresearch.db in the working directory.
 Exit code 2 with a one-line `error: ...` on stderr for anything the user can fix; `ingest` still
@@ -9,7 +12,9 @@ records every good dir given alongside a bad one.
 """
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from leaderboard.bench import run_bench
 from leaderboard.errors import LeaderboardError
@@ -42,10 +47,44 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+APP = Path(__file__).resolve().parent / "app.py"
+
+
+def serve_command(args: argparse.Namespace) -> list[str]:
+    """The `streamlit run` command line for the dashboard. Every setting the repo's .streamlit/config.toml holds is
+    passed as a flag, because Streamlit reads that file from the working directory only."""
+    command = [sys.executable, "-m", "streamlit", "run", str(APP),
+               "--server.address", args.host, "--server.port", str(args.port),
+               "--server.headless", "true",              # print the URL; never prompt or open a browser by itself
+               "--server.runOnSave", "false", "--server.fileWatcherType", "none",
+               "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
+    if args.db:
+        command += ["--", "--db", args.db]
+    return command
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        raise LeaderboardError(f"--port {args.port}: expected a TCP port, 1 to 65535")
+    command = serve_command(args)
+    where = "this machine only" if args.host in ("127.0.0.1", "localhost", "::1") else f"the network ({args.host})"
+    print(f"dashboard: http://{args.host}:{args.port}/ (served to {where}; Ctrl-C stops it)", flush=True)
+    # exec, not a child: Ctrl-C and kill reach Streamlit itself, and nothing is left running behind this command.
+    os.execv(sys.executable, command)
+    return 0  # not reached
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m leaderboard", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     db_help = "database URL (default: $NANORESEARCH_DB, else sqlite:///nanoresearch.db)"
+
+    serve = commands.add_parser("serve", help="the dashboard, from any directory, on 127.0.0.1 unless --host says otherwise")
+    serve.add_argument("--db", help=db_help)
+    serve.add_argument("--port", type=int, default=8501)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1; 0.0.0.0 serves it to the network, with no login)")
+    serve.set_defaults(handler=_serve)
 
     ingest = commands.add_parser("ingest", help="record finished run dirs (idempotent)")
     ingest.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

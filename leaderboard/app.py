@@ -1,13 +1,13 @@
-"""The nanoresearch dashboard: `streamlit run leaderboard/app.py [-- --db URL]`.
+"""The nanoresearch dashboard: `python -m leaderboard serve [--db URL]` (or `streamlit run leaderboard/app.py`).
 
 Pages: Leaderboard (per track), Search (progress, funnel, decisions, agent spend), Runs (curves, config
 diffs), Experiment (one recipe, its runs and decisions), Chat (the best checkpoint found so far) and Benchmark (the
 search itself measured: the reports of harness.benchmark). The database comes from the sidebar, else --db, else
 $NANORESEARCH_DB, else sqlite:///nanoresearch.db, and is only ever read.
 
-Binds to localhost (`.streamlit/config.toml` at the repo root; from another directory pass
-`--server.address localhost`): the dashboard has no login, so it is not served to the network unless
-asked for with `--server.address 0.0.0.0`.
+`python -m leaderboard serve` binds to 127.0.0.1 from any directory (so does `streamlit run` from the repo root, by
+`.streamlit/config.toml`): the dashboard has no login, so it is not served to the network unless asked for with
+`--host 0.0.0.0`.
 """
 
 import sys

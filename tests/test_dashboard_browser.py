@@ -1,4 +1,4 @@
-"""End to end: `streamlit run leaderboard/app.py` on a free localhost port, rendered by headless Chromium.
+"""End to end: `python -m leaderboard serve` on a free localhost port, rendered by headless Chromium.
 
 Chromium is driven through the DevTools protocol over a pipe (--remote-debugging-pipe: JSON messages,
 NUL-terminated, on the child's fds 3 and 4), so no driver binary or Python browser package is needed.
@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -111,19 +112,17 @@ class DevTools:
         os.close(self._from_chrome)
 
 
-@pytest.fixture
-def dashboard(tmp_path):
-    """The dashboard served on a free localhost port, on a seeded SQLite database; yields its URL."""
-    db = f"sqlite:///{tmp_path / 'seeded.db'}"
-    seed(db)
+@contextmanager
+def serving(db: str, tmp_path: Path):
+    """`python -m leaderboard serve` on a free port, started outside the repository (the documented command must find
+    the app and bind to 127.0.0.1 by itself); yields (port, server process) once it answers its health check."""
     port = free_port()
     log = tmp_path / "streamlit.log"
     env = {**{k: v for k, v in os.environ.items() if k != "NANORESEARCH_DB"}, "NANORESEARCH_HOME": str(tmp_path / "home")}
-    command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
-               "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-               "--server.fileWatcherType", "none", "--", "--db", db]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP.parents[1]), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "leaderboard", "serve", "--port", str(port), "--db", db]
     with open(log, "wb") as out:
-        server = subprocess.Popen(command, cwd=APP.parents[1], stdout=out, stderr=subprocess.STDOUT, env=env)
+        server = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + SERVER_START_S
         while True:
@@ -136,7 +135,7 @@ def dashboard(tmp_path):
             if server.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"streamlit did not serve on port {port} (exit {server.poll()}): {log.read_text()[-2000:]}")
             time.sleep(0.25)
-        yield f"http://127.0.0.1:{port}/"
+        yield port, server
     finally:
         server.terminate()
         try:
@@ -144,6 +143,51 @@ def dashboard(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.fixture
+def dashboard(tmp_path):
+    """The dashboard served on a free localhost port, on a seeded SQLite database; yields its URL."""
+    db = f"sqlite:///{tmp_path / 'seeded.db'}"
+    seed(db)
+    with serving(db, tmp_path) as (port, _):
+        yield f"http://127.0.0.1:{port}/"
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses with a socket listening on `port` (Linux: /proc/net/tcp and tcp6), as hex."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_serve_starts_from_any_directory_on_localhost_only(tmp_path):
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("no /proc/net/tcp to read listening sockets from")
+    db = f"sqlite:///{tmp_path / 'seeded.db'}"
+    seed(db)
+    with serving(db, tmp_path) as (port, server):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            assert response.status == 200 and b"<html" in response.read().lower()
+        # 0100007F is 127.0.0.1 in /proc's byte order; 0.0.0.0 or :: would serve the network.
+        assert listening_addresses(port) == {"0100007F"}
+    # Stopping the command stopped the server itself: no Streamlit child is left listening behind it.
+    assert not listening_addresses(port)
+
+
+def test_serve_rejects_a_bad_port():
+    done = subprocess.run([sys.executable, "-m", "leaderboard", "serve", "--port", "70000"], capture_output=True,
+                          text=True, cwd=APP.parents[1], timeout=60)
+    assert done.returncode == 2 and done.stderr.strip() == "error: --port 70000: expected a TCP port, 1 to 65535"
 
 
 def page_text(chromium: str, url: str, wanted: list[str], tmp_path: Path, screenshot: Path) -> str:
