@@ -27,6 +27,17 @@ def data_name(spec: str | None, tier: Tier) -> str:
     return spec or os.environ.get("NANORESEARCH_DATA") or tier.data or DEFAULT_SOURCE
 
 
+def check_devices(tier: Tier, executor: str, flag: str, instead: str) -> None:
+    """A tier that trains on GPUs, run by this machine's own executor, needs CUDA here: say so before its corpus is
+    downloaded (the gpu tier fetches 170 shards) or anything is recorded. SLURM jobs run on other nodes: not checked."""
+    if executor != "local" or tier.train_tier != "gpu":
+        return
+    import torch
+    if not torch.cuda.is_available():
+        raise BadInput(f"{flag}: tier {tier.name!r} trains on GPUs and this machine has no CUDA device; use {instead} "
+                       "here, or --executor slurm to run on GPU nodes")
+
+
 def prepare_data(spec: str | None, tier: Tier):
     """The pretraining source: --data, else $NANORESEARCH_DATA, else the tier's corpus (ClimbMix for the gpu tier, as
     in nanochat's record), else FineWeb-EDU. A known public corpus that is not downloaded yet is fetched here: the

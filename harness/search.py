@@ -41,6 +41,7 @@ from harness.noise import CONTROL_INITS, Spread, control_spread, fit_prior
 from harness.pool import Finished, JobPool
 from harness.preparation import (
     BadInput,
+    check_devices,
     data_name,
     job_timeout,
     local_threads,
@@ -717,6 +718,7 @@ def execute(config: SearchConfig, proposer: Proposer | None = None) -> tuple[str
     from model.provenance import code_version
 
     tier, recipe, name = config.tier, config.recipe, config.name
+    check_devices(tier, config.executor, f"--tier {tier.name}", "--tier cpu")
     source = prepare_data(config.data, tier)  # bad data is one line before anything is recorded
     runs_root = prepare_runs_dir(Path(config.runs_dir) if config.runs_dir else nanoresearch_home() / "runs")
     try:

@@ -58,6 +58,7 @@ from harness.jobs import Job, terminate_as_interrupt
 from harness.pool import JobPool
 from harness.preparation import (
     BadInput,
+    check_devices,
     data_name,
     job_timeout,
     local_threads,
@@ -425,6 +426,7 @@ def run(args) -> int:
     rung = track_rung(track, args.seeds)
     if args.dry_run:
         return dry_run(args, track, tier, rung, slurm)
+    check_devices(tier, args.executor, f"--track {track.name}", "--track cpu")
     source = prepare_data(args.data, tier)  # bad data is one line before anything is recorded
     runs_root = prepare_runs_dir((Path(args.runs_dir) if args.runs_dir else nanoresearch_home() / "runs") / "speedrun"
                                  / track.name)

@@ -410,6 +410,22 @@ def test_bad_input_is_one_line(workdir, shared_data, extra, needle):
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], proc.stderr
 
 
+@pytest.mark.parametrize("command,needle", [
+    (["harness.search", "--tier", "gpu"], "--tier gpu: tier 'gpu' trains on GPUs and this machine has no CUDA device"),
+    (["harness.speedrun", "--track", "gpt2-8xh100", "--recipe", "nanochat"], "--track gpt2-8xh100: tier 'gpu' trains on GPUs"),
+])
+def test_the_gpu_tier_without_cuda_stops_before_fetching_its_corpus(tmp_path, command, needle):
+    # No --data and no NANORESEARCH_DATA: the gpu tier's corpus (ClimbMix, 170 shards) would be fetched next.
+    environment = {**{k: v for k, v in env().items() if k != "NANORESEARCH_DATA"}, "CUDA_VISIBLE_DEVICES": "",
+                   "NANORESEARCH_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-m", *command, "--db", f"sqlite:///{tmp_path / 'lb.db'}",
+                           "--runs-dir", str(tmp_path / "runs")], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=environment)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "fetching" not in proc.stdout and not (tmp_path / "lb.db").exists() and not (tmp_path / "runs").exists()
+
+
 def test_a_search_resumes_only_with_its_seed_base_and_thread_count(workdir, shared_data):
     tier = write_tier(workdir)
     Store(f"sqlite:///{workdir / 'lb.db'}").start_search("kept", tier="tiny", space="all", proposer="optuna",
