@@ -191,8 +191,7 @@ class Search:
                 continue
             exp = self.experiment_of(run["experiment_id"])
             self.results[(exp.id, run["rung"], exp.slot(run["seed"], self.seed_base))] = Outcome.from_row(run)
-            if run.get("started_at") and run.get("finished_at"):
-                self.compute_s += (run["finished_at"] - run["started_at"]).total_seconds() * (run.get("world_size") or 1)
+        self.compute_s = self.compute_spent()
         for rung in self.tier.rungs:
             self.update_null_spreads(rung, quiet=True)
         for cand in self.candidates.values():
@@ -338,6 +337,11 @@ class Search:
             self.take(f)
         return len(finished)
 
+    def compute_spent(self) -> float:
+        """Device-seconds this search's runs have used, as the dashboard counts them (`Store.device_seconds`).
+        Runs taken from other searches cost it nothing."""
+        return sum(self.store.device_seconds(self.search_id).values())
+
     def take(self, f: Finished) -> None:
         """A finished run into the search's state (or, failed for the machine, the reason to stop)."""
         job, outcome = f.job, f.outcome
@@ -350,7 +354,7 @@ class Search:
             self.say(f"done  {job.rung.name} seed {job.seed}: {outcome.status}: {outcome.reason}")
             return
         self.results[(job.experiment_id, job.rung.name, job.slot)] = outcome
-        self.compute_s += f.wall_s * job.rung.devices
+        self.compute_s = self.compute_spent()
         base = None if exp is self.baseline else self.val(self.result(self.baseline, job.rung, job.slot))
         delta = f" (d {outcome.val_bpb - base:+.4f} vs baseline)" if (outcome.ok and base is not None) else ""
         what = f"val_bpb {outcome.val_bpb:.4f}{delta}" if outcome.ok else f"{outcome.status}: {outcome.reason}"
@@ -574,7 +578,7 @@ class Search:
         best = self.best()
         best_text = f" | best {best.experiment_id[:8]} d {best.mean_delta:+.4f} at {best.rung}" if best and best.beats_baseline() else ""
         return (f"trials {self.proposals_made}/{self.trials} ({decided} decided, {promoted} promoted) | running "
-                f"{len(self.pool)}, queued {len(self.needed())}{best_text} | compute {self.compute_s / 3600:.2f} h")
+                f"{len(self.pool)}, queued {len(self.needed())}{best_text} | compute {self.compute_s / 3600:.3f} device-hours")
 
     def best(self) -> Standing | None:
         """The search's best experiment so far, by the one definition of best (leaderboard/ranking.py): furthest up

@@ -54,7 +54,7 @@ def replication_lines(search) -> list[str]:
 def summary(search, status: str) -> str:
     stats = search.tier.statistics
     lines = [f"\nsearch {search.name!r} {status}: {search.proposals_made} proposals, "
-             f"compute {search.compute_s / 3600:.2f} h"
+             f"compute {search.compute_s / 3600:.3f} device-hours"
              + (f" ({search.reused} runs taken from other searches, untrained)" if search.reused else "")
              + f", database {search.store.url_text}"]
     for rung in search.tier.rungs:

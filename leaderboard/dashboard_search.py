@@ -53,8 +53,9 @@ cols = st.columns(6)
 cols[0].metric("proposed", summary["n_proposed"])
 cols[1].metric("runs finished", f"{finished} / {sum(summary['runs_by_status'].values())}")
 cols[2].metric("ok runs", summary["runs_by_status"].get("ok", 0))
-cols[3].metric("training hours", f"{summary['training_hours']:.2f}")
-cols[4].metric("device hours", f"{summary['device_hours']:.2f}", help="training time x world size")
+cols[3].metric("training hours", f"{summary['training_hours']:.3f}", help="timed training steps only")
+cols[4].metric("compute (device-hours)", f"{summary['device_hours']:.3f}",
+               help="each run's wall time x its devices, as the search's own summary and --budget-hours count it")
 cols[5].metric("agent cost", f"${usage['cost_usd']:.2f}" if usage["experiments"] else fmt.MISSING)
 
 if not summary["trials"]:

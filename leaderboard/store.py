@@ -569,12 +569,15 @@ class Store:
         return rows[0] if rows else None
 
     def device_seconds(self, search_id: int) -> dict[int, float]:
-        """Training time x world size of every run of a search, by run id (0 for a run without a training
-        time): the compute the dashboard adds up, without fetching whole run rows at search scale."""
+        """The compute of every run of a search, by run id: its job's wall time (finished_at - started_at: setup,
+        compile and evaluations included, all of which a budget pays for) times its world size; 0 for a run not
+        finished. The one definition of a search's compute: the search's progress line, its summary, its
+        --budget-hours and the dashboard all add these up."""
         r = schema.runs.c
-        stmt = sa.select(r.id, r.total_training_time, r.world_size).where(r.search_id == search_id)
+        stmt = sa.select(r.id, r.started_at, r.finished_at, r.world_size).where(r.search_id == search_id)
         rows = self._read(lambda conn: conn.execute(stmt).all())
-        return {row.id: (row.total_training_time or 0.0) * (row.world_size or 1) for row in rows}
+        return {row.id: (row.finished_at - row.started_at).total_seconds() * (row.world_size or 1)
+                if row.started_at and row.finished_at else 0.0 for row in rows}
 
     def metric_points(self, run_ids: Iterable[int]) -> list[dict[str, Any]]:
         """Metric points of the given runs, by run then step."""

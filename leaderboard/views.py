@@ -33,7 +33,8 @@ def search_summary(store: Store, search_id: int) -> dict[str, Any] | None:
     """What the dashboard's search page shows, or None for an unknown search:
 
     - `search`: the searches row; `n_proposed`; `runs_by_status`: {status: count};
-    - `training_hours` (sum of total_training_time) and `device_hours` (the same times world_size);
+    - `training_hours` (sum of total_training_time: timed steps only) and `device_hours` (the search's compute, as
+      `Store.device_seconds` defines it: each run's wall time times its world size);
     - `trials`: finished runs in finish order, each with `best_val_bpb`, the best ok val_bpb of its rung
       so far (rungs are different model sizes, so their val_bpb do not compare);
     - `best`: the search's experiments best first, by the one definition of best (leaderboard/ranking.py:
@@ -102,7 +103,7 @@ def search_summary(store: Store, search_id: int) -> dict[str, Any] | None:
                        "rejected": len(with_verdict.get((rung, "reject"), ()))})
 
     hours = sum(run["total_training_time"] or 0.0 for run in runs) / 3600.0
-    device_hours = sum((run["total_training_time"] or 0.0) * (run["world_size"] or 1) for run in runs) / 3600.0
+    device_hours = sum(store.device_seconds(search_id).values()) / 3600.0
     return {"search": search, "n_proposed": n_proposed, "runs_by_status": runs_by_status,
             "training_hours": hours, "device_hours": device_hours, "trials": trials, "best": best, "funnel": funnel,
             "replications": [r for r in replications(decided) if r["experiment_id"] not in noise | replicas]}

@@ -214,7 +214,8 @@ def test_search_page_funnel_decisions_trials_and_agent_spend(monkeypatch, seeded
 
     found = metrics(at)
     assert (found["proposed"], found["runs finished"], found["ok runs"]) == ("4", "11 / 11", "10")
-    assert found["training hours"] == "3.02"  # 6 d2 runs x 600 s + 4 d4 runs x 1800 s + the diverged 60 s
+    assert found["training hours"] == "3.017"  # 6 d2 runs x 600 s + 4 d4 runs x 1800 s + the diverged 60 s
+    assert found["compute (device-hours)"] == "0.850"  # wall time: 10 runs of 5 minutes + the diverged one's minute
     # agent spend: smear (1200 in, 300 out, $0.0125) + the untested idea (800 in, 200 out, $0.0075)
     assert (found["agent cost"], found["cost (USD)"]) == ("$0.02", "$0.02")
     assert (found["input tokens"], found["output tokens"], found["proposals by the agent"]) == ("2,000", "500", "2")
@@ -229,7 +230,7 @@ def test_search_page_funnel_decisions_trials_and_agent_spend(monkeypatch, seeded
     d2 = trials[trials["rung"] == "d2"]
     assert list(d2["experiment"]) == ["baseline"] * 2 + ["smear"] * 2 + ["backout"] * 2 + ["untested idea"]
     assert list(d2["best_val_bpb"]) == [2.00, 2.00, 1.95, 1.95, 1.95, 1.95, 1.95]  # best so far, per rung
-    assert list(trials["compute_hours"])[-1] == pytest.approx(3.0 + 60 / 3600)
+    assert list(trials["compute_hours"])[-1] == pytest.approx(51 / 60)  # the same compute, summed in finish order
     # The one definition of best (leaderboard/ranking.py): by the decisions' paired differences, the baseline never.
     best = frame_with(at, "mean d")
     assert best[["experiment", "rung", "seeds", "beats baseline"]].to_dict("records") == [

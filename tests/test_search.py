@@ -69,7 +69,7 @@ def run_search(workdir, shared_data, *extra, timeout=600):
                           timeout=timeout, env=env())
 
 
-def test_planted_changes_are_promoted_or_rejected_and_failures_do_not_stop_the_search(workdir, shared_data):
+def test_planted_changes_are_promoted_or_rejected_and_failures_do_not_stop_the_search(workdir, shared_data, monkeypatch):
     # The baseline's lm_head LR is crippled (0.004): restoring it is a real improvement (measured: -0.34 bpb at
     # 30 steps, seed spread ~0.02), starving it further a real regression (+0.09), and n_kv_head=2 cannot
     # build with one attention head (a crash).
@@ -130,6 +130,11 @@ def test_planted_changes_are_promoted_or_rejected_and_failures_do_not_stop_the_s
     study = optuna.load_study(study_name="nanoresearch:planted", storage=f"sqlite:///{workdir / 'lb.db'}")
     told = {t.user_attrs.get("experiment_id"): t for t in study.trials}
     assert told[good].value < 0 < told[bad].value and told[broken].state == optuna.trial.TrialState.FAIL
+    # The terminal and the dashboard count the same compute for the search.
+    terminal = re.search(r"search 'planted' finished: .*compute ([0-9.]+) device-hours", out).group(1)
+    from tests.test_dashboard import metrics, render
+    page = render(monkeypatch, f"sqlite:///{workdir / 'lb.db'}", page="search", query={"search": "planted"})
+    assert metrics(page)["compute (device-hours)"] == terminal and float(terminal) > 0
 
 
 def count_launches(run_dir: Path) -> int:

@@ -359,7 +359,8 @@ def test_search_summary_trials_best_funnel_and_compute(store):
     assert summary["search"]["name"] == "s1" and summary["n_proposed"] == 4
     assert summary["runs_by_status"] == {"ok": 8, "diverged": 1, "running": 1}
     assert summary["training_hours"] == pytest.approx(9 * 100 / 3600)
-    assert summary["device_hours"] == pytest.approx(2 * 9 * 100 / 3600)
+    # Compute is wall time x world size (Store.device_seconds): run k of 9 ran from T0 to T0 + k minutes on 2 devices.
+    assert summary["device_hours"] == pytest.approx(2 * sum(range(1, 10)) * 60 / 3600)
     trials = summary["trials"]
     assert len(trials) == 9 and [t["finished_at"] for t in trials] == sorted(t["finished_at"] for t in trials)
     for rung in ("d2", "d4"):

@@ -12,9 +12,9 @@ import subprocess
 import pytest
 import sqlalchemy as sa
 
-from leaderboard import Experiment, LeaderboardError, SchemaError, Store
+from leaderboard import Experiment, LeaderboardError, Run, SchemaError, Store
 from leaderboard.store import resolve_url
-from tests.test_store import V1_DDL, curve, db_url, experiment, finished_run  # noqa: F401
+from tests.test_store import T0, V1_DDL, curve, db_url, experiment, finished_run  # noqa: F401
 
 
 def _tables(url: str) -> set[str]:
@@ -43,17 +43,20 @@ def test_run_returns_the_full_row_or_none(db_url):
         assert store.run(recorded.run_id + 1000) is None
 
 
-def test_device_seconds_are_training_time_times_world_size(db_url):
+def test_device_seconds_are_wall_time_times_world_size(db_url):
     with Store(db_url) as store:
         search_id = store.start_search("s")
+        # finished_run: started at T0, finished two minutes later; training time is only part of that.
         a = store.record_run(finished_run("exp0001", search_id=search_id, total_training_time=60.0, world_size=8),
                              experiment=experiment(1)).run_id
         b = store.record_run(finished_run("exp0001", seed=1, search_id=search_id, total_training_time=30.0,
                                           world_size=None)).run_id  # no world size recorded: one device
         c = store.record_run(finished_run("exp0001", seed=2, search_id=search_id, status="failed",
-                                          total_training_time=None)).run_id
+                                          total_training_time=None)).run_id  # a failed run cost its time too
+        d = store.record_run(Run(experiment_id="exp0001", rung="d2", seed=4, status="running", search_id=search_id,
+                                 started_at=T0)).run_id  # not finished: nothing counted yet
         store.record_run(finished_run("exp0001", seed=3, total_training_time=99.0))  # in no search
-        assert store.device_seconds(search_id) == {a: 480.0, b: 30.0, c: 0.0}
+        assert store.device_seconds(search_id) == {a: 8 * 120.0, b: 120.0, c: 120.0, d: 0.0}
         assert store.device_seconds(search_id + 1) == {}
 
 
