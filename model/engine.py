@@ -42,6 +42,7 @@ import torch
 
 from model.calculator import run_calculator
 from model.kv_cache import KVCache
+from model.tokenizer import SPECIAL_TOKENS
 
 DEFAULT_STOP_TOKENS = ("<|assistant_end|>", "<|bos|>")
 
@@ -195,6 +196,9 @@ class ReplyStream:
         sid = tokenizer.special_id
         self.python_start, self.python_end = sid("<|python_start|>"), sid("<|python_end|>")
         self.output_start, self.output_end = sid("<|output_start|>"), sid("<|output_end|>")
+        # Special tokens the model samples out of place (a <|python_end|> with no call open, a <|bos|> mid-reply)
+        # are markup, never text: they are not shown and not kept in the reply's parts.
+        self.specials = frozenset(sid(t) for t in SPECIAL_TOKENS)
         self.parts: list[dict] = []
         self._text: list[int] = []   # tokens of the current text part
         self._shown = 0              # characters of the current text part already displayed
@@ -243,12 +247,14 @@ class ReplyStream:
             elif token == self.python_start:  # a new call before this one ended: the engine drops this one too
                 shown += self._abandon_call()
                 self._python = []
-            else:
+            elif token not in self.specials:
                 self._python.append(token)
             return shown
         if token == self.python_start:
             self._python = []
             return shown + self._flush_text(final=True)
+        if token in self.specials:
+            return shown
         self._text.append(token)
         return shown + self._flush_text(final=False)
 
@@ -305,8 +311,6 @@ def _bench_model(args: argparse.Namespace, device: torch.device):
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from model.tokenizer import SPECIAL_TOKENS
-
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, tokenizer, kind = _bench_model(args, device)
     c = model.config

@@ -221,3 +221,38 @@ def test_bad_requests_are_rejected_with_the_value(tiny_tokenizer):
         next(engine.generate([1, 5000]))
     with pytest.raises(ValueError, match="top_k=0"):
         next(engine.generate([1, 2], top_k=0))
+
+
+class SpecialHeavy(Spy):
+    """A random model that samples the special tokens (the stops excepted) far more often than a trained one would,
+    out of place included: <|python_end|> with no call open, <|output_start|> from the model itself, <|user_start|>."""
+
+    def __init__(self, model, boosted):
+        super().__init__(model)
+        self.boosted = boosted
+
+    def __call__(self, idx, kv_cache=None):
+        out = self.model(idx, kv_cache=kv_cache).clone()
+        out[..., self.boosted] += 4.0
+        return out
+
+
+def test_special_tokens_never_reach_a_reply(tiny_tokenizer):
+    from model.engine import DEFAULT_STOP_TOKENS, ReplyStream
+    from model.tokenizer import SPECIAL_TOKENS
+    tok = tiny_tokenizer
+    boosted = [tok.special_id(t) for t in SPECIAL_TOKENS if t not in DEFAULT_STOP_TOKENS]
+    engine = Engine(SpecialHeavy(random_model(), boosted), tok)
+    streams = [ReplyStream(tok) for _ in range(4)]
+    sampled = 0
+    for column, masks in engine.generate(prompt_ids(), num_samples=4, max_tokens=120, temperature=1.0, seed=0,
+                                         stop_tokens=()):
+        for stream, token, mask in zip(streams, column, masks):
+            if token is not None:
+                sampled += token in boosted
+                stream.feed(token, mask)
+    assert sampled > 50, sampled  # the specials were there to leak (measured: 129 of the 480 tokens)
+    for stream in streams:
+        stream.finish()
+        shown = [stream.text, *(p["text"] for p in stream.parts)]
+        assert not any(t in s for t in SPECIAL_TOKENS for s in shown), shown
