@@ -61,13 +61,15 @@ def show_reply(parts: list[dict]) -> None:
         st.caption("(empty reply)")
     for i, part in enumerate(parts):
         if part["type"] == "text" and part["text"].strip():
-            st.markdown(part["text"])
+            st.markdown(fmt.markdown_literal(part["text"]))
         elif part["type"] == "python":
             following = parts[i + 1] if i + 1 < len(parts) else None
             if following and following["type"] == "python_output":
-                st.badge(f"calculator: {part['text']} = {following['text']}", icon=":material/calculate:", color="violet")
+                st.badge(fmt.markdown_literal(f"calculator: {part['text']} = {following['text']}"),
+                         icon=":material/calculate:", color="violet")
             else:
-                st.badge(f"calculator: {part['text']} (refused)", icon=":material/calculate:", color="gray")
+                st.badge(fmt.markdown_literal(f"calculator: {part['text']} (refused)"), icon=":material/calculate:",
+                         color="gray")
 
 
 def prompt_ids(tokenizer, model, history: list[dict], text: str, chat: bool, max_tokens: int) -> tuple[list[int], int]:
@@ -89,15 +91,16 @@ def prompt_ids(tokenizer, model, history: list[dict], text: str, chat: bool, max
 
 
 def stream_reply(engine: Engine, stream: ReplyStream, ids: list[int], **sampling):
-    """Yield the reply's text as it is generated (for st.write_stream); `stream` collects its parts."""
+    """Yield the reply's text as it is generated, escaped for st.write_stream's Markdown; `stream` collects its
+    parts."""
     for column, masks in engine.generate(ids, **sampling):
         token, mask = column[0], masks[0]
         if token is None or (mask == 1 and token in engine.default_stops):
             break
         if delta := stream.feed(token, mask):
-            yield delta
+            yield fmt.markdown_literal(delta)
     if tail := stream.finish():
-        yield tail
+        yield fmt.markdown_literal(tail)
 
 
 url = db.current_url()
@@ -156,13 +159,13 @@ history = st.session_state.setdefault(HISTORY_KEY, [])
 for message in history:
     with st.chat_message(message["role"]):
         if message["role"] == "user":
-            st.markdown(message["content"])
+            st.markdown(fmt.markdown_literal(message["content"]))
         else:
             show_reply(message["content"])
 
 if text := st.chat_input("Your message" if chat else "Text for the base model to continue"):
     with st.chat_message("user"):
-        st.markdown(text)
+        st.markdown(fmt.markdown_literal(text))
     ids, budget = prompt_ids(tokenizer, model, history if chat else [], text, chat, int(max_tokens))
     with st.chat_message("assistant"):
         stream = ReplyStream(tokenizer)

@@ -15,6 +15,15 @@ import pandas as pd
 
 MISSING = "—"  # what a cell shows for a value that was not measured (never 0: that would be a result)
 
+# Every ASCII punctuation character Markdown, or Streamlit's extensions to it ($math$, :emoji:, :red[color]), reads.
+_MARKDOWN_SYNTAX = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&])")
+
+
+def markdown_literal(text: str) -> str:
+    """`text` for a place that renders Markdown (st.markdown, st.write_stream, badges), escaped so that it shows
+    exactly as written: a model's `3*1008*200+150` is arithmetic, not emphasis. Line breaks are kept."""
+    return _MARKDOWN_SYNTAX.sub(r"\\\1", text).replace("\n", "  \n")
+
 
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

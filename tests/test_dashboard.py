@@ -631,3 +631,16 @@ def test_benchmark_page_without_reports_says_how_to_make_one(monkeypatch, tmp_pa
     assert len(at.info) == 1 and "No benchmark reports yet" in at.info[0].value
     assert "python -m harness.benchmark" in at.info[0].value and not at.dataframe
     assert not (tmp_path / "home").exists() and not (tmp_path / "none.db").exists()  # the page created nothing
+
+
+@pytest.mark.parametrize("text", ["3*1008*200+150", "a_b_c and __init__", "# not a heading", "1. not a list",
+                                  "- nor this", "`code` and ~~strike~~", "[link](http://x)", "<b>raw html</b> &amp;",
+                                  "$x^2$ and :red[colour] :smile:", "| a | b |", "back\\slash", "two\nlines > quote"])
+def test_markdown_literal_renders_as_the_text_itself(text):
+    """What the chat page writes through Markdown renders (CommonMark, as Streamlit's renderer) to the text itself."""
+    import html
+
+    from markdown_it import MarkdownIt
+    rendered = MarkdownIt("commonmark").render(fmt.markdown_literal(text))
+    expected = "<br />\n".join(html.escape(line, quote=False) for line in text.split("\n"))
+    assert rendered == f"<p>{expected}</p>\n"

@@ -122,9 +122,10 @@ def test_calculator_calls_show_as_badges(monkeypatch, site):
             {"type": "python", "text": "os.system('ls')"}]}]
     at.run()
     texts = [md.value for md in at.chat_message[1].markdown]
-    assert "Let me compute." in texts and "It is 84." in texts
-    assert any("badge[" in t and "calculator: 12*7 = 84" in t for t in texts), texts  # st.badge is markdown
-    assert any("badge[" in t and "calculator: os.system('ls') (refused)" in t for t in texts), texts
+    assert "Let me compute\\." in texts and "It is 84\\." in texts  # Markdown-escaped: shown exactly as generated
+    # st.badge is Markdown too: the expression is escaped, or 3*4*5 would show as 3<em>4</em>5.
+    assert any("badge[" in t and r"calculator\: 12\*7 = 84" in t for t in texts), texts
+    assert any("badge[" in t and r"calculator\: os\.system\('ls'\) \(refused\)" in t for t in texts), texts
 
 
 def test_no_checkpoint_here_is_a_friendly_empty_state(monkeypatch, tmp_path):
