@@ -103,7 +103,54 @@ def summary(search, status: str) -> str:
                          f"    python -m harness.speedrun --track {search.tier.track or search.tier.name} --experiment {c.experiment.id} --seeds 3")
     if any(c.experiment.replica for c in search.candidates.values()):
         lines.extend(aa_report(search))
+    elif real and not promoted:
+        lines.extend(what_next(search, real))
+    lines.append(f"  dashboard: python -m leaderboard serve --db {search.store.url_text}")
     return "\n".join(lines)
+
+
+MOST_SEEDS = 64  # past this, more seeds is not advice: the effect is too small for this rung to see
+
+
+def seeds_to_detect(sd: float, df: float, n: int, effect: float, alpha: float, power: float, floor: float) -> int | None:
+    """The fewest seeds with which a change whose paired differences spread `sd` (measured with `df` degrees of
+    freedom on n seeds) would be promoted, if its true improvement were `effect` bpb, with probability `power`;
+    None when no count up to MOST_SEEDS would (an effect at or under the floor never is)."""
+    for seeds in range(2, MOST_SEEDS + 1):
+        if mde(sd, seeds, df + max(seeds - n, 0), alpha, power, floor) <= effect:
+            return seeds
+    return None
+
+
+def what_next(search, real: list) -> list[str]:
+    """For a search that promoted nothing: what its first rung could detect, the largest improvement it saw, and
+    what would let it conclude about an effect of that size (more seeds, a longer rung, other changes)."""
+    rung, stats = search.tier.rungs[0], search.tier.statistics
+    seen = [(v, c) for c in real if (v := c.verdicts.get(rung.name)) and v.mean_delta is not None]
+    lines = [f"  what next: none of the {len(real)} changes passed {rung.name}."]
+    if not seen:
+        return lines + ["    none was decided there yet: rerun the same command to resume it, or give it more --trials"]
+    v, closest = min(seen, key=lambda x: x[0].mean_delta)
+    name = f"{closest.experiment.id[:12]} ({closest.experiment.describe()})"
+    if v.mean_delta >= 0:
+        return lines + [f"    No change improved on the baseline even on average (closest: {name}, {v.mean_delta:+.4f}): "
+                        "try other changes (--space, more --trials)."]
+    could = (f"with its {v.n} seeds the test could detect {v.mde:.4f} bpb with {stats.power:.0%} power"
+             if v.mde is not None and math.isfinite(v.mde) else "its noise could not be measured")
+    lines.append(f"    The best change seen, {name}, measured {v.mean_delta:+.4f}; {could}.")
+    test = v.test
+    need = None
+    if test is not None and test.sd:
+        alpha = per_look_alpha(stats.alpha, rung.seeds, stats.max_seeds, stats.futility)
+        need = seeds_to_detect(test.sd, test.df, v.n, -v.mean_delta, alpha, stats.power, stats.min_effect)
+    if need is None:
+        lines.append(f"    An improvement that small is under what {rung.name} can resolve (floor {stats.min_effect} bpb): "
+                     "more seeds will not settle it. Look for larger effects, or try a longer first rung "
+                     "(--flops-budget), which helps if the effect grows with training faster than seed noise does.")
+    else:
+        lines.append(f"    To settle an effect that size: about {need} seeds per rung (--seeds {need}), or a longer first "
+                     "rung (--flops-budget), which helps if the effect grows with training faster than seed noise does.")
+    return lines
 
 
 def aa_outcome(search, kind: str) -> tuple[int, int]:

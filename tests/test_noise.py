@@ -271,3 +271,17 @@ def test_the_per_look_alpha_holds_the_whole_sequence_of_looks_at_alpha():
     assert promoted(level) == pytest.approx(0.05, abs=0.004)
     assert promoted(0.05) > 0.08
     assert per_look_alpha(0.05, 3, 3) == 0.05  # one look: nothing to spread
+
+
+def test_seeds_to_detect_is_the_fewest_seeds_whose_mde_reaches_the_effect():
+    from harness.search_report import MOST_SEEDS, seeds_to_detect
+    sd, df, n, alpha, power, floor = 0.02, 1.0, 2, 0.05, 0.8, 0.0005
+    for effect in (0.05, 0.02, 0.01):
+        need = seeds_to_detect(sd, df, n, effect, alpha, power, floor)
+        assert need is not None and mde(sd, need, df + need - n, alpha, power, floor) <= effect
+        assert need == 2 or mde(sd, need - 1, df + need - 1 - n, alpha, power, floor) > effect
+    # Smaller effects need more seeds; an effect at the floor, or one only MOST_SEEDS+ seeds resolve, gets none.
+    assert seeds_to_detect(sd, df, n, 0.02, alpha, power, floor) < seeds_to_detect(sd, df, n, 0.01, alpha, power, floor)
+    assert seeds_to_detect(sd, df, n, floor, alpha, power, floor) is None
+    assert mde(sd, MOST_SEEDS, df + MOST_SEEDS - n, alpha, power, floor) > 0.004  # ~200 seeds would be needed
+    assert seeds_to_detect(sd, df, n, 0.004, alpha, power, floor) is None
