@@ -72,15 +72,20 @@ def decide(candidate: dict[int, float | None], baseline: dict[int, float], stats
     def verdict(what: str, reason: str) -> Verdict:
         return Verdict(what, deltas, test.mean, test.std_error, p, n, reason, kind, test, alpha=alpha)
 
+    # The reasons are sentences a user reads on the dashboard and in the terminal: what was seen, then the rule.
+    seen = f"{test.mean:+.4f} bpb vs the baseline on {n} seed{'s' if n != 1 else ''}"
     if p is None:
         if n < stats.max_seeds:
-            return verdict("more_seeds", "one pair and no noise measured yet: adding a seed")
-        return verdict("reject", "no spread to judge by at the seed cap")
+            return verdict("more_seeds", f"undecided: {seen}, and no noise measured yet to judge it by; adding a seed")
+        return verdict("reject", f"not shown better: {seen}, with no spread to judge it by at the seed cap")
     if p < alpha:
-        return verdict("promote", f"p={p:.3g} < {alpha:.3g} (alpha {stats.alpha} over up to "
-                                  f"{stats.max_seeds - (first_n or stats.max_seeds) + 1} looks)")
+        return verdict("promote", f"better than the baseline beyond the {stats.min_effect} bpb floor: {seen}, p={p:.3g} < {alpha:.3g} (alpha {stats.alpha} "
+                                  f"over up to {stats.max_seeds - (first_n or stats.max_seeds) + 1} looks)")
     if p > stats.futility:
-        return verdict("reject", f"p={p:.3g} > {stats.futility}: not an improvement of {stats.min_effect}")
+        return verdict("reject", f"unlikely to beat the baseline by the {stats.min_effect} bpb floor: {seen}, "
+                                 f"p={p:.3g} > {stats.futility}")
     if n < stats.max_seeds:
-        return verdict("more_seeds", f"borderline p={p:.3g}: adding seed {n + 1}")
-    return verdict("reject", f"p={p:.3g} still >= {alpha:.3g} at the seed cap ({stats.max_seeds})")
+        return verdict("more_seeds", f"undecided: {seen}, p={p:.3g} between {alpha:.3g} and {stats.futility}; "
+                                     f"adding seed {n + 1}")
+    return verdict("reject", f"not shown better at the seed cap: {seen}, p={p:.3g} still >= {alpha:.3g} with all "
+                             f"{stats.max_seeds} seeds")

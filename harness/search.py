@@ -558,16 +558,18 @@ class Search:
             noise_floor=null.sd if null else None, kind=v.kind, spread=v.test.sd if v.test else None,
             df=v.test.df if v.test else None, mde=v.mde,
             compute_multiplier=v.multiplier.value if v.multiplier else None,
-            multiplier_extrapolated=v.multiplier.extrapolated if v.multiplier and v.multiplier.value is not None else None))
+            multiplier_extrapolated=v.multiplier.extrapolated if v.multiplier and v.multiplier.value is not None else None,
+            reason=v.reason))
         cand.verdicts[rung.name] = v
         self.apply_verdict(cand, rung.name, v.verdict, v.n)
-        mean = f"mean d {v.mean_delta:+.4f}" if v.mean_delta is not None else "no paired result"
-        se = f" +- {v.std_error:.4f}" if v.std_error else ""
-        power = f", {v.kind} MDE {v.mde:.4f}" if v.mde is not None and math.isfinite(v.mde) else (f", {v.kind}" if v.kind else "")
-        mult = f", compute {v.multiplier.describe()}" if v.multiplier and v.multiplier.value is not None else ""
+        se = f"standard error {v.std_error:.4f}" if v.std_error else ""
+        power = f"{v.kind} MDE {v.mde:.4f}" if v.mde is not None and math.isfinite(v.mde) else (v.kind or "")
+        mult = f"compute {v.multiplier.describe()}" if v.multiplier and v.multiplier.value is not None else ""
         where = {"promote": f"PROMOTED to {to_rung}" if to_rung else ("PASSED the top rung" if index else "PASSED (the ladder's only rung)"), "reject": "rejected",
-                 "more_seeds": "borderline, one more seed"}[v.verdict]
-        self.say(f"decide {rung.name} {self.label(cand.experiment)}: {where} ({mean}{se}, n={v.n}{power}{mult}; {v.reason})")
+                 "more_seeds": "one more seed"}[v.verdict]
+        numbers = "; ".join(filter(None, [se, power, mult]))
+        # The reason is the sentence the dashboard shows too (decisions.reason).
+        self.say(f"decide {rung.name} {self.label(cand.experiment)}: {where}: {v.reason}" + (f" ({numbers})" if numbers else ""))
         if index == 0 and v.verdict != "more_seeds" and not cand.told:
             cand.told = True
             self.tell(cand)
@@ -639,7 +641,7 @@ def restored_verdict(row: dict, exp: Experiment, seed_base: int) -> Verdict:
     multiplier = (ComputeMultiplier(row["compute_multiplier"], bool(row.get("multiplier_extrapolated")))
                   if row.get("compute_multiplier") is not None else None)
     return Verdict(row["verdict"], deltas, row.get("mean_delta"), row.get("std_error"), row.get("p_value"),
-                   row.get("n") or 0, "(from the previous session)", row.get("kind"), test, multiplier)
+                   row.get("n") or 0, row.get("reason") or "(from the previous session)", row.get("kind"), test, multiplier)
 
 
 # -----------------------------------------------------------------------------------------------------------

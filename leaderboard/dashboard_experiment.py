@@ -98,8 +98,12 @@ else:
 
 st.subheader("Decisions")
 if experiment["decisions"]:
-    st.dataframe(fmt.decisions_table(experiment["decisions"], names).drop(columns=["experiment", "experiment_id"]),
-                 hide_index=True, placeholder=fmt.MISSING, column_config=fmt.decision_column_config(st))
+    for d in experiment["decisions"]:
+        st.markdown(f"**{d['from_rung']}: {fmt.verdict_words(d)}.** "
+                    + fmt.markdown_literal(fmt.sentence(d.get("reason") or fmt.NO_REASON)))
+    with st.expander("The numbers behind each decision"):
+        st.dataframe(fmt.decisions_table(experiment["decisions"], names).drop(columns=["experiment", "experiment_id"]),
+                     hide_index=True, placeholder=fmt.MISSING, column_config=fmt.decision_column_config(st))
     replicated = views.replications(sorted(experiment["decisions"], key=lambda d: d["id"]))
     if replicated:
         st.markdown("**Promotions and their replication**")

@@ -190,6 +190,29 @@ def trials_frame(trials: list[dict[str, Any]], device_seconds: Mapping[int, floa
     return pd.DataFrame(rows, columns=columns)
 
 
+NO_REASON = "decided before reasons were recorded: see the numbers"
+
+
+def sentence(text: str) -> str:
+    """`text` with its first letter capitalised (and nothing else changed: p=0.96, MDE and ids keep their case)."""
+    return text[:1].upper() + text[1:]
+
+
+def verdict_words(d: Mapping[str, Any]) -> str:
+    if d["verdict"] == "promote":
+        return f"promoted to {d['to_rung']}" if d.get("to_rung") else "passed"
+    return {"reject": "rejected", "more_seeds": "one more seed"}.get(d["verdict"], d["verdict"])
+
+
+def decision_reasons(decisions: list[dict[str, Any]], names: Mapping[str, str]) -> pd.DataFrame:
+    """Every ladder decision in words: what was decided at which rung and why (the sentence the search printed);
+    the statistics are in `decisions_table`."""
+    return pd.DataFrame([{
+        "experiment": names.get(d["experiment_id"], d["experiment_id"]), "rung": d["from_rung"],
+        "decision": verdict_words(d), "why": d.get("reason") or NO_REASON, "experiment_id": d["experiment_id"],
+    } for d in decisions], columns=["experiment", "rung", "decision", "why", "experiment_id"])
+
+
 def decisions_table(decisions: list[dict[str, Any]], names: Mapping[str, str]) -> pd.DataFrame:
     """Every ladder decision with the statistics it was made on (numbers stay numbers: sortable)."""
     rows = []

@@ -54,8 +54,8 @@ cols[0].metric("proposed", summary["n_proposed"])
 cols[1].metric("runs finished", f"{finished} / {sum(summary['runs_by_status'].values())}")
 cols[2].metric("ok runs", summary["runs_by_status"].get("ok", 0))
 cols[3].metric("training hours", f"{summary['training_hours']:.3f}", help="timed training steps only")
-cols[4].metric("compute (device-hours)", f"{summary['device_hours']:.3f}",
-               help="each run's wall time x its devices, as the search's own summary and --budget-hours count it")
+cols[4].metric("device-hours", f"{summary['device_hours']:.3f}",
+               help="the search's compute: each run's wall time x its devices, as its terminal summary and --budget-hours count it")
 cols[5].metric("agent cost", f"${usage['cost_usd']:.2f}" if usage["experiments"] else fmt.MISSING)
 
 if not summary["trials"]:
@@ -117,10 +117,16 @@ st.subheader("Promotion decisions")
 if not decisions:
     st.info("No promotion decisions yet.")
 else:
-    table = fmt.decisions_table(decisions, all_names)
-    table["details"] = table.pop("experiment_id").map(fmt.experiment_link)
-    st.dataframe(table, hide_index=True, placeholder=fmt.MISSING, column_config={
-        **fmt.decision_column_config(st), "details": st.column_config.LinkColumn(display_text="experiment ↗")})
+    reasons = fmt.decision_reasons(decisions, all_names)
+    reasons["details"] = reasons.pop("experiment_id").map(fmt.experiment_link)
+    st.dataframe(reasons, hide_index=True, placeholder=fmt.MISSING, column_config={
+        "why": st.column_config.TextColumn(width="large"),
+        "details": st.column_config.LinkColumn(display_text="experiment ↗")})
+    with st.expander("The numbers behind each decision"):
+        table = fmt.decisions_table(decisions, all_names)
+        table["details"] = table.pop("experiment_id").map(fmt.experiment_link)
+        st.dataframe(table, hide_index=True, placeholder=fmt.MISSING, column_config={
+            **fmt.decision_column_config(st), "details": st.column_config.LinkColumn(display_text="experiment ↗")})
 
 st.subheader("Promotions and their replication")
 if not summary["replications"]:

@@ -14,6 +14,7 @@ History:
       compute_multiplier/multiplier_extrapolated; runs.tok_per_s/loaded.
   v5  searches.reason: why a failed search failed.
   v6  runs.sealed: a patched run's sealed re-score (statuses metric_mismatch and not_causal are new values only).
+  v7  decisions.reason: why, in words (older decisions keep NULL: the dashboard says they predate it).
 """
 
 from collections.abc import Callable
@@ -69,6 +70,12 @@ def _v6_sealed_runs(conn: sa.Connection) -> None:
         add_column(conn, schema.runs.c.sealed)
 
 
+def _v7_decision_reason(conn: sa.Connection) -> None:
+    inspector = sa.inspect(conn)
+    if "decisions" in inspector.get_table_names() and "reason" not in {c["name"] for c in inspector.get_columns("decisions")}:
+        add_column(conn, schema.decisions.c.reason)
+
+
 # version -> the migration that upgrades version-1 to it. Append only; never edit a released one.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     2: _v2_search_harness,
@@ -76,6 +83,7 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     4: _v4_noise_per_kind,
     5: _v5_search_reason,
     6: _v6_sealed_runs,
+    7: _v7_decision_reason,
 }
 assert sorted(MIGRATIONS) == list(range(2, schema.SCHEMA_VERSION + 1)), "a migration per version after v1"
 

@@ -134,6 +134,7 @@ class Decision:
     mde: float | None = None          # minimum detectable effect (bpb)
     compute_multiplier: float | None = None
     multiplier_extrapolated: bool | None = None
+    reason: str | None = None         # why, in words (the ladder's sentence), the numbers above in it
     created_at: datetime | None = None
 
     def __post_init__(self):

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # metric_mismatch and not_causal: a patched run whose sealed re-score (model/seal.py) disagreed with what it reported,
 # or whose model let a position see later tokens. They count as failed runs of their experiment.
@@ -192,6 +192,7 @@ decisions = sa.Table(
     sa.Column("compute_multiplier", Real),  # baseline compute to reach the candidate's val_bpb / the candidate's
     sa.Column("multiplier_extrapolated", sa.Boolean),
     sa.Column("verdict", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text),  # why, in words: the sentence the search printed
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Index("ix_decisions_search", "search_id", "from_rung"),
     sa.Index("ix_decisions_experiment", "experiment_id"),

@@ -50,6 +50,9 @@ def _curve(final: float, n: int = 5) -> list[dict]:
              "val_bpb": final + 0.1 * (n - 1 - i)} for i in range(n)]
 
 
+SMEAR_WHY = ("better than the baseline beyond the 0.01 bpb floor: -0.0500 bpb vs the baseline on 2 seeds, p=0.003 < 0.05 "
+             "(alpha 0.05 over up to 1 looks)")  # the ladder's sentence (harness/ladder.py); backout's predates reasons
+
 def seed(url: str) -> dict:
     """A search with a baseline and three candidates (runs at two rungs and two seeds; one promoted, one
     rejected, one diverged), agent costs, a lone run outside any search, and two tracks with entries."""
@@ -89,7 +92,8 @@ def seed(url: str) -> dict:
         common = dict(search_id=search_id, baseline_experiment_id=BASE, n=2, alpha=0.05, min_effect=0.01,
                       noise_floor=0.004, kind="structural", spread=0.004, df=4.0, mde=0.0123)
         store.record_decision(Decision(experiment_id=SMEAR, from_rung="d2", to_rung="d4", verdict="promote",
-                                       deltas=[-0.05, -0.05], mean_delta=-0.05, std_error=0.001, p_value=0.003, **common))
+                                       deltas=[-0.05, -0.05], mean_delta=-0.05, std_error=0.001, p_value=0.003,
+                                       reason=SMEAR_WHY, **common))
         store.record_decision(Decision(experiment_id=BACKOUT, from_rung="d2", to_rung="d4", verdict="reject",
                                        deltas=[0.02, 0.02], mean_delta=0.02, std_error=0.001, p_value=0.97, **common))
         store.record_run(Run(experiment_id=LONE, rung="d2", seed=0, status="ok", val_bpb=1.99, world_size=1,
@@ -205,6 +209,12 @@ def test_search_page_funnel_decisions_trials_and_agent_spend(monkeypatch, seeded
         ("d2", "parametric", 3, 0.0002), ("d2", "structural", 3, 0.004)]
     decisions = frame_with(at, "verdict")
     assert dict(zip(decisions["experiment"], decisions["verdict"])) == {"smear": "promote", "backout": "reject"}
+    # Each decision in words first; the numbers above are one click away, in an expander.
+    reasons = frame_with(at, "why")
+    assert reasons.drop(columns=["details"]).to_dict("records") == [
+        {"experiment": "smear", "rung": "d2", "decision": "promoted to d4", "why": SMEAR_WHY},
+        {"experiment": "backout", "rung": "d2", "decision": "rejected", "why": fmt.NO_REASON}]
+    assert [e.label for e in at.expander] == ["The numbers behind each decision"]
     smear = decisions[decisions["experiment"] == "smear"].iloc[0]
     assert (smear["n"], smear["mean delta"], smear["std error"], smear["p-value"]) == (2, -0.05, 0.001, 0.003)
     assert (smear["alpha"], smear["min effect"], smear["null spread"]) == (0.05, 0.01, 0.004)
@@ -215,7 +225,7 @@ def test_search_page_funnel_decisions_trials_and_agent_spend(monkeypatch, seeded
     found = metrics(at)
     assert (found["proposed"], found["runs finished"], found["ok runs"]) == ("4", "11 / 11", "10")
     assert found["training hours"] == "3.017"  # 6 d2 runs x 600 s + 4 d4 runs x 1800 s + the diverged 60 s
-    assert found["compute (device-hours)"] == "0.850"  # wall time: 10 runs of 5 minutes + the diverged one's minute
+    assert found["device-hours"] == "0.850"  # wall time: 10 runs of 5 minutes + the diverged one's minute
     # agent spend: smear (1200 in, 300 out, $0.0125) + the untested idea (800 in, 200 out, $0.0075)
     assert (found["agent cost"], found["cost (USD)"]) == ("$0.02", "$0.02")
     assert (found["input tokens"], found["output tokens"], found["proposals by the agent"]) == ("2,000", "500", "2")
@@ -414,6 +424,7 @@ def test_experiment_page_from_query_param(monkeypatch, seeded):
     assert list(zip(runs["rung"], runs["seed"], runs["status"])) == [("d2", 0, "ok"), ("d2", 1, "ok"),
                                                                      ("d4", 0, "ok"), ("d4", 1, "ok")]
     assert runs["time to target (s)"].tolist()[2:] == [450.0, 450.0]
+    assert f"**d2: promoted to d4.** {fmt.markdown_literal(fmt.sentence(SMEAR_WHY))}" in text  # the reason, in words
     decisions = frame_with(at, "verdict")
     assert decisions[["from", "to", "verdict", "p-value"]].to_dict("records") == [
         {"from": "d2", "to": "d4", "verdict": "promote", "p-value": 0.003}]

@@ -238,3 +238,13 @@ def test_benchmark_page_renders_a_report_in_chromium(chromium, dashboard, tmp_pa
     assert all(w in text for w in wanted), f"the report not rendered within {RENDER_S} s {where}"
     assert "Traceback" not in text and "Cannot read" not in text, where
     assert screenshot.stat().st_size > 10_000, f"blank screenshot? {where}"
+
+
+def test_search_page_says_why_each_decision_was_made_in_chromium(chromium, dashboard, tmp_path):
+    from tests.test_dashboard import SMEAR_WHY
+    screenshot = tmp_path / "search.png"
+    wanted = ["Promotion decisions", "promoted to d4", SMEAR_WHY, "The numbers behind each decision"]
+    text = page_text(chromium, dashboard + "search?search=cpu-search", wanted, tmp_path, screenshot)
+    where = f"(screenshot: {screenshot}; page text: {text[:1500]!r})"
+    assert all(w in text for w in wanted), f"the decisions' reasons not rendered within {RENDER_S} s {where}"
+    assert "Traceback" not in text and "Cannot read" not in text, where

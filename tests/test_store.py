@@ -510,6 +510,20 @@ def test_a_v5_database_gets_the_sealed_column_and_keeps_its_runs(db_url):
         assert store.runs(experiment_id="exp0001", status=("metric_mismatch",))[0]["sealed"] == sealed
 
 
+def test_a_v6_database_gets_the_decision_reason_column_and_keeps_its_decisions(db_url):
+    """v7 adds decisions.reason; decisions recorded before keep their numbers, reason NULL."""
+    with Store(db_url) as store:
+        store.record_experiment(experiment(1))
+        store.record_decision(Decision(experiment_id="exp0001", from_rung="d2", verdict="reject", mean_delta=0.01, n=3))
+    as_older_version(db_url, 6, "ALTER TABLE decisions DROP COLUMN reason")
+    with Store(db_url) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        [old] = store.decisions(experiment_id="exp0001")
+        assert (old["mean_delta"], old["n"], old["reason"]) == (0.01, 3, None)
+        store.record_decision(Decision(experiment_id="exp0001", from_rung="d2", verdict="promote", reason="in words"))
+        assert [d["reason"] for d in store.decisions(experiment_id="exp0001")] == [None, "in words"]
+
+
 def test_leaderboard_ranks_by_time_to_target(store):
     store.record_track(Track(name="gpt2", metric="core", target=0.256525, depth=24, hardware="8xH100"))
     store.record_track(Track(name="gpt2", metric="core", target=0.256525, depth=24, hardware="8xH100",
