@@ -14,24 +14,37 @@ def _y(field: str, title: str) -> alt.Y:
     return alt.Y(field=field, type="quantitative", title=title, scale=alt.Scale(zero=False))
 
 
-def trials_over_time(trials: pd.DataFrame) -> alt.Chart:
-    """Each finished trial's val_bpb against when it finished, one colour per rung."""
+ROLES = ["baseline", "null", "candidate"]
+ROLE_COLOURS = ["#4c4c4c", "#9e9e9e", "#1f77b4"]  # the baseline dark, its nulls grey, the changes in colour
+
+
+def runs_over_time(runs: pd.DataFrame, bands: pd.DataFrame) -> alt.LayerChart:
+    """Each finished run's val_bpb against when it finished, coloured by role (baseline, null, candidate), one
+    shape per rung, over the baseline's mean (line) and spread over seeds (band) per rung."""
     # 24-hour labels (Vega's default is 12-hour without am/pm): seconds for a short search, the date once it
     # spans days.
-    finished = pd.to_datetime(trials["finished"], utc=True)
+    finished = pd.to_datetime(runs["finished"], utc=True)
     span = finished.max() - finished.min()
     labels = "%H:%M:%S" if span < pd.Timedelta(hours=1) else "%H:%M" if span < pd.Timedelta(days=1) else "%b %d %H:%M"
-    return alt.Chart(trials).mark_circle(size=40).encode(
+    points = alt.Chart(runs).mark_point(size=50, filled=True).encode(
         x=alt.X("finished:T", title="finished at (UTC)", scale=alt.Scale(type="utc"), axis=alt.Axis(format=labels)),
         y=_y("val_bpb", "val_bpb"),
-        color=alt.Color("rung:N"), tooltip=["experiment", "rung", "seed", "proposer", "val_bpb", "finished"])
+        color=alt.Color("role:N", scale=alt.Scale(domain=ROLES, range=ROLE_COLOURS)),
+        shape=alt.Shape("rung:N"), tooltip=["experiment", "role", "rung", "seed", "proposer", "val_bpb", "finished"])
+    band = alt.Chart(bands).mark_rect(opacity=0.12, color=ROLE_COLOURS[0]).encode(
+        y=alt.Y(field="low", type="quantitative"), y2=alt.Y2(field="high"), tooltip=["rung", "baseline", "seeds"])
+    line = alt.Chart(bands).mark_rule(strokeDash=[4, 3], color=ROLE_COLOURS[0]).encode(
+        y=alt.Y(field="baseline", type="quantitative"), tooltip=["rung", "baseline", "seeds"])
+    return alt.layer(band, line, points)
 
 
-def best_so_far(trials: pd.DataFrame, x: str, title: str) -> alt.Chart:
-    """The best val_bpb of each rung so far, as a step line: it only moves when a trial improves it."""
-    return alt.Chart(trials).mark_line(interpolate="step-after").encode(
-        x=alt.X(field=x, type="quantitative", title=title), y=_y("best_val_bpb", "best val_bpb so far"), color=alt.Color("rung:N"),
-        tooltip=["rung", "trial", "compute_hours", "best_val_bpb", "experiment"])
+def best_so_far(runs: pd.DataFrame, x: str, title: str) -> alt.Chart:
+    """The best decided improvement of each rung so far (the mean paired difference of the best change promoted
+    from it), as a step line: only a promotion moves it, never a lucky seed."""
+    return alt.Chart(runs).mark_line(interpolate="step-after", point=True).encode(
+        x=alt.X(field=x, type="quantitative", title=title),
+        y=_y("best_decided", "best promoted change so far (mean d, bpb)"), color=alt.Color("rung:N"),
+        tooltip=["rung", "run", "compute_hours", "best_decided", "experiment"])
 
 
 def funnel(funnel_rows: pd.DataFrame) -> alt.Chart:

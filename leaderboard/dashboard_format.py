@@ -137,18 +137,6 @@ def best_runs_table(runs: list[dict[str, Any]], names: Mapping[str, str],
 
 # ------------------------------------------------------------------------------------------------ search
 
-def search_baseline(search: Mapping[str, Any], decisions: list[dict[str, Any]]) -> str | None:
-    """The search's baseline experiment: its config's `baseline_experiment_id` when the harness put it there,
-    else the baseline its latest decision compared against."""
-    config = search.get("config") if isinstance(search.get("config"), dict) else {}
-    if config.get("baseline_experiment_id"):
-        return str(config["baseline_experiment_id"])
-    for decision in reversed(decisions):
-        if decision.get("baseline_experiment_id"):
-            return decision["baseline_experiment_id"]
-    return None
-
-
 def agent_usage(experiments: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Sum of the agent's tokens and dollars over experiments whose `extra["agent"]` records them, in all and
     per model. Experiments proposed without the agent (no such record) are not counted."""
@@ -170,24 +158,36 @@ def agent_usage(experiments: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return {**totals, "models": sorted(per_model.values(), key=lambda r: -r["cost_usd"])}
 
 
-def trials_frame(trials: list[dict[str, Any]], device_seconds: Mapping[int, float],
-                 experiments: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per finished run of a search, in finish order, with the trial number within its rung, the
-    compute spent so far (device-hours: training time x world size, summed in finish order over the
-    whole search), the best val_bpb of its rung so far, and who proposed it."""
-    columns = ["trial", "finished", "rung", "experiment", "experiment_id", "proposer", "seed", "status",
-               "val_bpb", "best_val_bpb", "compute_hours"]
+def runs_frame(trials: list[dict[str, Any]], device_seconds: Mapping[int, float],
+               experiments: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per finished run of a search, in finish order: its number within its rung ("run"), its role
+    (baseline, null, candidate), the compute spent so far (device-hours, as Store.device_seconds counts them,
+    summed in finish order over the whole search), the best decided improvement of its rung so far (views:
+    `best_decided`), and who proposed it."""
+    columns = ["run", "finished", "rung", "role", "experiment", "experiment_id", "proposer", "seed", "status",
+               "val_bpb", "best_decided", "compute_hours"]
     rows, per_rung, hours = [], {}, 0.0
     for trial in trials:
         hours += device_seconds.get(trial["run_id"], 0.0) / 3600.0
         per_rung[trial["rung"]] = per_rung.get(trial["rung"], 0) + 1
         experiment = experiments.get(trial["experiment_id"], {})
-        rows.append({"trial": per_rung[trial["rung"]], "finished": trial["finished_at"], "rung": trial["rung"],
-                     "experiment": experiment.get("name", trial["experiment_id"]),
+        rows.append({"run": per_rung[trial["rung"]], "finished": trial["finished_at"], "rung": trial["rung"],
+                     "role": trial["role"], "experiment": experiment.get("name", trial["experiment_id"]),
                      "experiment_id": trial["experiment_id"], "proposer": experiment.get("proposer", MISSING),
                      "seed": trial["seed"], "status": trial["status"], "val_bpb": trial["val_bpb"],
-                     "best_val_bpb": trial["best_val_bpb"], "compute_hours": hours})
+                     "best_decided": trial["best_decided"], "compute_hours": hours})
     return pd.DataFrame(rows, columns=columns)
+
+
+def baseline_bands(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per rung, the baseline's mean val_bpb and its spread over seeds (mean +- one standard deviation; the mean
+    alone with one seed), from the ok runs of role baseline."""
+    base = runs[(runs["role"] == "baseline") & (runs["status"] == "ok")].dropna(subset=["val_bpb"])
+    rows = []
+    for rung, group in base.groupby("rung", sort=False):
+        mean, sd = float(group["val_bpb"].mean()), float(group["val_bpb"].std()) if len(group) > 1 else 0.0
+        rows.append({"rung": rung, "baseline": mean, "low": mean - sd, "high": mean + sd, "seeds": len(group)})
+    return pd.DataFrame(rows, columns=["rung", "baseline", "low", "high", "seeds"])
 
 
 NO_REASON = "decided before reasons were recorded: see the numbers"

@@ -12,6 +12,7 @@ import streamlit as st
 from leaderboard import dashboard_charts as charts
 from leaderboard import dashboard_db as db
 from leaderboard import dashboard_format as fmt
+from leaderboard import views
 from leaderboard.schema import RUN_STATUSES
 
 MAX_DEFAULT_CURVES = 5  # curves drawn before the user picks: enough to compare, few enough to read
@@ -85,7 +86,7 @@ if chosen is None:
 baseline_run, why = None, "this run belongs to no search"
 if chosen["search_id"] is not None:
     search = next((s for s in searches if s["id"] == chosen["search_id"]), {})
-    baseline_id = fmt.search_baseline(search, db.decisions(url, search_id=chosen["search_id"]))
+    baseline_id = views.search_baseline(search, db.decisions(url, search_id=chosen["search_id"]))
     if baseline_id is None:
         why = "its search records no baseline experiment"
     elif baseline_id == chosen["experiment_id"]:

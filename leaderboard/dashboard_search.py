@@ -1,4 +1,4 @@
-"""Search page: one search's progress (trials, best so far by trial and by compute), its rung funnel,
+"""Search page: one search's progress (its runs by role over the baseline's band, the best decided improvement by run and by compute), its rung funnel,
 the promotion decisions with their statistics, who proposed what, the proposals it refused and why, and what the
 agent cost (refused answers included: they were paid for too).
 
@@ -12,6 +12,7 @@ import streamlit as st
 from leaderboard import dashboard_charts as charts
 from leaderboard import dashboard_db as db
 from leaderboard import dashboard_format as fmt
+from leaderboard import views
 
 BEST_SHOWN = 10  # rows of the best-experiments table
 
@@ -47,7 +48,7 @@ usage = fmt.agent_usage([*proposed, *({"extra": r["payload"]} for r in rejected)
 st.caption(" · ".join(filter(None, [
     f"status: {search['status']}", f"tier: {search['tier']}" if search["tier"] else "",
     f"space: {search['space']}" if search["space"] else "", f"proposer: {search['proposer']}" if search["proposer"] else "",
-    f"baseline: {all_names.get(b, b)}" if (b := fmt.search_baseline(search, decisions)) else ""])))
+    f"baseline: {all_names.get(b, b)}" if (b := views.search_baseline(search, decisions)) else ""])))
 finished = sum(n for status, n in summary["runs_by_status"].items() if status != "running")
 cols = st.columns(6)
 cols[0].metric("proposed", summary["n_proposed"])
@@ -61,7 +62,7 @@ cols[5].metric("agent cost", f"${usage['cost_usd']:.2f}" if usage["experiments"]
 if not summary["trials"]:
     st.info("No finished runs yet in this search.")
 else:
-    trials = fmt.trials_frame(summary["trials"], db.device_seconds(url, search["id"]), known)
+    trials = fmt.runs_frame(summary["trials"], db.device_seconds(url, search["id"]), known)
     st.subheader("Best experiments")
     st.caption("Furthest up the ladder first, then the lowest mean paired difference from the control there "
                "(candidate - control val_bpb on the same seeds; negative is better): the ranking the search's summary "
@@ -80,13 +81,22 @@ else:
 
     scored = trials.dropna(subset=["val_bpb"])
     if not scored.empty:  # else the caption above says why there is nothing to draw
-        st.subheader("Trials over time")
-        st.altair_chart(charts.trials_over_time(scored))
+        st.subheader("Runs over time")
+        st.altair_chart(charts.runs_over_time(scored, fmt.baseline_bands(scored)))
+        st.caption("Each finished run by role: the baseline (dashed line: its mean per rung; band: +- one standard "
+                   "deviation over its seeds), the nulls that measure the noise, and the candidates. Rungs are "
+                   "different model sizes: compare a run with its own rung's baseline.")
         st.subheader("Best so far")
-        left, right = st.columns(2)
-        best = trials.dropna(subset=["best_val_bpb"])
-        left.altair_chart(charts.best_so_far(best, "trial", "trials at the rung"))
-        right.altair_chart(charts.best_so_far(best, "compute_hours", "compute so far (device-hours, whole search)"))
+        best = trials.dropna(subset=["best_decided"])
+        if best.empty:
+            st.caption("No change promoted yet: only a promotion (a decided improvement) counts here, never a lucky "
+                       "seed of the baseline or of a candidate.")
+        else:
+            left, right = st.columns(2)
+            left.altair_chart(charts.best_so_far(best, "run", "runs at the rung"))
+            right.altair_chart(charts.best_so_far(best, "compute_hours", "compute so far (device-hours, whole search)"))
+            st.caption("The mean paired difference (candidate - baseline val_bpb; lower is better) of the best change "
+                       "promoted from each rung so far: it moves only when a decision promotes a change.")
 
 st.subheader("Rung funnel")
 funnel = pd.DataFrame(summary["funnel"], columns=["rung", "proposed", "run", "promoted", "rejected"])
@@ -139,13 +149,13 @@ else:
         "details": st.column_config.LinkColumn(display_text="experiment ↗")})
     st.caption(fmt.REPLICATION_HELP)
 
-st.subheader("Trials")
+st.subheader("Runs")
 if summary["trials"]:
     shown = trials.iloc[::-1].drop(columns=["experiment_id"])  # newest first
     st.dataframe(shown, hide_index=True, placeholder=fmt.MISSING, column_config={
         "finished": st.column_config.DatetimeColumn("finished (UTC)", format="YYYY-MM-DD HH:mm:ss"),
         "val_bpb": st.column_config.NumberColumn(format="%.4f"),
-        "best_val_bpb": st.column_config.NumberColumn("best so far", format="%.4f"),
+        "best_decided": st.column_config.NumberColumn("best promoted so far", format="%+.4f"),
         "compute_hours": st.column_config.NumberColumn("compute (h)", format="%.3f"),
     })
 else:

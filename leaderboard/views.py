@@ -21,7 +21,8 @@ _NEVER = datetime.min.replace(tzinfo=UTC)
 # The columns these read of many rows (a search has thousands of runs): fetching only them keeps the pages quick.
 _TRIAL_COLUMNS = ("id", "experiment_id", "rung", "seed", "status", "finished_at", "val_bpb", "total_training_time",
                   "world_size")
-_DECISION_COLUMNS = ("search_id", "experiment_id", "from_rung", "to_rung", "verdict", "mean_delta", "std_error", "n")
+_DECISION_COLUMNS = ("search_id", "experiment_id", "from_rung", "to_rung", "verdict", "mean_delta", "std_error", "n",
+                     "baseline_experiment_id", "created_at")
 
 
 def _finish_order(run: dict[str, Any]) -> tuple:
@@ -35,8 +36,11 @@ def search_summary(store: Store, search_id: int) -> dict[str, Any] | None:
     - `search`: the searches row; `n_proposed`; `runs_by_status`: {status: count};
     - `training_hours` (sum of total_training_time: timed steps only) and `device_hours` (the search's compute, as
       `Store.device_seconds` defines it: each run's wall time times its world size);
-    - `trials`: finished runs in finish order, each with `best_val_bpb`, the best ok val_bpb of its rung
-      so far (rungs are different model sizes, so their val_bpb do not compare);
+    - `trials`: finished runs in finish order, each with its `role` (baseline, null or candidate) and
+      `best_decided`: the best mean paired difference (candidate - baseline, lower is better) of a change promoted
+      from its rung so far, None before the first. Only decided improvements count: a lucky seed of the baseline,
+      a null or an undecided candidate never moves it. A promotion counts from the run that completed its seeds
+      (the last run of the rung that finished before the decision);
     - `best`: the search's experiments best first, by the one definition of best (leaderboard/ranking.py:
       furthest up the ladder, then the lowest mean paired difference there), each {experiment_id, rung,
       mean_delta, n, beats_baseline}; the baseline and the nulls never appear;
@@ -59,21 +63,35 @@ def search_summary(store: Store, search_id: int) -> dict[str, Any] | None:
     replicas = {x["id"] for x in involved if isinstance(x["extra"], dict) and x["extra"].get("replica")}
     verdicts = list(dict.fromkeys((x["from_rung"], x["to_rung"], x["verdict"], x["experiment_id"]) for x in decided))
 
+    baseline_id = search_baseline(search, decided)
     runs_by_status: dict[str, int] = {}
-    trials, best_so_far = [], {}
+    trials = []
     ran_at: dict[str, set[str]] = {}
     for run in runs:
         runs_by_status[run["status"]] = runs_by_status.get(run["status"], 0) + 1
         if run["finished_at"] is None:
             continue
-        counts = run["experiment_id"] not in noise
-        if counts:
+        if run["experiment_id"] not in noise:
             ran_at.setdefault(run["rung"], set()).add(run["experiment_id"])
-        if counts and run["status"] == "ok" and run["val_bpb"] is not None:
-            best_so_far[run["rung"]] = min(best_so_far.get(run["rung"], math.inf), run["val_bpb"])
+        role = ("baseline" if run["experiment_id"] == baseline_id else
+                "null" if run["experiment_id"] in noise | replicas else "candidate")
         trials.append({"run_id": run["id"], "experiment_id": run["experiment_id"], "rung": run["rung"],
                        "seed": run["seed"], "status": run["status"], "finished_at": run["finished_at"],
-                       "val_bpb": run["val_bpb"], "best_val_bpb": best_so_far.get(run["rung"])})
+                       "val_bpb": run["val_bpb"], "role": role, "best_decided": None})
+    # Each promotion of a change goes to the last run of its rung that finished before it was decided.
+    promoted_at: dict[int, float] = {}
+    for d in decided:
+        if d["verdict"] != "promote" or d["mean_delta"] is None or d["experiment_id"] in noise | replicas:
+            continue
+        before = [i for i, t in enumerate(trials) if t["rung"] == d["from_rung"]
+                  and (d["created_at"] is None or t["finished_at"] <= d["created_at"])]
+        if before:
+            promoted_at[before[-1]] = min(promoted_at.get(before[-1], math.inf), d["mean_delta"])
+    best_so_far: dict[str, float] = {}
+    for i, trial in enumerate(trials):
+        if i in promoted_at:
+            best_so_far[trial["rung"]] = min(best_so_far.get(trial["rung"], math.inf), promoted_at[i])
+        trial["best_decided"] = best_so_far.get(trial["rung"])
 
     config = search["config"] if isinstance(search["config"], dict) else {}
     order = [str(rung) for rung in config.get("rungs") or []]
@@ -82,7 +100,7 @@ def search_summary(store: Store, search_id: int) -> dict[str, Any] | None:
         if rung not in order:
             order.append(rung)
     n_at = {(x["experiment_id"], x["from_rung"]): x["n"] for x in decided}  # the latest decision's seeds
-    baseline = {str(config["baseline_experiment_id"])} if config.get("baseline_experiment_id") else set()
+    baseline = {baseline_id} if baseline_id else set()
     best = [{"experiment_id": s.experiment_id, "rung": s.rung, "mean_delta": s.mean_delta,
              "n": n_at.get((s.experiment_id, s.rung)), "beats_baseline": s.beats_baseline()}
             for s in ranking.standings(decided, order, exclude=noise | replicas | baseline)]
@@ -107,6 +125,18 @@ def search_summary(store: Store, search_id: int) -> dict[str, Any] | None:
     return {"search": search, "n_proposed": n_proposed, "runs_by_status": runs_by_status,
             "training_hours": hours, "device_hours": device_hours, "trials": trials, "best": best, "funnel": funnel,
             "replications": [r for r in replications(decided) if r["experiment_id"] not in noise | replicas]}
+
+
+def search_baseline(search: dict[str, Any], decisions: list[dict[str, Any]]) -> str | None:
+    """The search's baseline experiment: its config's `baseline_experiment_id` when the harness put it there,
+    else the baseline its latest decision compared against."""
+    config = search.get("config") if isinstance(search.get("config"), dict) else {}
+    if config.get("baseline_experiment_id"):
+        return str(config["baseline_experiment_id"])
+    for decision in reversed(decisions):
+        if decision.get("baseline_experiment_id"):
+            return decision["baseline_experiment_id"]
+    return None
 
 
 def replications(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ a seeded SQLite database, an empty one, a missing file and bad URLs.
 """
 
 import hashlib
+import math
 import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from leaderboard import Decision, Entry, Experiment, Run, Store, Track
+from leaderboard import Decision, Entry, Experiment, Run, Store, Track, views
 from leaderboard import dashboard_format as fmt
 
 APP = Path(__file__).resolve().parents[1] / "leaderboard" / "app.py"
@@ -91,11 +92,13 @@ def seed(url: str) -> dict:
         store.record_null_spread("cpu-search", "d2", "parametric", 0.0002, 3, BASE)
         common = dict(search_id=search_id, baseline_experiment_id=BASE, n=2, alpha=0.05, min_effect=0.01,
                       noise_floor=0.004, kind="structural", spread=0.004, df=4.0, mde=0.0123)
+        # Each decided just after the run that completed its seeds (smear's second d2 run finished at T0 + 40 min).
         store.record_decision(Decision(experiment_id=SMEAR, from_rung="d2", to_rung="d4", verdict="promote",
                                        deltas=[-0.05, -0.05], mean_delta=-0.05, std_error=0.001, p_value=0.003,
-                                       reason=SMEAR_WHY, **common))
+                                       reason=SMEAR_WHY, created_at=T0 + timedelta(minutes=41), **common))
         store.record_decision(Decision(experiment_id=BACKOUT, from_rung="d2", to_rung="d4", verdict="reject",
-                                       deltas=[0.02, 0.02], mean_delta=0.02, std_error=0.001, p_value=0.97, **common))
+                                       deltas=[0.02, 0.02], mean_delta=0.02, std_error=0.001, p_value=0.97,
+                                       created_at=T0 + timedelta(minutes=61), **common))
         store.record_run(Run(experiment_id=LONE, rung="d2", seed=0, status="ok", val_bpb=1.99, world_size=1,
                              finished_at=finished + timedelta(hours=1), config=_config("d2", 0, {"lr": 1}) | {"note": "x"}),
                          _curve(1.99), experiment=Experiment(id=LONE, name="lone run", proposer="manual", created_at=T0))
@@ -233,13 +236,17 @@ def test_search_page_funnel_decisions_trials_and_agent_spend(monkeypatch, seeded
     assert per_model.to_dict("records") == [{"model": "claude-test", "experiments": 2, "input_tokens": 2000,
                                              "output_tokens": 500, "cost_usd": pytest.approx(0.02)}]
 
-    trials = frame_with(at, "best_val_bpb").iloc[::-1]  # shown newest first
+    trials = frame_with(at, "best_decided").iloc[::-1]  # shown newest first
     assert len(trials) == 11
     assert dict(zip(trials["experiment"], trials["proposer"])) == {
         "baseline": "manual", "smear": "agent", "backout": "optuna", "untested idea": "agent"}
+    assert dict(zip(trials["experiment"], trials["role"])) == {
+        "baseline": "baseline", "smear": "candidate", "backout": "candidate", "untested idea": "candidate"}
     d2 = trials[trials["rung"] == "d2"]
     assert list(d2["experiment"]) == ["baseline"] * 2 + ["smear"] * 2 + ["backout"] * 2 + ["untested idea"]
-    assert list(d2["best_val_bpb"]) == [2.00, 2.00, 1.95, 1.95, 1.95, 1.95, 1.95]  # best so far, per rung
+    # Best so far counts decided improvements only: smear's promotion (-0.05), from the run that completed it.
+    assert d2["best_decided"].tolist() == pytest.approx([math.nan] * 3 + [-0.05] * 4, nan_ok=True)
+    assert trials[trials["rung"] == "d4"]["best_decided"].isna().all()  # nothing decided at d4 yet
     assert list(trials["compute_hours"])[-1] == pytest.approx(51 / 60)  # the same compute, summed in finish order
     # The one definition of best (leaderboard/ranking.py): by the decisions' paired differences, the baseline never.
     best = frame_with(at, "mean d")
@@ -249,10 +256,36 @@ def test_search_page_funnel_decisions_trials_and_agent_spend(monkeypatch, seeded
     assert best["mean d"].tolist() == pytest.approx([-0.05, 0.02])
 
     charts = [chart_data(c) for c in at.get("vega_lite_chart")]
-    assert len(charts) == 4  # trials over time, best by trial, best by compute, funnel
-    by_compute = next(c for c in charts if "compute_hours" in c.columns)
-    d4 = by_compute[by_compute["rung"] == "d4"].sort_values("compute_hours")
-    assert d4["best_val_bpb"].tolist() == [1.80, 1.80, 1.75, 1.75]
+    assert len(charts) == 4  # runs over time, best by run, best by compute, funnel
+    by_compute = next(c for c in charts if "compute_hours" in c.columns and "role" in c.columns
+                      and c["best_decided"].notna().all())
+    assert by_compute["rung"].unique().tolist() == ["d2"] and by_compute["best_decided"].tolist() == [-0.05] * 4
+    # The runs coloured by role, over the baseline's mean and band per rung.
+    runs_chart = next(c for c in at.get("vega_lite_chart") if len(c.proto.datasets) == 2)
+    points, bands = (chart_data(runs_chart, i) for i in (0, 1))
+    if "role" not in points.columns:
+        points, bands = bands, points
+    assert set(points["role"]) == {"baseline", "candidate"}
+    assert bands[["rung", "baseline", "seeds"]].to_dict("records") == [
+        {"rung": "d2", "baseline": pytest.approx(2.005), "seeds": 2}, {"rung": "d4", "baseline": pytest.approx(1.805), "seeds": 2}]
+    assert (bands["high"] - bands["low"]).tolist() == pytest.approx([2 * 0.00707107] * 2, rel=1e-4)
+
+
+def test_best_so_far_does_not_move_for_a_lucky_baseline_seed(monkeypatch, tmp_path):
+    url = f"sqlite:///{tmp_path / 'lucky.db'}"
+    seed(url)
+    with Store(url) as store:  # a third baseline seed at d2, far below everything, after smear's promotion
+        search_id = store.find_search("cpu-search")["id"]
+        store.record_run(Run(experiment_id=BASE, rung="d2", seed=2, status="ok", val_bpb=1.00, world_size=1,
+                             started_at=T0 + timedelta(minutes=44), finished_at=T0 + timedelta(minutes=45),
+                             search_id=search_id))
+    at = render(monkeypatch, url, page="search", query={"search": "cpu-search"})
+    runs = frame_with(at, "best_decided").iloc[::-1]
+    d2 = runs[runs["rung"] == "d2"]
+    assert d2["val_bpb"].min() == 1.00  # a best-so-far of raw val_bpb would have jumped to the lucky seed
+    assert d2["best_decided"].tolist() == pytest.approx([math.nan] * 3 + [-0.05] * 5, nan_ok=True)
+    lucky = d2[d2["val_bpb"] == 1.00]
+    assert lucky["role"].tolist() == ["baseline"] and lucky["best_decided"].tolist() == [-0.05]
 
 
 def test_search_page_without_runs_or_agent(monkeypatch, tmp_path):
@@ -328,7 +361,7 @@ def test_search_page_when_every_run_failed(monkeypatch, tmp_path):
     at = render(monkeypatch, url, page="search")
     assert any("No decision with a paired result yet" in c.value for c in at.caption)
     assert len(at.get("vega_lite_chart")) == 1  # the funnel only: no val_bpb to draw
-    assert frame_with(at, "best_val_bpb")[["experiment", "status"]].to_dict("records") == [
+    assert frame_with(at, "best_decided")[["experiment", "status"]].to_dict("records") == [
         {"experiment": "nan", "status": "diverged"}]
 
 
@@ -351,10 +384,10 @@ def test_leaderboard_and_search_pages_on_postgresql(monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ runs
 
-def chart_data(element) -> pd.DataFrame:
-    """The data a st.*_chart element carries (Arrow IPC in its proto)."""
+def chart_data(element, dataset: int = 0) -> pd.DataFrame:
+    """The data a st.*_chart element carries (Arrow IPC in its proto); a layered chart has one per dataset."""
     proto = element.proto
-    data = proto.datasets[0].data.data if proto.datasets else proto.data.data
+    data = proto.datasets[dataset].data.data if proto.datasets else proto.data.data
     return pa.ipc.open_stream(data).read_all().to_pandas()
 
 
@@ -567,9 +600,9 @@ def test_config_diff_flattens_and_keeps_one_sided_keys():
 
 def test_search_baseline_prefers_the_config_then_the_latest_decision():
     decisions = [{"baseline_experiment_id": "old"}, {"baseline_experiment_id": "new"}, {"baseline_experiment_id": None}]
-    assert fmt.search_baseline({"config": {"baseline_experiment_id": "cfg"}}, decisions) == "cfg"
-    assert fmt.search_baseline({"config": None}, decisions) == "new"
-    assert fmt.search_baseline({"config": {}}, []) is None
+    assert views.search_baseline({"config": {"baseline_experiment_id": "cfg"}}, decisions) == "cfg"
+    assert views.search_baseline({"config": None}, decisions) == "new"
+    assert views.search_baseline({"config": {}}, []) is None
 
 
 def test_agent_usage_counts_only_agent_records():

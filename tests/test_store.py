@@ -363,10 +363,12 @@ def test_search_summary_trials_best_funnel_and_compute(store):
     assert summary["device_hours"] == pytest.approx(2 * sum(range(1, 10)) * 60 / 3600)
     trials = summary["trials"]
     assert len(trials) == 9 and [t["finished_at"] for t in trials] == sorted(t["finished_at"] for t in trials)
-    for rung in ("d2", "d4"):
-        seen = [t["val_bpb"] for t in trials if t["rung"] == rung and t["val_bpb"] is not None]
-        assert [t["best_val_bpb"] for t in trials if t["rung"] == rung and t["val_bpb"] is not None] == \
-            [min(seen[:i + 1]) for i in range(len(seen))]
+    assert {t["experiment_id"]: t["role"] for t in trials} == {
+        "exp0000": "baseline", "exp0001": "candidate", "exp0002": "candidate"}  # the baseline its decisions name
+    # Best so far is the best promoted change's mean d, from the last run of its rung before the decision (all of
+    # them here: the decisions were recorded after every run).
+    assert [t["best_decided"] for t in trials if t["rung"] == "d2"] == [None] * 5 + [pytest.approx(-0.1)]
+    assert [t["best_decided"] for t in trials if t["rung"] == "d4"] == [None] * 3
     # The one definition of best (leaderboard/ranking.py): decisions with a paired result, not raw val_bpb.
     assert summary["best"] == [{"experiment_id": "exp0001", "rung": "d2", "mean_delta": pytest.approx(-0.1), "n": 2,
                                 "beats_baseline": True}]
@@ -388,7 +390,8 @@ def test_search_summary_leaves_the_noise_floor_replica_out_of_best_and_funnel(st
     summary = search_summary(store, search_id)
     assert summary["best"] == before["best"] and summary["funnel"] == before["funnel"]
     assert summary["trials"][-1]["experiment_id"] == "noise"  # it is a trial: it cost compute
-    assert summary["trials"][-1]["best_val_bpb"] == pytest.approx(1.70)  # the best real d2 run, not the replica's 1.0
+    # Neither its lucky run nor its (impossible) promotion moves the best so far; it is shown as a null.
+    assert summary["trials"][-1]["role"] == "null" and summary["trials"][-1]["best_decided"] == pytest.approx(-0.1)
     assert summary["training_hours"] == pytest.approx(before["training_hours"] + 100 / 3600)
 
 
