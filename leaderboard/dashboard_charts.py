@@ -47,6 +47,24 @@ def best_so_far(runs: pd.DataFrame, x: str, title: str) -> alt.Chart:
         tooltip=["rung", "run", "compute_hours", "best_decided", "experiment"])
 
 
+ARMS = ["baseline", "candidate"]
+ARM_COLOURS = [ROLE_COLOURS[0], ROLE_COLOURS[2]]
+
+
+def paired_curves(seeds: pd.DataFrame, band: pd.DataFrame) -> alt.LayerChart:
+    """Candidate and baseline val_bpb against step: each seed a thin line, each arm's mean a thick one over a band
+    of +- one standard deviation across its seeds."""
+    colour = alt.Color("arm:N", scale=alt.Scale(domain=ARMS, range=ARM_COLOURS))
+    x = alt.X(field="step", type="quantitative", title="step")
+    area = alt.Chart(band).mark_area(opacity=0.15).encode(x=x, y=alt.Y(field="low", type="quantitative"),
+                                                          y2=alt.Y2(field="high"), color=colour)
+    mean = alt.Chart(band).mark_line(strokeWidth=3).encode(x=x, y=_y("mean", "val_bpb"), color=colour,
+                                                            tooltip=["arm", "step", "mean", "seeds"])
+    lines = alt.Chart(seeds).mark_line(strokeWidth=1, opacity=0.5).encode(
+        x=x, y=_y("val_bpb", "val_bpb"), color=colour, detail="line:N", tooltip=["line", "step", "val_bpb"])
+    return alt.layer(area, lines, mean)
+
+
 def funnel(funnel_rows: pd.DataFrame) -> alt.Chart:
     """Grouped bars per rung in ladder order: proposed, run, promoted, rejected."""
     stages = funnel_rows.melt(id_vars="rung", value_vars=FUNNEL_STAGES, var_name="stage", value_name="experiments")

@@ -1,5 +1,6 @@
 """Experiment page: one recipe (tweaks, rationale, falsification criterion, proposer, parent, code version,
-patch, agent cost), all its runs by rung and seed, and the ladder decisions about it.
+patch, agent cost), all its runs by rung and seed, its paired comparison with its baseline (curves of both arms per
+seed and as mean +- band, per-seed deltas, steps and tok/s), and the ladder decisions about it.
 
 Query parameter: ?id=EXPERIMENT_ID (the Leaderboard, Search and parent links point here).
 A page script that leaderboard/app.py runs (st.Page), not a module to import.
@@ -8,6 +9,7 @@ A page script that leaderboard/app.py runs (st.Page), not a module to import.
 import pandas as pd
 import streamlit as st
 
+from leaderboard import dashboard_charts as charts
 from leaderboard import dashboard_db as db
 from leaderboard import dashboard_format as fmt
 from leaderboard import views
@@ -95,6 +97,36 @@ if experiment["runs"]:
                  query_params={"experiment": experiment_id})
 else:
     st.caption("No runs yet.")
+
+st.subheader("Compared with the baseline")
+base_id = fmt.comparison_baseline(experiment)
+base = db.experiment(url, base_id) if base_id else None
+shared = [r for r in dict.fromkeys(run["rung"] for run in experiment["runs"])
+          if base and any(b["rung"] == r for b in base["runs"])]
+if not shared:
+    st.caption("Nothing to compare: " + ("this is a baseline." if not base_id else
+                                        f"no rung where both it and its baseline ({names.get(base_id, base_id)}) ran."))
+else:
+    rung = st.selectbox("Rung", shared, index=len(shared) - 1, key="compare_rung")
+    pairs = fmt.paired_runs(experiment["runs"], base["runs"], rung)
+    arm_of = {r["id"]: ("candidate", r["seed"]) for r in experiment["runs"] if r["rung"] == rung}
+    arm_of |= {r["id"]: ("baseline", r["seed"]) for r in base["runs"] if r["rung"] == rung and r["seed"] in set(pairs["seed"])}
+    seeds, band = fmt.arm_curves(db.metric_points(url, tuple(sorted(arm_of))), arm_of)
+    if seeds.empty:
+        st.caption("No evaluation curves recorded for these runs (eval_every 0): their final values are below.")
+    else:
+        st.altair_chart(charts.paired_curves(seeds, band))
+    st.dataframe(pairs, hide_index=True, placeholder=fmt.MISSING, column_config={
+        "baseline val_bpb": st.column_config.NumberColumn(format="%.4f"),
+        "candidate val_bpb": st.column_config.NumberColumn(format="%.4f"),
+        "delta": st.column_config.NumberColumn(format="%+.4f", help="candidate - baseline on the same seed: the "
+                                               "paired differences the ladder tests (negative is better)"),
+        "same steps": st.column_config.CheckboxColumn(help="both runs trained the same number of steps; a run that "
+                                                      "stopped early is not the same experiment"),
+        "baseline tok/s": st.column_config.NumberColumn(format="%.0f", help=fmt.RUN_COLUMN_HELP["tok/s"]),
+        "candidate tok/s": st.column_config.NumberColumn(format="%.0f", help=fmt.RUN_COLUMN_HELP["tok/s"])})
+    st.caption(f"Against {names.get(base_id, base_id)} ({base_id}) at {rung}, seed by seed. Thin lines: each seed; "
+               "thick: each arm's mean, with a band of +- one standard deviation over its seeds.")
 
 st.subheader("Decisions")
 if experiment["decisions"]:

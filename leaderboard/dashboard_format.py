@@ -355,6 +355,52 @@ def runs_table(runs: list[dict[str, Any]], names: Mapping[str, str], rung_order:
                  "training time (s)", "steps", "tok/s", "loaded", "reported val_bpb", "sealed", "reason"])
 
 
+def comparison_baseline(experiment: Mapping[str, Any]) -> str | None:
+    """What an experiment is compared with: the baseline its latest decision used, else its parent; None for a
+    baseline (it has neither)."""
+    for d in reversed(experiment.get("decisions") or []):
+        if d.get("baseline_experiment_id") and d["baseline_experiment_id"] != experiment["id"]:
+            return d["baseline_experiment_id"]
+    return experiment.get("parent_id")
+
+
+def paired_runs(candidate: list[dict[str, Any]], baseline: list[dict[str, Any]], rung: str) -> pd.DataFrame:
+    """The candidate's and the baseline's runs at one rung side by side, paired by seed (the same data order
+    and init: the pairs the ladder's test compares), with the delta and each run's steps and tok/s, so that a
+    run that trained fewer steps or ran loaded shows as such. The latest run of a seed counts."""
+    def by_seed(runs):
+        return {r["seed"]: r for r in sorted(runs, key=lambda r: r["id"]) if r["rung"] == rung}
+    cand, base = by_seed(candidate), by_seed(baseline)
+    rows = []
+    for seed in sorted(set(cand) | set(base)):
+        c, b = cand.get(seed, {}), base.get(seed, {})
+        cv = c.get("val_bpb") if c.get("status") == "ok" else None
+        bv = b.get("val_bpb") if b.get("status") == "ok" else None
+        rows.append({"seed": seed, "baseline val_bpb": bv, "candidate val_bpb": cv,
+                     "delta": cv - bv if cv is not None and bv is not None else None,
+                     "baseline steps": b.get("steps"), "candidate steps": c.get("steps"),
+                     "same steps": (b.get("steps") == c.get("steps")) if b.get("steps") and c.get("steps") else None,
+                     "baseline tok/s": b.get("tok_per_s"), "candidate tok/s": c.get("tok_per_s"),
+                     "status": " / ".join(filter(None, [b.get("status") and f"baseline {b['status']}",
+                                                        c.get("status") and f"candidate {c['status']}"]))})
+    return pd.DataFrame(rows, columns=["seed", "baseline val_bpb", "candidate val_bpb", "delta", "baseline steps",
+                                       "candidate steps", "same steps", "baseline tok/s", "candidate tok/s", "status"])
+
+
+def arm_curves(points: list[dict[str, Any]], arm_of: Mapping[int, tuple[str, int]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-seed curves, mean +- band per arm): val_bpb against step for the runs in `arm_of` (run id -> (arm, seed)).
+    The band is one standard deviation over the arm's seeds at each step all of them evaluated (W&B's grouping)."""
+    rows = [{"arm": arm_of[p["run_id"]][0], "seed": arm_of[p["run_id"]][1], "step": p["step"], "val_bpb": p["val_bpb"]}
+            for p in points if p["run_id"] in arm_of and p.get("val_bpb") is not None]
+    seeds = pd.DataFrame(rows, columns=["arm", "seed", "step", "val_bpb"])
+    seeds["line"] = seeds["arm"] + " seed " + seeds["seed"].astype(str)
+    grouped = seeds.groupby(["arm", "step"])["val_bpb"]
+    band = grouped.agg(["mean", "std", "count"]).reset_index()
+    band["std"] = band["std"].fillna(0.0)
+    band["low"], band["high"] = band["mean"] - band["std"], band["mean"] + band["std"]
+    return seeds, band.rename(columns={"count": "seeds"})[["arm", "step", "mean", "low", "high", "seeds"]]
+
+
 def sealing(sealed: dict[str, Any]) -> str:
     """How a run was scored: by the sealed evaluator (a patched run; sandboxed or not), or "" (the checkout's code)."""
     if not sealed:

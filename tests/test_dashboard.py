@@ -464,6 +464,24 @@ def test_experiment_page_from_query_param(monkeypatch, seeded):
     assert any(link.value == f"parent: baseline ({BASE})" for link in at.get("page_link"))
 
 
+def test_experiment_page_compares_both_arms_seed_by_seed(monkeypatch, seeded):
+    at = render(monkeypatch, seeded, page="experiment", query={"id": SMEAR})
+    pairs = frame_with(at, "candidate steps")
+    assert pairs["seed"].tolist() == [0, 1]  # the top rung both ran (d4) first
+    assert pairs["candidate val_bpb"].tolist() == [1.75, 1.76] and pairs["baseline val_bpb"].tolist() == [1.80, 1.81]
+    assert pairs["delta"].tolist() == pytest.approx([-0.05, -0.05])
+    [chart] = [c for c in at.get("vega_lite_chart") if len(c.proto.datasets) == 2]
+    frames = [chart_data(chart, i) for i in (0, 1)]
+    seeds = next(f for f in frames if "line" in f.columns)
+    band = next(f for f in frames if "mean" in f.columns)
+    assert sorted(set(seeds["line"])) == ["baseline seed 0", "baseline seed 1", "candidate seed 0", "candidate seed 1"]
+    last = band[band["step"] == band["step"].max()].set_index("arm")
+    assert last.loc["candidate", "mean"] == pytest.approx(1.755) and last.loc["baseline", "mean"] == pytest.approx(1.805)
+    assert last.loc["candidate", "high"] - last.loc["candidate", "low"] == pytest.approx(2 * 0.00707107, rel=1e-4)
+    at.selectbox(key="compare_rung").set_value("d2").run()
+    assert frame_with(at, "candidate steps")["delta"].tolist() == pytest.approx([-0.05, -0.05])
+
+
 def test_experiment_page_unknown_id_and_baseline(monkeypatch, seeded):
     at = render(monkeypatch, seeded, page="experiment", query={"id": "nope"})
     assert any("No experiment with id 'nope'" in w.value for w in at.warning)

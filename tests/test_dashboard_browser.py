@@ -190,8 +190,9 @@ def test_serve_rejects_a_bad_port():
     assert done.returncode == 2 and done.stderr.strip() == "error: --port 70000: expected a TCP port, 1 to 65535"
 
 
-def page_text(chromium: str, url: str, wanted: list[str], tmp_path: Path, screenshot: Path) -> str:
-    """The page's text once every `wanted` string is in it (or after RENDER_S), with a screenshot saved.
+def page_text(chromium: str, url: str, wanted: list[str], tmp_path: Path, screenshot: Path, show: str | None = None) -> str:
+    """The page's text once every `wanted` string is in it (or after RENDER_S), with a screenshot saved (scrolled to
+    the heading `show` when given).
     Streamlit fills the page over its websocket after load, and its grid paints cells on a canvas mirrored in an
     accessibility table, hence polling textContent (which includes that table) rather than innerText."""
     browser = DevTools(chromium, tmp_path / "chromium-profile", tmp_path / "chromium.log")
@@ -207,6 +208,10 @@ def page_text(chromium: str, url: str, wanted: list[str], tmp_path: Path, screen
             if all(w in text for w in wanted):
                 break
             time.sleep(0.5)
+        if show:
+            browser.send("Runtime.evaluate", {"expression": "[...document.querySelectorAll('h1,h2,h3')].find(h => "
+                                              f"h.textContent.includes({json.dumps(show)}))?.scrollIntoView()"}, session)
+            time.sleep(2)  # charts scrolled into view render lazily
         shot = browser.send("Page.captureScreenshot", {"format": "png"}, session)
         screenshot.write_bytes(base64.b64decode(shot["data"]))
     finally:
@@ -247,4 +252,15 @@ def test_search_page_says_why_each_decision_was_made_in_chromium(chromium, dashb
     text = page_text(chromium, dashboard + "search?search=cpu-search", wanted, tmp_path, screenshot)
     where = f"(screenshot: {screenshot}; page text: {text[:1500]!r})"
     assert all(w in text for w in wanted), f"the decisions' reasons not rendered within {RENDER_S} s {where}"
+    assert "Traceback" not in text and "Cannot read" not in text, where
+
+
+def test_experiment_page_compares_both_arms_in_chromium(chromium, dashboard, tmp_path):
+    from tests.test_dashboard import SMEAR
+    screenshot = tmp_path / "experiment.png"
+    wanted = ["Compared with the baseline", "candidate val_bpb", "baseline steps", "-0.0500", "Thin lines: each seed"]
+    text = page_text(chromium, dashboard + f"experiment?id={SMEAR}", wanted, tmp_path, screenshot,
+                     show="Compared with the baseline")
+    where = f"(screenshot: {screenshot}; page text: {text[:1500]!r})"
+    assert all(w in text for w in wanted), f"the paired comparison not rendered within {RENDER_S} s {where}"
     assert "Traceback" not in text and "Cannot read" not in text, where
