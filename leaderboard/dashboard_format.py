@@ -109,30 +109,44 @@ def leaderboard_table(entries: list[dict[str, Any]], metric: str) -> tuple[pd.Da
     return pd.DataFrame(rows), unit
 
 
-BEST_RUNS_PER_DEPTH = 10
+BEST_PER_DEPTH = 10
 
 
-def best_runs_table(runs: list[dict[str, Any]], names: Mapping[str, str],
-                    per_depth: int = BEST_RUNS_PER_DEPTH) -> pd.DataFrame:
-    """Every finished run competes here, whoever made it (a search, a speedrun, or `model.train` by hand then
-    `python -m leaderboard ingest`): the lowest final val_bpb first, within each depth (depth sets the model, so
-    only same-depth numbers compare). Training budgets differ between runs; the training time column says so."""
+def best_runs_table(runs: list[dict[str, Any]], names: Mapping[str, str], depth: int | None = None,
+                    per_depth: int = BEST_PER_DEPTH) -> pd.DataFrame:
+    """The best experiments by their finished runs, whoever made them (a search, a speedrun, or `model.train` by hand
+    then `python -m leaderboard ingest`): within each depth (depth sets the model, so only same-depth numbers
+    compare; `depth` keeps one, a track's), one row per experiment and rung (a rung is one training budget), ranked
+    by the mean final val_bpb over its seeds, with n and the spread: one lucky seed does not top the table."""
     def group(r) -> str:  # runs recorded without a depth are grouped by their rung name
         return f"d{r['depth']}" if r.get("depth") is not None else r["rung"]
 
-    ok = [r for r in runs if r["status"] == "ok" and _finite(r["val_bpb"])]
+    ok = [r for r in runs if r["status"] == "ok" and _finite(r["val_bpb"])
+          and (depth is None or r.get("depth") == depth)]
     rows = []
-    for depth in sorted({group(r) for r in ok}, key=rung_key):
-        ranked = sorted((r for r in ok if group(r) == depth), key=lambda r: (r["val_bpb"], r["id"]))[:per_depth]
-        for rank, r in enumerate(ranked, 1):
+    for where in sorted({group(r) for r in ok}, key=rung_key):
+        arms: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for r in ok:
+            if group(r) == where:
+                arms.setdefault((r["experiment_id"], r["rung"]), []).append(r)
+        summaries = []
+        for (experiment_id, rung), group_runs in arms.items():
+            values = [r["val_bpb"] for r in group_runs]
+            std = float(pd.Series(values).std()) if len(values) > 1 else None
+            cores = [r["core"] for r in group_runs if _finite(r.get("core"))]
+            times = [r["total_training_time"] for r in group_runs if _finite(r.get("total_training_time"))]
+            summaries.append((sum(values) / len(values), experiment_id, rung, len(values), std,
+                              sum(cores) / len(cores) if cores else None, sum(times) / len(times) if times else None,
+                              max((r.get("finished_at") or r.get("started_at") for r in group_runs
+                                   if r.get("finished_at") or r.get("started_at")), default=None)))
+        for rank, (mean, experiment_id, rung, n, std, core, time, when) in enumerate(sorted(summaries)[:per_depth], 1):
             rows.append({
-                "depth": depth, "#": rank, "run": names.get(r["experiment_id"], r["experiment_id"]),
-                "rung": r["rung"], "seed": r["seed"], "val_bpb": number(r["val_bpb"]), "CORE": number(r["core"]),
-                "training time": duration(r["total_training_time"]), "time to target": duration(r["time_to_target"]),
-                "date": date(r.get("finished_at") or r.get("started_at")), "details": experiment_link(r["experiment_id"]),
+                "depth": where, "#": rank, "experiment": names.get(experiment_id, experiment_id), "rung": rung,
+                "seeds": n, "val_bpb": mean_std(mean, std), "CORE": number(core), "training time": duration(time),
+                "latest": date(when), "details": experiment_link(experiment_id),
             })
-    return pd.DataFrame(rows, columns=["depth", "#", "run", "rung", "seed", "val_bpb", "CORE", "training time",
-                                       "time to target", "date", "details"])
+    return pd.DataFrame(rows, columns=["depth", "#", "experiment", "rung", "seeds", "val_bpb", "CORE", "training time",
+                                       "latest", "details"])
 
 
 # ------------------------------------------------------------------------------------------------ search

@@ -18,11 +18,12 @@ runs = db.runs(url, statuses=("ok",))
 if not tracks and not runs:
     db.empty_state(url, "Nothing on the board yet: a speedrun submission (`python -m harness.speedrun`) creates a "
                         "track and its first entry; runs from `python -m harness.search` or "
-                        "`python -m leaderboard ingest RUN_DIR` appear under Best runs.")
+                        "`python -m leaderboard ingest RUN_DIR` appear under Best experiments.")
     st.stop()
 
 
-def show_track() -> None:
+def show_track() -> dict | None:
+    """The chosen track's header and entries; returns the track."""
     names = [t["name"] for t in tracks]
     wanted = st.query_params.get("track")
     name = st.selectbox("Track", names, index=names.index(wanted) if wanted in names else 0)
@@ -44,7 +45,7 @@ def show_track() -> None:
     entries = db.leaderboard(url, name)
     if not entries:
         st.info(f"Track {name!r} has no entries yet.")
-        return
+        return track
     table, unit = fmt.leaderboard_table(entries, track["metric"])
     if (record := ranking.current_record(entries)) is not None:
         st.markdown(f"**Record to beat:** {record['recipe']}, {fmt.duration(record['time_to_target_mean'])}"
@@ -63,22 +64,25 @@ def show_track() -> None:
     records = sum(1 for e in entries if e["is_record"])
     st.caption(f"{len(entries)} entries · {records} records · times are training time to the target "
                "(mean ± std over seeds)")
+    return track
 
 
-if tracks:
-    show_track()
-else:
+shown = show_track() if tracks else None
+if not tracks:
     st.info("No leaderboard tracks yet: a speedrun submission (`python -m harness.speedrun`) creates its track "
             "and first entry.")
 
-st.subheader("Best runs")
-if runs:
-    st.dataframe(
-        fmt.best_runs_table(runs, db.experiment_names(url)), hide_index=True, placeholder=fmt.MISSING, width="stretch",
-        column_config={"details": st.column_config.LinkColumn("details", display_text="experiment ↗")},
-    )
+depth = shown["depth"] if shown else None
+st.subheader(f"Best experiments at d{depth}" if depth is not None else "Best experiments by depth")
+board = fmt.best_runs_table(runs, db.experiment_names(url), depth)
+if not board.empty:
+    st.dataframe(board, hide_index=True, placeholder=fmt.MISSING, width="stretch", column_config={
+        "seeds": st.column_config.NumberColumn(help="finished ok runs (seeds) the mean is over"),
+        "val_bpb": st.column_config.TextColumn(help="mean ± std over the seeds: the ranking"),
+        "details": st.column_config.LinkColumn("details", display_text="experiment ↗")})
     st.caption(f"every finished run, from searches, speedruns or `model.train` by hand (`python -m leaderboard "
-               f"ingest RUN_DIR`): the lowest val_bpb first within each depth, top {fmt.BEST_RUNS_PER_DEPTH}; "
-               "budgets differ, see the training time")
+               f"ingest RUN_DIR`), as one row per experiment and rung (one training budget): ranked by the mean "
+               f"final val_bpb over its seeds, top {fmt.BEST_PER_DEPTH}"
+               + (f"; only d{depth}, the depth of track {shown['name']}" if depth is not None else ""))
 else:
-    st.info("No finished runs yet.")
+    st.info(f"No finished runs at d{depth} yet." if depth is not None else "No finished runs yet.")

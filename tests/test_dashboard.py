@@ -186,15 +186,22 @@ def test_leaderboard_track_from_query_param_in_minutes(monkeypatch, seeded):
     assert list(table["val_bpb"]) == ["1.7550 ± 0.0070"]  # the track's metric is val_bpb: one column
 
 
-def test_best_runs_board_ranks_every_run_within_its_depth(monkeypatch, seeded):
-    at = render(monkeypatch, seeded)
+def test_best_experiments_rank_by_the_mean_over_seeds_within_the_tracks_depth(monkeypatch, seeded):
+    at = render(monkeypatch, seeded)  # track cpu-d4 has no depth: every depth, each on its own
     board = frame_with(at, "training time")
-    assert list(board["depth"]) == ["d2"] * 7 + ["d4"] * 4  # the lone run has no depth: grouped by its rung, d2
+    assert list(board["depth"]) == ["d2"] * 4 + ["d4"] * 2  # the lone run has no depth: grouped by its rung, d2
     d2 = board[board["depth"] == "d2"]
-    assert list(d2["run"]) == ["smear", "smear", "lone run", "baseline", "baseline", "backout", "backout"]
-    assert list(d2["val_bpb"]) == ["1.9500", "1.9600", "1.9900", "2.0000", "2.0100", "2.0200", "2.0300"]
-    assert list(d2["#"]) == [1, 2, 3, 4, 5, 6, 7] and "untested idea" not in set(board["run"])  # diverged: not ranked
-    assert list(board[board["depth"] == "d4"]["run"]) == ["smear", "smear", "baseline", "baseline"]
+    # One row per experiment and rung, ranked by the mean over its seeds, with n and the spread.
+    assert list(d2["experiment"]) == ["smear", "lone run", "baseline", "backout"]
+    assert list(d2["val_bpb"]) == ["1.9550 ± 0.0071", "1.9900", "2.0050 ± 0.0071", "2.0250 ± 0.0071"]
+    assert list(d2["seeds"]) == [2, 1, 2, 2] and list(d2["#"]) == [1, 2, 3, 4]
+    assert "untested idea" not in set(board["experiment"])  # diverged: no ok run to rank
+    assert list(board[board["depth"] == "d4"]["experiment"]) == ["smear", "baseline"]
+    assert any(h.value == "Best experiments by depth" for h in at.subheader)
+    at.selectbox[0].select("gpt2-speedrun").run()  # a d24 track: only d24 runs, and there are none
+    assert any(h.value == "Best experiments at d24" for h in at.subheader)
+    assert any(i.value == "No finished runs at d24 yet." for i in at.info)
+    assert not [d for d in at.dataframe if "training time" in d.value.columns]
 
 
 # ------------------------------------------------------------------------------------------------ search

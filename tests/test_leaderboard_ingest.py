@@ -183,8 +183,8 @@ def test_a_run_made_by_hand_is_ingested_and_shows_on_the_dashboard(tmp_path, sha
     board = AppTest.from_file(app, default_timeout=60).run()
     assert not board.exception
     best = next(d.value for d in board.dataframe if "training time" in d.value.columns)
-    assert list(best["run"]) == ["my-tiny-run"] and list(best["depth"]) == ["d1"]
-    assert list(best["val_bpb"]) == [f"{val_bpb:.4f}"]
+    assert list(best["experiment"]) == ["my-tiny-run"] and list(best["depth"]) == ["d1"]
+    assert list(best["val_bpb"]) == [f"{val_bpb:.4f}"] and list(best["seeds"]) == [1]
 
     runs = AppTest.from_file(app, default_timeout=60).run()
     runs.switch_page("dashboard_runs.py").run()
