@@ -7,7 +7,9 @@ callers need around it:
 - jobs ignore Ctrl-C: the caller alone handles it and stops each job's training cleanly (`stop_all`: the training
   saves a checkpoint), instead of every worker process dying with a traceback of its own;
 - an outcome is flagged as loaded when its throughput fell below `loaded_fraction` of the rung's calibrated one
-  (times this job's share of the machine).
+  (times this job's share of the machine);
+- a running job's live progress (step, tok/s, val_bpb so far) is read from its run dir and put on its running row
+  (`progress`), for the search's heartbeat and the dashboard's running jobs.
 
 The caller decides what to run next and what a result means; the pool only runs and records.
 """
@@ -23,6 +25,7 @@ from datetime import UTC, datetime
 from harness.executors import Executor
 from harness.jobs import Job, stop_training
 from harness.runs import Outcome, is_loaded, read_outcome, run_row
+from model.run_dir import read_progress
 
 Key = tuple[str, str, int]  # (experiment id, rung name, seed slot)
 
@@ -100,6 +103,19 @@ class JobPool:
             self.store.record_run(run_row(r.job, outcome, self.search_id, None), points=outcome.points)
             finished.append(Finished(r.job, outcome, r.started_at, outcome.wall_s or r.age_s(), expected))
         return finished
+
+    def progress(self) -> list[tuple[Job, dict]]:
+        """Each running job's live progress from its run dir (progress.json, written by model.train at each progress
+        line), recorded on its running row for the dashboard; jobs that have not written one yet are left out."""
+        live = []
+        for r in self.running.values():
+            progress = read_progress(r.job.run_dir)
+            if not progress:
+                continue
+            self.store.record_progress(*r.job.key, steps=progress.get("step"), tok_per_s=progress.get("tok_per_s"),
+                                       val_bpb=progress.get("val_bpb"))
+            live.append((r.job, progress))
+        return live
 
     def stop_all(self) -> None:
         """Stop every running job: its training saves a checkpoint and exits (a rerun resumes it from there)."""

@@ -60,6 +60,8 @@ from leaderboard.schema import NOISE_FLOOR_PROPOSER
 from search_spaces import KINDS, SearchSpaceError, Space
 
 POLL_S = 0.5
+PROGRESS_S = 10.0    # how often running jobs' progress is read into the database
+HEARTBEAT_S = 60.0   # how often the terminal says where the running jobs are
 MAX_DUPLICATES_IN_A_ROW = 20
 
 
@@ -118,6 +120,7 @@ class Search:
                             loaded_fraction=tier.loaded_fraction)
         self.spreads: dict[tuple[str, str], Spread] = {}  # (rung name, kind) -> null spread
         self.compute_s = 0.0
+        self.progress_at = self.heartbeat_at = time.monotonic()  # the first look at running jobs waits a while
         self.retrying: set[tuple[str, str, int]] = set()  # run keys that failed for the machine, to train again
         self.duplicates_in_a_row = 0
         self.proposals_exhausted = False
@@ -622,6 +625,7 @@ class Search:
                     break
                 continue
             while not self.collect():
+                self.watch_running()
                 time.sleep(POLL_S)
         if self.failed:
             self.stop_running()
@@ -631,6 +635,27 @@ class Search:
 
     def stop_running(self) -> None:
         self.pool.stop_all()
+
+    def watch_running(self) -> None:
+        """Every PROGRESS_S, the running jobs' live progress onto their rows (the dashboard shows it); every
+        HEARTBEAT_S, a line on them in the terminal, so a long rung never looks stuck."""
+        now = time.monotonic()
+        if now - self.progress_at < PROGRESS_S:
+            return
+        self.progress_at = now
+        live = self.pool.progress()
+        if live and now - self.heartbeat_at >= HEARTBEAT_S:
+            self.heartbeat_at = now
+            self.say("running: " + "; ".join(running_line(job, p, self.label(self.experiment_of(job.experiment_id)))
+                                             for job, p in live))
+
+def running_line(job, progress: dict, label: str) -> str:
+    """Where one running job is: 'd2 seed 0 of 3f2a9c1e (smear=True) step 120/300, val_bpb 2.4133, 1,712 tok/s'."""
+    step = f"step {progress.get('step')}" + (f"/{progress['of']}" if progress.get("of") else "")
+    val = f", val_bpb {progress['val_bpb']:.4f}" if isinstance(progress.get("val_bpb"), (int, float)) else ""
+    rate = f", {progress['tok_per_s']:,.0f} tok/s" if isinstance(progress.get("tok_per_s"), (int, float)) else ""
+    return f"{job.rung.name} seed {job.seed} of {label} {step}{val}{rate}"
+
 
 def restored_verdict(row: dict, exp: Experiment, seed_base: int) -> Verdict:
     """A decision recorded by an earlier session, as the verdict the summary and the proposer read."""

@@ -140,6 +140,13 @@ def runs(url: str, search_id: int | None = None, experiment_id: str | None = Non
                       status=list(statuses) if statuses else None)
 
 
+def running_runs(url: str, search_id: int) -> list[dict[str, Any]]:
+    """The search's runs recorded as running, with their live progress: read fresh every time (not cached), for
+    the view that refreshes itself."""
+    store = open_store(url)
+    return store.runs(search_id=search_id, status="running") if store else []
+
+
 @_cached
 def device_seconds(url: str, search_id: int) -> dict[int, float]:
     store = open_store(url)

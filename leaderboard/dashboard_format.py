@@ -204,6 +204,18 @@ def baseline_bands(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rung", "baseline", "low", "high", "seeds"])
 
 
+def running_table(runs: list[dict[str, Any]], names: Mapping[str, str], now: datetime) -> pd.DataFrame:
+    """The runs in progress, oldest first, with what their live progress says so far (the search records it from
+    each job's progress.json): step, val_bpb at the last evaluation, tok/s, and how long since they started."""
+    return pd.DataFrame([{
+        "experiment": names.get(r["experiment_id"], r["experiment_id"]), "rung": r["rung"], "seed": r["seed"],
+        "step": r.get("steps"), "val_bpb so far": r.get("val_bpb"), "tok/s": r.get("tok_per_s"),
+        "running for": duration((now - r["started_at"]).total_seconds()) if r.get("started_at") else MISSING,
+        "experiment_id": r["experiment_id"],
+    } for r in sorted(runs, key=lambda r: r["id"])],
+        columns=["experiment", "rung", "seed", "step", "val_bpb so far", "tok/s", "running for", "experiment_id"])
+
+
 NO_REASON = "decided before reasons were recorded: see the numbers"
 
 

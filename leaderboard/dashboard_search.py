@@ -6,6 +6,8 @@ Query parameter: ?search=NAME.
 A page script that leaderboard/app.py runs (st.Page), not a module to import.
 """
 
+from datetime import UTC, datetime
+
 import pandas as pd
 import streamlit as st
 
@@ -15,6 +17,7 @@ from leaderboard import dashboard_format as fmt
 from leaderboard import views
 
 BEST_SHOWN = 10  # rows of the best-experiments table
+LIVE_REFRESH_S = 5  # the running jobs' table reruns this often
 
 url = db.current_url()
 st.title("Search")
@@ -58,6 +61,29 @@ cols[3].metric("training hours", f"{summary['training_hours']:.3f}", help="timed
 cols[4].metric("device-hours", f"{summary['device_hours']:.3f}",
                help="the search's compute: each run's wall time x its devices, as its terminal summary and --budget-hours count it")
 cols[5].metric("agent cost", f"${usage['cost_usd']:.2f}" if usage["experiments"] else fmt.MISSING)
+
+
+
+@st.fragment(run_every=LIVE_REFRESH_S)
+def running_now() -> None:
+    """The search's running jobs with their latest progress; this part of the page reruns on its own."""
+    running = db.running_runs(url, search["id"])
+    if not running:
+        if search["status"] == "running":
+            st.caption("No job running right now.")
+        return
+    st.subheader(f"Running now ({len(running)})")
+    table = fmt.running_table(running, all_names, datetime.now(UTC))
+    table["details"] = table.pop("experiment_id").map(fmt.experiment_link)
+    st.dataframe(table, hide_index=True, placeholder=fmt.MISSING, column_config={
+        "val_bpb so far": st.column_config.NumberColumn(format="%.4f", help="at the run's last evaluation"),
+        "tok/s": st.column_config.NumberColumn(format="%.0f", help="since its previous progress line"),
+        "details": st.column_config.LinkColumn(display_text="experiment ↗")})
+    st.caption(f"Live: each job's step, val_bpb so far and tok/s, recorded by the search every few seconds from the "
+               f"job's progress; this table refreshes every {LIVE_REFRESH_S} s.")
+
+
+running_now()
 
 if not summary["trials"]:
     st.info("No finished runs yet in this search.")

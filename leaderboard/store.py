@@ -224,6 +224,10 @@ def _pick(table: sa.Table, columns: Iterable[str] | None, default: Iterable[sa.C
     return [table.c[name] for name in names]
 
 
+# The runs columns a running run's live progress fills in (record_progress) until its final record replaces them.
+PROGRESS_COLUMNS = ("steps", "tok_per_s", "val_bpb")
+
+
 class Store:
     """A connection to the leaderboard database; creates or upgrades the schema on open.
 
@@ -374,9 +378,11 @@ class Store:
                 runs.experiment_id == run.experiment_id, runs.rung == run.rung, runs.seed == run.seed)).one()
             if status != "running" or not run.finished:
                 return Recorded(run_id, "unchanged")
-            # Completing: fields this record leaves empty (e.g. started_at) keep what the running row had.
-            # The status guard makes a second, concurrent completion update nothing.
-            values = {k: v for k, v in row.items() if v is not None and k not in key}
+            # Completing: fields this record leaves empty (e.g. started_at) keep what the running row had, except
+            # the live progress (record_progress), which the final record replaces even with nothing: a run that
+            # crashed has no val_bpb, whatever it showed while running. The status guard makes a second,
+            # concurrent completion update nothing.
+            values = {k: v for k, v in row.items() if (v is not None or k in PROGRESS_COLUMNS) and k not in key}
             updated = conn.execute(sa.update(schema.runs).where(runs.id == run_id, runs.status == "running")
                                    .values(values))
             if updated.rowcount == 0:
@@ -385,6 +391,16 @@ class Store:
             return Recorded(run_id, "completed")
 
         return self._transact(work)
+
+    def record_progress(self, experiment_id: str, rung: str, seed: int, *, steps: int | None,
+                        tok_per_s: float | None, val_bpb: float | None) -> bool:
+        """A running run's latest step, throughput and val_bpb so far (what live views show); the run's final
+        record replaces them. Only a run still recorded as running changes: True when it did."""
+        runs = schema.runs.c
+        values = {"steps": steps, "tok_per_s": tok_per_s, "val_bpb": val_bpb}
+        return self._transact(lambda conn: conn.execute(sa.update(schema.runs).where(
+            runs.experiment_id == experiment_id, runs.rung == rung, runs.seed == seed, runs.status == "running")
+            .values(values)).rowcount > 0)
 
     def reopen_run(self, experiment_id: str, rung: str, seed: int, started_at: datetime | None = None) -> bool:
         """A failed run trained again (it failed for the machine, e.g. a full disk, not for its change): back to

@@ -11,6 +11,10 @@ Contract (DESIGN.md, "Contracts"), written by `python -m model.train` and `pytho
   was stopped: status timeout). `Result` holds its keys: the contract's (CONTRACT_KEYS) are always there, null when
   unknown; `reason` when not ok; model.train adds min_val_bpb, tok_per_s, step_time_s; model.sft adds val_loss,
   chat_eval, chatcore; model.evaluate sets `core` later. Keys this module does not know are kept on a rewrite.
+- progress.json (PROGRESS): where a training in progress is (step, of how many, smoothed train loss, tok/s since the
+  last progress line, the last val_bpb, updated_at in epoch seconds), rewritten (atomically) at each progress line.
+  Only live views read it (the search's heartbeat, the dashboard's running jobs); a finished run's numbers are in
+  result.json.
 - checkpoints/ (model.checkpoint) and tokenizer/ (TOKENIZER_DIR).
 
 Readers come in two kinds: read_* are lenient (None or [] for a missing, unreadable or malformed file: the harness
@@ -32,6 +36,7 @@ from typing import Any
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 RESULT = "result.json"
+PROGRESS = "progress.json"
 TOKENIZER_DIR = "tokenizer"
 
 STATUSES = ("ok", "diverged", "failed", "timeout")
@@ -206,6 +211,15 @@ def load_config(run_dir: str | Path) -> dict[str, Any]:
 
 def read_config(run_dir: str | Path) -> dict[str, Any] | None:
     return read_object(Path(run_dir) / CONFIG)
+
+
+def write_progress(run_dir: str | Path, progress: dict[str, Any]) -> None:
+    atomic_write_json(Path(run_dir) / PROGRESS, progress)
+
+
+def read_progress(run_dir: str | Path) -> dict[str, Any] | None:
+    """progress.json, or None (not started, or not readable: a live view just shows nothing for it yet)."""
+    return read_object(Path(run_dir) / PROGRESS)
 
 
 def load_result(run_dir: str | Path) -> Result:

@@ -780,8 +780,15 @@ def train_loop(tr: Training) -> int:
                 now = time.perf_counter()
                 rate = (step - last_log[1]) * train.total_batch_size / max(now - last_log[0], 1e-9)
                 last_log = (now, step)
-                print(progress_line(step, tr.num_iterations, tr.budget, state, debiased(state.smooth_loss, step),
-                                    lr_mult, rate, mfu(tr, rate)), file=sys.stderr, flush=True)
+                loss = debiased(state.smooth_loss, step)
+                print(progress_line(step, tr.num_iterations, tr.budget, state, loss, lr_mult, rate, mfu(tr, rate)),
+                      file=sys.stderr, flush=True)
+                try:  # for live views only: never worth stopping the training over
+                    rd.write_progress(tr.run_dir, {"step": step, "of": tr.num_iterations, "train_loss": loss,
+                                                   "tok_per_s": rate, "val_bpb": state.last_val_bpb,
+                                                   "elapsed_train_s": state.train_time, "updated_at": time.time()})
+                except OSError:
+                    pass
     except Terminated:
         save(tr, state.step)
         if tr.master:

@@ -295,6 +295,29 @@ def test_best_so_far_does_not_move_for_a_lucky_baseline_seed(monkeypatch, tmp_pa
     assert lucky["role"].tolist() == ["baseline"] and lucky["best_decided"].tolist() == [-0.05]
 
 
+def add_running_job(url: str) -> None:
+    """A d4 run of the untested idea in progress, with the live progress its search recorded."""
+    with Store(url) as store:
+        search_id = store.find_search("cpu-search")["id"]
+        store.record_run(Run(experiment_id=IDEA, rung="d4", seed=0, status="running", depth=4, world_size=1,
+                             started_at=datetime.now(UTC) - timedelta(minutes=3), search_id=search_id))
+        store.record_progress(IDEA, "d4", 0, steps=120, tok_per_s=1712.0, val_bpb=2.4133)
+
+
+def test_search_page_shows_running_jobs_with_their_live_progress(monkeypatch, tmp_path):
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    seed(url)
+    at = render(monkeypatch, url, page="search", query={"search": "cpu-search"})
+    assert not any(h.value.startswith("Running now") for h in at.subheader)  # nothing running, nothing shown
+    add_running_job(url)
+    at.run()  # the section reads fresh (uncached): the next rerun, or its own refresh, shows the job
+    assert any(h.value == "Running now (1)" for h in at.subheader)
+    live = frame_with(at, "val_bpb so far")
+    assert live[["experiment", "rung", "seed", "step", "val_bpb so far", "tok/s"]].to_dict("records") == [
+        {"experiment": "untested idea", "rung": "d4", "seed": 0, "step": 120, "val_bpb so far": 2.4133, "tok/s": 1712.0}]
+    assert live["running for"].tolist() == ["3.00 min"]
+
+
 def test_search_page_without_runs_or_agent(monkeypatch, tmp_path):
     url = f"sqlite:///{tmp_path / 'plain.db'}"
     with Store(url) as store:

@@ -264,3 +264,31 @@ def test_experiment_page_compares_both_arms_in_chromium(chromium, dashboard, tmp
     where = f"(screenshot: {screenshot}; page text: {text[:1500]!r})"
     assert all(w in text for w in wanted), f"the paired comparison not rendered within {RENDER_S} s {where}"
     assert "Traceback" not in text and "Cannot read" not in text, where
+
+
+def test_search_page_shows_running_jobs_and_refreshes_on_its_own_in_chromium(chromium, dashboard, tmp_path):
+    from tests.test_dashboard import add_running_job
+    db = f"sqlite:///{tmp_path / 'seeded.db'}"
+    browser = DevTools(chromium, tmp_path / "chromium-profile", tmp_path / "chromium.log")
+    try:  # the page is open first; the job starts afterwards: no reload, the running-jobs view finds it itself
+        target = browser.send("Target.createTarget", {"url": dashboard + "search?search=cpu-search"})["targetId"]
+        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+
+        def text() -> str:
+            result = browser.send("Runtime.evaluate", {"expression": "document.body ? document.body.textContent : ''",
+                                                       "returnByValue": True}, session)
+            return result["result"].get("value") or ""
+
+        deadline = time.monotonic() + RENDER_S
+        while "Promotion decisions" not in text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "Running now" not in text()
+        add_running_job(db)
+        while not ("Running now (1)" in (now := text()) and "2.4133" in now) and time.monotonic() < deadline:
+            time.sleep(0.5)  # the section refreshes itself within LIVE_REFRESH_S; its grid's cells fill in after
+        shown = text()
+        shot = browser.send("Page.captureScreenshot", {"format": "png"}, session)
+        (tmp_path / "running.png").write_bytes(base64.b64decode(shot["data"]))
+    finally:
+        browser.close()
+    assert "Running now (1)" in shown and "2.4133" in shown and "1712" in shown.replace(",", ""), shown[shown.find("device-hours"):][:1500]

@@ -291,3 +291,30 @@ def test_a_run_recorded_by_an_earlier_session_reads_as_an_outcome():
     assert outcome.result == {"val_bpb": 1.25, "flops": 3.0e12, "tokens": 5000, "tok_per_s": 900.0}
     assert outcome.points == [] and outcome.loaded is False
     assert Outcome.from_row({**row, "status": "crash", "reason": "boom", "started_at": None}).wall_s is None
+
+
+def test_the_pool_puts_running_jobs_progress_on_their_rows_and_the_heartbeat_says_where_they_are(tmp_path):
+    from harness.pool import JobPool, Running
+    from harness.search import running_line
+    from leaderboard import Experiment as Recorded
+    from leaderboard import Run, Store
+    from model.run_dir import write_progress
+
+    job, quiet = make_job(tmp_path / "a"), make_job(tmp_path / "b")
+    quiet = Job(**{**quiet.__dict__, "slot": 1, "seed": job.seed + 1})
+    store = Store(f"sqlite:///{tmp_path / 'lb.db'}")
+    for j in (job, quiet):
+        store.record_run(Run(experiment_id=j.experiment_id, rung=j.rung.name, seed=j.seed, status="running"),
+                         experiment=Recorded(id=j.experiment_id, name="x", proposer="test"))
+    pool = JobPool(None, store)
+    for j in (job, quiet):
+        pool.running[(j.experiment_id, j.rung.name, j.slot)] = Running(j, None, None, 0.0)
+    job.run_dir.mkdir(parents=True)
+    write_progress(job.run_dir, {"step": 120, "of": 300, "val_bpb": 2.4133, "tok_per_s": 1712.4, "train_loss": 3.1})
+    [(seen, progress)] = pool.progress()  # the other job has written no progress yet: left out
+    assert seen is job and progress["step"] == 120
+    row = {r["seed"]: r for r in store.runs(experiment_id=job.experiment_id)}
+    assert (row[job.seed]["steps"], row[job.seed]["val_bpb"], row[job.seed]["tok_per_s"]) == (120, 2.4133, 1712.4)
+    assert row[quiet.seed]["steps"] is None
+    assert running_line(job, progress, "abc (smear=False)") == \
+        f"d24 seed {job.seed} of abc (smear=False) step 120/300, val_bpb 2.4133, 1,712 tok/s"

@@ -173,3 +173,23 @@ def test_read_only_store_refuses_an_older_schema_without_upgrading_it(db_url):
     with pytest.raises(SchemaError, match="schema version 1, older than .* open read-only"):
         Store(db_url, read_only=True)
     assert "searches" not in _tables(db_url)  # not upgraded
+
+
+def test_progress_fills_a_running_row_until_its_final_record_replaces_it(db_url):
+    with Store(db_url) as store:
+        store.record_run(Run(experiment_id="exp0001", rung="d2", seed=0, status="running", started_at=T0),
+                         experiment=experiment(1))
+        store.record_run(finished_run("exp0001", seed=1, val_bpb=1.8))
+        assert store.record_progress("exp0001", "d2", 0, steps=120, tok_per_s=1700.0, val_bpb=2.41)
+        running = store.runs(experiment_id="exp0001", status="running")[0]
+        assert (running["steps"], running["tok_per_s"], running["val_bpb"]) == (120, 1700.0, 2.41)
+        # A finished run is never touched, nor a run not recorded at all.
+        assert not store.record_progress("exp0001", "d2", 1, steps=1, tok_per_s=1.0, val_bpb=9.0)
+        assert not store.record_progress("exp0001", "d2", 7, steps=1, tok_per_s=1.0, val_bpb=9.0)
+        assert store.runs(experiment_id="exp0001", status="ok")[0]["val_bpb"] == 1.8
+        # It crashed: the final record has no val_bpb, and the row must not keep the one it showed while running.
+        store.record_run(Run(experiment_id="exp0001", rung="d2", seed=0, status="crash", finished_at=T0,
+                             reason="boom"))
+        crashed = store.runs(experiment_id="exp0001", status="crash")[0]
+        assert (crashed["steps"], crashed["tok_per_s"], crashed["val_bpb"]) == (None, None, None)
+        assert crashed["started_at"] == T0  # what the final record leaves empty otherwise keeps the running row's

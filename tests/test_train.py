@@ -64,6 +64,11 @@ def test_tiny_run_learns_and_writes_the_contract(tmp_path, shared_data, tokenize
     # first evaluation, before any timed step.
     assert 0 < result["total_training_time"] and result["time_to_target"] == 0.0
     assert (out / "checkpoints" / "LATEST").exists() and (out / "tokenizer" / "tokenizer.json").exists()
+    # The live progress a search's heartbeat and the dashboard read: the last progress line's step, the val_bpb of
+    # the evaluation before it, the throughput.
+    progress = json.loads((out / "progress.json").read_text())
+    assert (progress["step"], progress["of"]) == (40, 40) and progress["val_bpb"] == points[1]["val_bpb"]
+    assert progress["tok_per_s"] > 0 and progress["train_loss"] > 0 and progress["updated_at"] > 0
 
 
 @pytest.mark.slow
