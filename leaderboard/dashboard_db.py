@@ -148,6 +148,12 @@ def running_runs(url: str, search_id: int) -> list[dict[str, Any]]:
 
 
 @_cached
+def optuna_trials(url: str, study_name: str) -> list[dict[str, Any]]:
+    store = open_store(url)
+    return store.optuna_trials(study_name) if store else []
+
+
+@_cached
 def device_seconds(url: str, search_id: int) -> dict[int, float]:
     store = open_store(url)
     return store.device_seconds(search_id) if store else {}

@@ -14,7 +14,7 @@ import streamlit as st
 from leaderboard import dashboard_charts as charts
 from leaderboard import dashboard_db as db
 from leaderboard import dashboard_format as fmt
-from leaderboard import views
+from leaderboard import optuna_view, views
 
 BEST_SHOWN = 10  # rows of the best-experiments table
 LIVE_REFRESH_S = 5  # the running jobs' table reruns this often
@@ -186,6 +186,19 @@ if summary["trials"]:
     })
 else:
     st.caption("No finished runs yet.")
+
+study_trials = db.optuna_trials(url, optuna_view.study_name(name))
+if study_trials:
+    st.subheader("Optuna's view of the study")
+    plots = optuna_view.figures(optuna_view.rebuild(study_trials))
+    if not plots:
+        st.caption(f"{len(study_trials)} finished Optuna trial(s): its plots need two, with a knob that varied.")
+    for title, figure in plots.items():  # each figure carries Optuna's own title
+        st.plotly_chart(figure, key=f"optuna-{title}")
+    st.caption(f"Optuna's own plots of this search's study (`{optuna_view.study_name(name)}`, {len(study_trials)} "
+               "finished trials; a trial's value is its change's mean paired difference at the first rung, lower is "
+               "better), for the knobs that varied. The same study opens in optuna-dashboard: `optuna-dashboard "
+               "DB_URL`.")
 
 st.subheader("Refused proposals")
 if not rejected:

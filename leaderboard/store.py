@@ -647,6 +647,27 @@ class Store:
             stmt = stmt.where(d.experiment_id == experiment_id)
         return self._select(stmt.order_by(d.created_at, d.id))
 
+    def optuna_trials(self, study_name: str) -> list[dict[str, Any]]:
+        """The finished trials of an Optuna study kept in this database (a search's is `nanoresearch:NAME`), read
+        from Optuna's own tables through this store's connection (read-only where the store is): each
+        {number, value, params: {name: (internal value, distribution JSON)}}. [] when there is no such study.
+        Optuna owns those tables; this reads the few columns its stored format has kept since v3."""
+        def work(conn: sa.Connection) -> list[dict[str, Any]]:
+            if not {"studies", "trials", "trial_params", "trial_values"} <= set(sa.inspect(conn).get_table_names()):
+                return []
+            rows = conn.execute(sa.text(
+                "SELECT t.trial_id, t.number, v.value FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                "JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
+                "WHERE s.study_name = :name AND t.state = 'COMPLETE' ORDER BY t.number"), {"name": study_name}).all()
+            trials = {row.trial_id: {"number": row.number, "value": row.value, "params": {}} for row in rows}
+            for chunk in _chunks(sorted(trials)):
+                for p in conn.execute(sa.text(
+                        "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params "
+                        "WHERE trial_id IN :ids").bindparams(sa.bindparam("ids", expanding=True)), {"ids": chunk}):
+                    trials[p.trial_id]["params"][p.param_name] = (p.param_value, p.distribution_json)
+            return list(trials.values())
+        return self._read(work)
+
     def rejected_proposals(self, search_id: int) -> list[dict[str, Any]]:
         """The proposals a search turned away, oldest first, each with its reason and payload."""
         r = schema.rejected_proposals.c

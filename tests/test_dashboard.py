@@ -5,6 +5,7 @@ a seeded SQLite database, an empty one, a missing file and bad URLs.
 """
 
 import hashlib
+import json
 import math
 import socket
 from datetime import UTC, datetime, timedelta
@@ -316,6 +317,37 @@ def test_search_page_shows_running_jobs_with_their_live_progress(monkeypatch, tm
     assert live[["experiment", "rung", "seed", "step", "val_bpb so far", "tok/s"]].to_dict("records") == [
         {"experiment": "untested idea", "rung": "d4", "seed": 0, "step": 120, "val_bpb so far": 2.4133, "tok/s": 1712.0}]
     assert live["running for"].tolist() == ["3.00 min"]
+
+
+def add_optuna_study(url: str, trials: int = 8) -> None:
+    """The search's Optuna study, as harness.search keeps it in the same database: three knobs that vary."""
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="nanoresearch:cpu-search", storage=url, direction="minimize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(trials):
+        trial = study.ask()
+        lr = trial.suggest_float("matrix_lr", 0.005, 0.08, log=True)
+        smear = trial.suggest_categorical("smear", [True, False])
+        trial.suggest_int("n_kv_head", 1, 4)
+        study.tell(trial, -abs(lr - 0.02) * 10 + (0.01 if smear else 0.0))
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # a failed trial: not plotted
+
+
+def test_search_page_draws_optunas_plots_of_the_study(monkeypatch, tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    seed(url)
+    add_optuna_study(url)
+    at = render(monkeypatch, url, page="search", query={"search": "cpu-search"})
+    assert any(h.value == "Optuna's view of the study" for h in at.subheader)
+    charts = at.get("plotly_chart")
+    assert len(charts) == 3
+    specs = [json.loads(c.proto.spec) for c in charts]
+    titles = [s["layout"]["title"]["text"] for s in specs]
+    assert titles == ["Hyperparameter Importances", "Parallel Coordinate Plot", "Slice Plot"]
+    importance = specs[0]["data"][0]
+    assert sorted(importance["y"]) == ["matrix_lr", "n_kv_head", "smear"]  # every knob that varied
+    assert any("8 finished trials" in c.value for c in at.caption)
 
 
 def test_search_page_without_runs_or_agent(monkeypatch, tmp_path):

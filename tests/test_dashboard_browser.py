@@ -292,3 +292,15 @@ def test_search_page_shows_running_jobs_and_refreshes_on_its_own_in_chromium(chr
     finally:
         browser.close()
     assert "Running now (1)" in shown and "2.4133" in shown and "1712" in shown.replace(",", ""), shown[shown.find("device-hours"):][:1500]
+
+
+def test_search_page_draws_optunas_plots_in_chromium(chromium, dashboard, tmp_path):
+    from tests.test_dashboard import add_optuna_study
+    add_optuna_study(f"sqlite:///{tmp_path / 'seeded.db'}")
+    screenshot = tmp_path / "optuna.png"
+    wanted = ["Optuna's view of the study", "Hyperparameter Importances", "Parallel Coordinate Plot", "Slice Plot",
+              "matrix_lr", "n_kv_head"]
+    text = page_text(chromium, dashboard + "search?search=cpu-search", wanted, tmp_path, screenshot,
+                     show="Optuna's view of the study")
+    where = f"(screenshot: {screenshot}; page text: {text[-1500:]!r})"
+    assert all(w in text for w in wanted), f"Optuna's plots not rendered within {RENDER_S} s {where}"
