@@ -140,6 +140,14 @@ def runs(url: str, search_id: int | None = None, experiment_id: str | None = Non
                       status=list(statuses) if statuses else None)
 
 
+def save_notes(url: str, experiment_id: str, notes: str, tags: list[str]) -> None:
+    """The dashboard's one write: an experiment's notes and tags, through a store opened for writing for this
+    alone and closed at once (every read above stays on the read-only store). Cached reads are dropped after."""
+    with Store(url) as store:
+        store.annotate_experiment(experiment_id, notes.strip() or None, tags)
+    clear_cache()
+
+
 def running_runs(url: str, search_id: int) -> list[dict[str, Any]]:
     """The search's runs recorded as running, with their live progress: read fresh every time (not cached), for
     the view that refreshes itself."""

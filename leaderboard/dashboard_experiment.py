@@ -13,6 +13,7 @@ from leaderboard import dashboard_charts as charts
 from leaderboard import dashboard_db as db
 from leaderboard import dashboard_format as fmt
 from leaderboard import views
+from leaderboard.errors import LeaderboardError
 
 url = db.current_url()
 
@@ -74,6 +75,21 @@ if agent is not None:
 if experiment["patch"]:
     st.subheader("Patch")
     st.code(experiment["patch"], language="diff")
+
+st.subheader("Notes")
+if experiment.get("tags"):
+    st.markdown(" ".join(f":blue-badge[{fmt.markdown_literal(tag)}]" for tag in experiment["tags"]))
+with st.form("notes", border=False):
+    notes = st.text_area("Notes", value=experiment.get("notes") or "", placeholder="what you make of it, what to try next")
+    tags = st.text_input("Tags", value=", ".join(experiment.get("tags") or []), help="comma-separated, e.g. lr, keep")
+    if st.form_submit_button("Save notes"):
+        try:
+            db.save_notes(url, experiment_id, notes, tags.split(","))
+        except LeaderboardError as e:
+            st.error(f"Not saved: {e}")
+        else:
+            st.rerun()  # show what the database now holds
+st.caption("Saved in the database with the experiment (the dashboard's only write; every other view reads only).")
 
 st.subheader("Runs")
 if experiment["runs"]:

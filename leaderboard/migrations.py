@@ -15,6 +15,7 @@ History:
   v5  searches.reason: why a failed search failed.
   v6  runs.sealed: a patched run's sealed re-score (statuses metric_mismatch and not_causal are new values only).
   v7  decisions.reason: why, in words (older decisions keep NULL: the dashboard says they predate it).
+  v8  experiments.notes and experiments.tags: a researcher's annotations, edited on the dashboard.
 """
 
 from collections.abc import Callable
@@ -76,6 +77,15 @@ def _v7_decision_reason(conn: sa.Connection) -> None:
         add_column(conn, schema.decisions.c.reason)
 
 
+def _v8_experiment_notes(conn: sa.Connection) -> None:
+    inspector = sa.inspect(conn)
+    if "experiments" in inspector.get_table_names():
+        have = {c["name"] for c in inspector.get_columns("experiments")}
+        for column in ("notes", "tags"):
+            if column not in have:
+                add_column(conn, schema.experiments.c[column])
+
+
 # version -> the migration that upgrades version-1 to it. Append only; never edit a released one.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     2: _v2_search_harness,
@@ -84,6 +94,7 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     5: _v5_search_reason,
     6: _v6_sealed_runs,
     7: _v7_decision_reason,
+    8: _v8_experiment_notes,
 }
 assert sorted(MIGRATIONS) == list(range(2, schema.SCHEMA_VERSION + 1)), "a migration per version after v1"
 

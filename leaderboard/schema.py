@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # metric_mismatch and not_causal: a patched run whose sealed re-score (model/seal.py) disagreed with what it reported,
 # or whose model let a position see later tokens. They count as failed runs of their experiment.
@@ -93,6 +93,8 @@ experiments = sa.Table(
     sa.Column("patch", sa.Text),
     sa.Column("extra", JSONValue),  # falsification criterion, agent tokens/cost, ...
     sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("notes", sa.Text),  # a researcher's notes on it (the dashboard's Experiment page edits them)
+    sa.Column("tags", JSONValue),  # ... and tags: a list of short strings
 )
 
 searches = sa.Table(

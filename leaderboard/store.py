@@ -392,6 +392,19 @@ class Store:
 
         return self._transact(work)
 
+    def annotate_experiment(self, experiment_id: str, notes: str | None, tags: list[str]) -> None:
+        """Set an experiment's notes and tags (a researcher's, from the dashboard): the only write the dashboard
+        makes, through a store it opens for it alone."""
+        clean = sorted({t.strip() for t in tags if t and t.strip()})
+        bad = [t for t in clean if len(t) > 64]
+        if bad:
+            raise LeaderboardError(f"tag {bad[0][:80]!r}: expected at most 64 characters")
+        e = schema.experiments.c
+        updated = self._transact(lambda conn: conn.execute(sa.update(schema.experiments).where(e.id == experiment_id)
+                                                           .values(notes=notes or None, tags=clean or None)).rowcount)
+        if not updated:
+            raise LeaderboardError(f"experiment {experiment_id!r}: not in this database")
+
     def record_progress(self, experiment_id: str, rung: str, seed: int, *, steps: int | None,
                         tok_per_s: float | None, val_bpb: float | None) -> bool:
         """A running run's latest step, throughput and val_bpb so far (what live views show); the run's final

@@ -544,6 +544,26 @@ def test_experiment_page_compares_both_arms_seed_by_seed(monkeypatch, seeded):
     assert frame_with(at, "candidate steps")["delta"].tolist() == pytest.approx([-0.05, -0.05])
 
 
+def test_notes_and_tags_are_saved_and_shown(monkeypatch, tmp_path):
+    url = f"sqlite:///{tmp_path / 'notes.db'}"
+    seed(url)
+    at = render(monkeypatch, url, page="experiment", query={"id": SMEAR})
+    [notes] = [t for t in at.text_area if t.label == "Notes"]
+    [tags] = [t for t in at.text_input if t.label == "Tags"]
+    notes.set_value("Helps at d2 *and* d4; try with backout next.")
+    tags.set_value("keep, smear ,, keep")
+    next(b for b in at.button if b.label == "Save notes").click().run()
+    assert not at.exception and not at.error
+    saved = Store(url).experiment(SMEAR)
+    assert saved["notes"] == "Helps at d2 *and* d4; try with backout next." and saved["tags"] == ["keep", "smear"]
+    # Shown after the save, and to the next visitor; other experiments keep none.
+    assert [t.value for t in at.text_area if t.label == "Notes"] == [saved["notes"]]
+    assert any(":blue-badge[keep]" in m.value and ":blue-badge[smear]" in m.value for m in at.markdown)
+    again = render(monkeypatch, url, page="experiment", query={"id": SMEAR})
+    assert [t.value for t in again.text_input if t.label == "Tags"] == ["keep, smear"]
+    assert Store(url).experiment(BACKOUT)["notes"] is None
+
+
 def test_experiment_page_unknown_id_and_baseline(monkeypatch, seeded):
     at = render(monkeypatch, seeded, page="experiment", query={"id": "nope"})
     assert any("No experiment with id 'nope'" in w.value for w in at.warning)

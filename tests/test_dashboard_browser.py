@@ -304,3 +304,40 @@ def test_search_page_draws_optunas_plots_in_chromium(chromium, dashboard, tmp_pa
                      show="Optuna's view of the study")
     where = f"(screenshot: {screenshot}; page text: {text[-1500:]!r})"
     assert all(w in text for w in wanted), f"Optuna's plots not rendered within {RENDER_S} s {where}"
+
+
+def test_notes_typed_in_chromium_are_saved_and_shown_again(chromium, dashboard, tmp_path):
+    from leaderboard import Store
+    from tests.test_dashboard import SMEAR
+    db = f"sqlite:///{tmp_path / 'seeded.db'}"
+    browser = DevTools(chromium, tmp_path / "chromium-profile", tmp_path / "chromium.log")
+
+    def evaluate(session: str, expression: str):
+        return browser.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)["result"].get("value")
+
+    def wait_for(session: str, expression: str) -> bool:
+        deadline = time.monotonic() + RENDER_S
+        while time.monotonic() < deadline:
+            if evaluate(session, expression):
+                return True
+            time.sleep(0.5)
+        return False
+
+    notes_box = "document.querySelector('textarea[aria-label=\"Notes\"]')"
+    try:
+        target = browser.send("Target.createTarget", {"url": dashboard + f"experiment?id={SMEAR}"})["targetId"]
+        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        assert wait_for(session, f"!!{notes_box}"), "no Notes box on the Experiment page"
+        evaluate(session, f"{notes_box}.focus()")
+        browser.send("Input.insertText", {"text": "typed in a browser: keep it"}, session)
+        evaluate(session, "[...document.querySelectorAll('button')].find(b => b.textContent.includes('Save notes')).click()")
+        deadline = time.monotonic() + RENDER_S
+        while Store(db).experiment(SMEAR)["notes"] is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert Store(db).experiment(SMEAR)["notes"] == "typed in a browser: keep it"
+        # A fresh visit shows what was saved.
+        browser.send("Page.reload", {}, session)
+        assert wait_for(session, f"{notes_box} && {notes_box}.value === 'typed in a browser: keep it'"), \
+            evaluate(session, f"{notes_box} && {notes_box}.value")
+    finally:
+        browser.close()

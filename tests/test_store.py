@@ -527,6 +527,26 @@ def test_a_v6_database_gets_the_decision_reason_column_and_keeps_its_decisions(d
         assert [d["reason"] for d in store.decisions(experiment_id="exp0001")] == [None, "in words"]
 
 
+def test_a_v7_database_gets_notes_and_tags_and_an_experiment_takes_them(db_url):
+    """v8 adds experiments.notes and .tags; experiments recorded before keep theirs empty until annotated."""
+    with Store(db_url) as store:
+        store.record_experiment(experiment(1))
+    as_older_version(db_url, 7, "ALTER TABLE experiments DROP COLUMN notes", "ALTER TABLE experiments DROP COLUMN tags")
+    with Store(db_url) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        old = store.experiment("exp0001")
+        assert (old["notes"], old["tags"]) == (None, None)
+        store.annotate_experiment("exp0001", "worth a d4 look", [" keep", "lr", "keep", ""])
+        assert (store.experiment("exp0001")["notes"], store.experiment("exp0001")["tags"]) == ("worth a d4 look",
+                                                                                                ["keep", "lr"])
+        store.annotate_experiment("exp0001", None, [])  # cleared
+        assert (store.experiment("exp0001")["notes"], store.experiment("exp0001")["tags"]) == (None, None)
+        with pytest.raises(LeaderboardError, match="experiment 'nope': not in this database"):
+            store.annotate_experiment("nope", "x", [])
+        with pytest.raises(LeaderboardError, match="expected at most 64 characters"):
+            store.annotate_experiment("exp0001", "x", ["t" * 65])
+
+
 def test_leaderboard_ranks_by_time_to_target(store):
     store.record_track(Track(name="gpt2", metric="core", target=0.256525, depth=24, hardware="8xH100"))
     store.record_track(Track(name="gpt2", metric="core", target=0.256525, depth=24, hardware="8xH100",
