@@ -54,7 +54,7 @@ from experiments.catalog import CatalogError, Rung, Track, load_recipe, load_tie
 from harness import sandbox
 from harness.executors import EXECUTORS, Executor, SlurmOptions
 from harness.experiment import Experiment
-from harness.jobs import Job, terminate_as_interrupt
+from harness.jobs import Job, terminate_as_interrupt, unwritable
 from harness.pool import JobPool
 from harness.preparation import (
     BadInput,
@@ -100,6 +100,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print seed 0's command (and sbatch script on SLURM) with its batch, LRs, weight decay and "
                         "horizon, then exit: nothing is run, downloaded or recorded")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="also write the submission bundle for a public leaderboard into DIR (README.md with the "
+                        "leaderboard row, per-seed table and test, commands, code, environment, and each seed's logs)")
     p.add_argument("--unsafe-patches", action="store_true",
                    help="run a patched experiment without a sandbox where there is none (bubblewrap); its score is still sealed")
     SlurmOptions.add_arguments(p, "track")
@@ -426,6 +429,8 @@ def run(args) -> int:
     rung = track_rung(track, args.seeds)
     if args.dry_run:
         return dry_run(args, track, tier, rung, slurm)
+    if args.export and (why := unwritable(Path(args.export))):
+        raise SpeedrunError(f"--export {args.export}: {why}; expected a writable directory for the submission bundle")
     check_devices(tier, args.executor, f"--track {track.name}", "--track cpu")
     source = prepare_data(args.data, tier)  # bad data is one line before anything is recorded
     runs_root = prepare_runs_dir((Path(args.runs_dir) if args.runs_dir else nanoresearch_home() / "runs") / "speedrun"
@@ -494,6 +499,12 @@ def run(args) -> int:
         entry_id = existing["id"]
         recorded = f"entry #{entry_id} already records these runs (record when submitted: {'yes' if existing['is_record'] else 'no'})"
     print(format_summary(track, label, runs, summary, recorded), flush=True)
+    if args.export:
+        from harness.speedrun_export import write_bundle
+        readme = write_bundle(Path(args.export), track=track, label=label, experiment=exp, experiment_id=experiment_id,
+                              recipe=recipe, runs=runs, summary=summary, command=shlex.join(command),
+                              code_version=", ".join(versions) or code_version(), entry_id=entry_id)
+        print(f"submission bundle: {readme.parent} (start with {readme.name})", flush=True)
     return 1 if summary.failures else 0
 
 

@@ -4,6 +4,7 @@ seed, a failed seed is recorded and counts against the entry, the record rule, t
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from harness.executors import Executor
 from harness.experiment import Experiment
 from harness.jobs import Job
 from harness.speedrun import CORE_AT_END_ONLY, main, summarize, track_overrides, track_rung
+from harness.speedrun_export import LEADERBOARD_HEADER
 from leaderboard import Store
 from tests.conftest import tiny_tier
 
@@ -299,3 +301,37 @@ def test_recipe_and_experiment_together_are_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--track", "cpu", "--recipe", "baseline", "--experiment", "abc"])
     assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def table_cells(line: str) -> list[str]:
+    """The cells of one Markdown table row (GitHub's rules: outer pipes, \\| inside a cell)."""
+    assert line.startswith("|") and line.endswith("|"), line
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line[1:-1])]
+
+
+@pytest.mark.slow
+def test_export_writes_the_submission_bundle_without_training_again(first, tmp_path):
+    root, _ = first
+    out = tmp_path / "bundle"
+    proc = speedrun(root, "--track", str(root / "track.toml"), "--recipe", "baseline", "--seeds", "2", "--export", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "] start " not in proc.stdout and f"submission bundle: {out}" in proc.stdout  # both seeds were finished
+    readme = (out / "README.md").read_text().splitlines()
+    header = readme.index(LEADERBOARD_HEADER)
+    names, rule, row = (table_cells(line) for line in readme[header:header + 3])
+    assert names == ["#", "time", "val_bpb", "CORE", "Description", "Date", "Commit", "Contributors"]
+    assert len(rule) == len(row) == 8 and all(set(c) == {"-"} for c in rule)
+    [entry] = [e for e in entries(root) if e["experiment_id"] is not None]
+    assert row[0] == "?" and float(row[1]) == pytest.approx(entry["time_to_target_mean"] / 3600, abs=0.006)
+    assert float(row[2]) == pytest.approx(entry["val_bpb"], abs=1e-5) and row[4] == "baseline (baseline)"
+    assert row[6] == entry["code_version"].split(",")[0][:7]
+    text = "\n".join(readme)
+    assert f"p = {entry['p_value']:.3g}" in text and "| seed | status |" in text and entry["command"] in text
+    for seed in (0, 1):
+        for name in ("config.json", "result.json", "metrics.jsonl", "train.log"):
+            assert (out / "seeds" / f"seed{seed}" / name).is_file(), (seed, name)
+    env = json.loads((out / "environment.json").read_text())
+    assert env["torch"] and set(env["runs"]) == {"0", "1"} and all(env["runs"].values())
+    assert json.loads((out / "changes.json").read_text())["tweaks"] == {}
+    # The bundle goes beside the database's entry, never instead of it: still one entry.
+    assert len([e for e in entries(root) if e["experiment_id"] is not None]) == 1
