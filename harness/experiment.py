@@ -51,6 +51,11 @@ def parametric_null_tweaks(replica: int, baseline_values: dict) -> dict:
     return {name: float(baseline_values.get(name, defaults[name])) * factor}
 
 
+def baseline_name(recipe: str) -> str:
+    """The display name of a recipe's baseline: "baseline" for the default recipe, else which recipe it is."""
+    return "baseline" if recipe == "baseline" else f"baseline ({recipe})"
+
+
 @dataclass
 class Experiment:
     tweaks: dict

@@ -55,6 +55,21 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in {**os.environ, **(extra or {})}.items() if k not in SECRET_ENV}
 
 
+@dataclass(frozen=True)
+class WandbLabels:
+    """How a job's training run appears in Weights & Biases (`model.train --wandb`): grouped by its search (or
+    speedrun track), its job type the experiment, tagged with rung, seed and role (baseline, null, candidate), so
+    W&B's grouped curves and run comparison set the arms side by side without any setup there."""
+    group: str
+    experiment: str
+    name: str
+    tags: tuple[str, ...]
+
+    def args(self) -> list[str]:
+        return ["--wandb", "--wandb-group", self.group, "--wandb-job-type", self.experiment, "--wandb-name", self.name,
+                *(arg for tag in self.tags for arg in ("--wandb-tag", tag))]
+
+
 @dataclass
 class Job:
     experiment_id: str
@@ -71,6 +86,7 @@ class Job:
     workdir: Path | None = None    # where the command runs (a patched experiment's worktree); None: the repo
     data_seed: int | None = None   # the data order, when it differs from the init seed (replicas)
     sandbox: bool = True           # a patched job runs in the sandbox (False only with --unsafe-patches)
+    wandb: WandbLabels | None = None  # log the run to W&B (--wandb): training only, never the sealed re-score
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -83,7 +99,7 @@ class Job:
 
     def command(self) -> list[str]:
         """The training command (wrapped to run in the worktree, sandboxed, for a patched job)."""
-        args = ["-m", "model.train", *self.train_args()]
+        args = ["-m", "model.train", *self.train_args(), *(self.wandb.args() if self.wandb else [])]
         if self.rung.nodes > 1:
             raise ValueError(f"rung {self.rung.name}: nodes={self.rung.nodes}: multi-node runs are not supported yet (expected 1)")
         if self.rung.devices > 1:

@@ -34,8 +34,8 @@ from experiments.catalog import CatalogError, Rung, Tier
 from harness import search_report
 from harness.compute_multiplier import ComputeMultiplier, compute_multiplier
 from harness.executors import Executor
-from harness.experiment import NOISE_FLOOR_REPLICA, Experiment, format_set, parametric_null_tweaks
-from harness.jobs import Job, terminate_as_interrupt
+from harness.experiment import NOISE_FLOOR_REPLICA, Experiment, baseline_name, format_set, parametric_null_tweaks
+from harness.jobs import Job, WandbLabels, terminate_as_interrupt
 from harness.ladder import Verdict, decide
 from harness.noise import CONTROL_INITS, Spread, control_spread, fit_prior
 from harness.pool import Finished, JobPool
@@ -94,19 +94,20 @@ class Search:
     def __init__(self, *, store, search_id: int, name: str, tier: Tier, recipe, space: Space, proposer, executor: Executor,
                  runs_root: Path, data: str | None, tokenizer: str | None, trials: int, budget_hours: float | None,
                  parallel: int, code_version: str, seed_base: int = 0, throughput_share: float = 1.0,
-                 every_rung: bool = False, sandbox: bool = True, out=sys.stdout):
+                 every_rung: bool = False, sandbox: bool = True, wandb: bool = False, out=sys.stdout):
         self.store, self.search_id, self.name, self.tier, self.recipe = store, search_id, name, tier, recipe
         self.space, self.proposer, self.runs_root = space, proposer, runs_root
         self.data, self.tokenizer, self.trials, self.budget_hours = data, tokenizer, trials, budget_hours
         self.parallel, self.code_version, self.out = parallel, code_version, out
         self.seed_base = seed_base
         self.sandbox = sandbox  # patched experiments' jobs run sandboxed (False: --unsafe-patches)
+        self.wandb = wandb      # every training run also logs to Weights & Biases (--wandb)
         self.threads_per_job = 1  # CPU threads each job trains with (for CPU-minute costs)
         self.every_rung = every_rung  # measure the baseline and nulls at every rung, not only the ones in use
         # A job's share of a rung's calibrated throughput (local CPU jobs running side by side share the cores).
         self.throughput_share = throughput_share
         self.baseline = Experiment(tweaks={}, tier=tier.name, recipe=recipe.name, code_version=code_version,
-                                   proposer="baseline", name=f"baseline ({recipe.name})")
+                                   proposer="baseline", name=baseline_name(recipe.name))
         # The search's own nulls, one per kind of change, on every rung in use: their paired differences with the
         # baseline are the noise a change of that kind that does nothing produces (harness/noise.py).
         null_tweaks = {"structural": {},  # another initialisation
@@ -261,7 +262,15 @@ class Search:
                    run_dir=self.runs_root / self.name / exp.id / rung.name / f"seed{seed}",
                    train_tier=self.tier.train_tier, overrides=exp.overrides(self.tier.baseline, self.recipe.overrides),
                    data=self.data, tokenizer=self.tokenizer, timeout_s=job_timeout(rung),
-                   workdir=patch_worktree(exp, sandboxed=self.sandbox), data_seed=exp.data_seed(slot, self.seed_base), sandbox=self.sandbox)
+                   workdir=patch_worktree(exp, sandboxed=self.sandbox), data_seed=exp.data_seed(slot, self.seed_base), sandbox=self.sandbox,
+                   wandb=WandbLabels(group=self.name, experiment=exp.id, name=f"{exp.id} {rung.name} seed{seed}",
+                                     tags=(f"rung:{rung.name}", f"seed:{seed}", self.role(exp))) if self.wandb else None)
+
+    def role(self, exp: Experiment) -> str:
+        """baseline, null (the search's own nulls and A/A replicas) or candidate: as the dashboard colours runs."""
+        if exp.id == self.baseline.id:
+            return "baseline"
+        return "null" if exp.replica else "candidate"
 
     def submit(self, exp: Experiment, index: int, slot: int) -> None:
         job = self.make_job(exp, index, slot)
@@ -270,7 +279,7 @@ class Search:
         self.say(f"start {job.rung.name} seed {job.seed} of {self.label(exp)}")
 
     def label(self, exp: Experiment) -> str:
-        return f"{exp.id[:8]} ({exp.describe()})"
+        return f"{exp.id} ({exp.describe()})"
 
     # --- proposals -------------------------------------------------------------------------------------------
     def out_of_budget(self) -> bool:
@@ -290,7 +299,7 @@ class Search:
                 self.proposer.link(proposal.trial, exp.id)
             if self.is_own(exp.id) or exp.id in self.candidates:
                 self.duplicates_in_a_row += 1
-                self.say(f"proposal {exp.describe()} duplicates {exp.id[:8]}: dropped")
+                self.say(f"proposal {exp.describe()} duplicates {exp.id}: dropped")
                 self.record_rejected(proposal, f"duplicate of experiment {exp.id} (already in this search)")
                 existing = self.candidates.get(exp.id)
                 if existing is not None and existing.told:
@@ -581,7 +590,7 @@ class Search:
         decided = sum(1 for c in self.candidates.values() if c.state != "active")
         promoted = sum(1 for c in self.candidates.values() if c.rung > 0 or c.state == "passed")
         best = self.best()
-        best_text = f" | best {best.experiment_id[:8]} d {best.mean_delta:+.4f} at {best.rung}" if best and best.beats_baseline() else ""
+        best_text = f" | best {best.experiment_id} d {best.mean_delta:+.4f} at {best.rung}" if best and best.beats_baseline() else ""
         return (f"trials {self.proposals_made}/{self.trials} ({decided} decided, {promoted} promoted) | running "
                 f"{len(self.pool)}, queued {len(self.needed())}{best_text} | compute {self.compute_s / 3600:.3f} device-hours")
 
@@ -703,7 +712,7 @@ def dry_run(config: SearchConfig) -> int:
     from model.provenance import code_version
     tier, recipe = config.tier, config.recipe
     baseline = Experiment(tweaks={}, tier=tier.name, recipe=recipe.name, code_version=code_version(),
-                          proposer="baseline", name=f"baseline ({recipe.name})")
+                          proposer="baseline", name=baseline_name(recipe.name))
     runs_root = Path(config.runs_dir) if config.runs_dir else nanoresearch_home() / "runs"
     executor = Executor(config.executor, runs_root / config.name / "submitit", config.slurm)
     data = data_name(config.data, tier)
@@ -788,7 +797,7 @@ def execute(config: SearchConfig, proposer: Proposer | None = None) -> tuple[str
                         proposer=proposer, executor=executor, runs_root=runs_root, data=data, tokenizer=tokenizer_dir,
                         trials=config.trials, budget_hours=config.budget_hours, parallel=config.parallel,
                         code_version=code_version(), seed_base=config.seed_base, throughput_share=throughput_share,
-                        every_rung=config.proposer == "calibration", sandbox=config.sandbox)
+                        every_rung=config.proposer == "calibration", sandbox=config.sandbox, wandb=config.wandb)
         rungs = " -> ".join(f"{r.name} (depth {r.depth}, {r.describe_horizon()}, {r.seeds} seeds"
                             + (f", target {r.target}" if r.target else "")
                             + (", uncalibrated" if r.tok_per_s is None else "") + ")" for r in tier.rungs)

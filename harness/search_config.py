@@ -71,6 +71,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--unsafe-patches", action="store_true",
                    help="with --allow-patches on a machine without a sandbox (bubblewrap): run patched code without "
                         "one (it can then read your files and reach the network; its score is still sealed)")
+    p.add_argument("--wandb", action="store_true",
+                   help="log every training run to Weights & Biases (offline files in each run dir unless WANDB_API_KEY "
+                        "or WANDB_MODE=online is set), grouped by this search, job type the experiment, tagged with "
+                        "rung, seed and role")
     SlurmOptions.add_arguments(p, "rung")
     return p
 
@@ -196,6 +200,7 @@ class SearchConfig:
     agent: Any = None                  # harness.proposers.agent.AgentConfig for --proposer agent
     sandbox: bool = True               # patched runs in the sandbox (False: --unsafe-patches)
     dry_run: bool = False              # --dry-run: print what would run, run nothing
+    wandb: bool = False                # --wandb: every training run logs to Weights & Biases
     flags: dict = field(default_factory=dict)  # the command line's values, recorded with the search
 
     def control(self, index: int, share: int, first_replica: int) -> SearchConfig:
@@ -267,4 +272,5 @@ def resolve(args, calibrate: bool = False) -> SearchConfig:
                         budget_hours=args.budget_hours, parallel=parallel, executor=args.executor, slurm=slurm,
                         db=args.db, data=args.data, runs_dir=args.runs_dir, seed_base=args.seed_base, seed=args.seed,
                         enqueued=enqueued, aa=args.aa or 0, aa_controls=controls, agent=agent, sandbox=not unsafe,
-                        dry_run=bool(getattr(args, "dry_run", False)), flags=flags)
+                        dry_run=bool(getattr(args, "dry_run", False)), wandb=bool(getattr(args, "wandb", False)),
+                        flags=flags)

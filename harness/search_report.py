@@ -45,7 +45,7 @@ def replication_lines(search) -> list[str]:
                  + (" so far" if r["replicated_verdict"] == "more_seeds" else "")
                  + (f": {r['kept']:.0%} of the promoted improvement kept" if r["kept"] is not None else "")
                  if r["replicated_delta"] is not None else "not measured yet")
-        lines.append(f"  replication of {r['experiment_id'][:10]}: promoted at {r['rung']} on "
+        lines.append(f"  replication of {r['experiment_id']}: promoted at {r['rung']} on "
                      f"{estimate(r['promoted_delta'], r['promoted_std_error'], r['promoted_n'])}; at {r['next_rung']} "
                      f"{again}")
     return lines
@@ -69,7 +69,7 @@ def summary(search, status: str) -> str:
             mdes = ", ".join(f"{n} seeds {m:.4f}" for n in sorted({rung.seeds, stats.max_seeds})
                              if (m := rung_mde(search, rung, kind, n)) is not None)
             lines.append(f"    {kind:10} null spread {null.sd:.5f} ({int(null.df)} pairs); MDE at {stats.power:.0%} power: {mdes}")
-    lines.append(f"  {'experiment':10} {'kind':10} {'furthest':8} {'state':8} {'mean d':>8} {'p':>6} {'MDE':>7} "
+    lines.append(f"  {'experiment':12} {'kind':10} {'furthest':8} {'state':8} {'mean d':>8} {'p':>6} {'MDE':>7} "
                  f"{'compute':>9}  change")
     for c in sorted(search.candidates.values(), key=lambda c: c.order):
         rung = search.tier.rungs[c.rung].name
@@ -79,7 +79,7 @@ def summary(search, status: str) -> str:
         m = f"{v.mde:.4f}" if v and v.mde is not None and math.isfinite(v.mde) else "-"
         mult = (f"x{v.multiplier.value:.3g}" + ("*" if v.multiplier.extrapolated else "")
                 if v and v.multiplier and v.multiplier.value is not None else "-")
-        lines.append(f"  {c.experiment.id[:10]} {c.experiment.kind:10} {rung:8} {c.state:8} {mean:>8} {p:>6} {m:>7} "
+        lines.append(f"  {c.experiment.id} {c.experiment.kind:10} {rung:8} {c.state:8} {mean:>8} {p:>6} {m:>7} "
                      f"{mult:>9}  {c.experiment.describe()}")
     lines.append("  (mean d: candidate - control val_bpb, negative is better; the control is the baseline at the same seed, "
                  "for a structural change the mean of the baseline and the structural null, two inits; MDE: the improvement the test promotes "
@@ -95,7 +95,7 @@ def summary(search, status: str) -> str:
         if best.beats_baseline():
             lines.append(f"  best: {best.experiment_id} ({what}), mean d {best.mean_delta:+.4f} at {best.rung}")
         else:
-            lines.append(f"  best: none beat the baseline (closest: {best.experiment_id[:12]}, {what}, mean d "
+            lines.append(f"  best: none beat the baseline (closest: {best.experiment_id}, {what}, mean d "
                          f"{best.mean_delta:+.4f} at {best.rung})")
     for c in real:
         if c.state == "passed" and len(search.tier.rungs) > 1:
@@ -131,7 +131,7 @@ def what_next(search, real: list) -> list[str]:
     if not seen:
         return lines + ["    none was decided there yet: rerun the same command to resume it, or give it more --trials"]
     v, closest = min(seen, key=lambda x: x[0].mean_delta)
-    name = f"{closest.experiment.id[:12]} ({closest.experiment.describe()})"
+    name = f"{closest.experiment.id} ({closest.experiment.describe()})"
     if v.mean_delta >= 0:
         return lines + [f"    No change improved on the baseline even on average (closest: {name}, {v.mean_delta:+.4f}): "
                         "try other changes (--space, more --trials)."]

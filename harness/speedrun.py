@@ -53,8 +53,8 @@ from pathlib import Path
 from experiments.catalog import CatalogError, Rung, Track, load_recipe, load_tier, load_track, names
 from harness import sandbox
 from harness.executors import EXECUTORS, Executor, SlurmOptions
-from harness.experiment import Experiment
-from harness.jobs import Job, terminate_as_interrupt, unwritable
+from harness.experiment import Experiment, baseline_name
+from harness.jobs import Job, WandbLabels, terminate_as_interrupt, unwritable
 from harness.pool import JobPool
 from harness.preparation import (
     BadInput,
@@ -105,6 +105,9 @@ def build_parser() -> ArgumentParser:
                         "leaderboard row, per-seed table and test, commands, code, environment, and each seed's logs)")
     p.add_argument("--unsafe-patches", action="store_true",
                    help="run a patched experiment without a sandbox where there is none (bubblewrap); its score is still sealed")
+    p.add_argument("--wandb", action="store_true",
+                   help="log every seed's training run to Weights & Biases (offline files in each run dir unless "
+                        "WANDB_API_KEY or WANDB_MODE=online is set), grouped by track, tagged with rung, seed and role")
     SlurmOptions.add_arguments(p, "track")
     return p
 
@@ -389,7 +392,7 @@ def load_experiment(args, store, tier) -> tuple[Experiment, str, object]:
     if args.experiment is None:
         recipe = load_recipe(args.recipe or "baseline")
         exp = Experiment(tweaks={}, tier=tier.name, recipe=recipe.name, code_version=code_version(),
-                         proposer="baseline", name=f"baseline ({recipe.name})")
+                         proposer="baseline", name=baseline_name(recipe.name))
         store.record_experiment(exp.record())
         return exp, exp.id, recipe
     row = store.experiment(args.experiment)
@@ -443,9 +446,9 @@ def run(args) -> int:
         raise BadInput(f"--experiment {experiment_id}: it carries a code patch, whose runs need a sandbox, and there is "
                        f"none here: {why}. Install bubblewrap, or pass --unsafe-patches to run it without one")
     if exp.tier != tier.name:
-        say(f"note: experiment {experiment_id[:10]} was proposed on tier {exp.tier!r}; the track runs it on tier {tier.name!r}")
+        say(f"note: experiment {experiment_id} was proposed on tier {exp.tier!r}; the track runs it on tier {tier.name!r}")
     if not exp.patch and exp.code_version not in ("unknown", code_version()):
-        say(f"note: experiment {experiment_id[:10]} was proposed on code {exp.code_version}; its runs use this checkout "
+        say(f"note: experiment {experiment_id} was proposed on code {exp.code_version}; its runs use this checkout "
             f"({code_version()}), which the entry records")
 
     overrides = track_overrides(track, tier, recipe, exp)
@@ -466,7 +469,12 @@ def run(args) -> int:
         jobs = [Job(experiment_id=experiment_id, rung=rung, slot=seed, seed=seed, data_seed=track.data_seed,
                     run_dir=runs_root / experiment_id / f"seed{seed}", train_tier=tier.train_tier, overrides=overrides,
                     data=args.data or source.name, tokenizer=tokenizer_dir, timeout_s=job_timeout(rung),
-                    workdir=workdir, sandbox=not args.unsafe_patches) for seed in todo]
+                    workdir=workdir, sandbox=not args.unsafe_patches,
+                    wandb=WandbLabels(group=f"speedrun {track.name}", experiment=experiment_id,
+                                      name=f"{experiment_id} {track.name} seed{seed}",
+                                      tags=(f"rung:{rung.name}", f"seed:{seed}",
+                                            "baseline" if exp.is_baseline else "candidate")) if args.wandb else None)
+                for seed in todo]
         env, share = local_threads(tier.train_tier, args.executor, parallel)
         if args.eval_bundle:
             env["NANORESEARCH_EVAL_BUNDLE"] = str(Path(args.eval_bundle).resolve())
@@ -528,7 +536,7 @@ def format_summary(track: Track, label: str, runs: list[dict], s: Summary, recor
                  f"({s.reached} of {s.seeds} seeds reached {track.target_spec})")
     p = f", one-sided t-test against {track.target:g}: p = {s.p_value:.3g}" if s.p_value is not None else ""
     lines.append(f"  {metric} {pm(s.metric_mean, s.metric_std, 4)} (n = {s.metric_n}){p}")
-    lines.append(f"  {'RECORD' if s.is_record else 'no record'}: {s.why}")
+    lines.append(f"  verdict: {s.why}")
     return "\n".join(lines)
 
 

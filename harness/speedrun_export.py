@@ -123,7 +123,7 @@ def write_bundle(out: Path, *, track, label: str, experiment, experiment_id: str
         f"# {label}: speedrun submission for track {track.name}",
         "",
         f"Target: {track.target_spec} at depth {track.depth}; entry #{entry_id} of this nanoresearch database; "
-        f"{'a new record' if summary.is_record else 'not a record'} here ({summary.why}).",
+        f"verdict here: {summary.why}.",
         "",
         "## Leaderboard row",
         "",

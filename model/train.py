@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -125,6 +126,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="a saved tokenizer dir (default: trained/cached for --data)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless configured)")
+    p.add_argument("--wandb-group", default=None, help="with --wandb: the W&B group (the harness: its search or track)")
+    p.add_argument("--wandb-job-type", default=None, help="with --wandb: the W&B job type (the harness: the experiment)")
+    p.add_argument("--wandb-name", default=None, help="with --wandb: the W&B run name (default: the run dir's name)")
+    p.add_argument("--wandb-tag", action="append", default=[], metavar="TAG",
+                   help="with --wandb: a W&B tag (repeatable; the harness: rung, seed and role)")
     p.add_argument("--experiment-id", default=None, help="set by the harness; recorded in config.json")
     p.add_argument("--rung", default=None, help="set by the harness; recorded in config.json")
     p.add_argument("--dry-run", action="store_true",
@@ -819,7 +825,10 @@ def finish(tr: Training, status: str, reason: str | None) -> int:
             summary += f" | time_to_target {state.time_to_target:.1f}s"
         print(summary + f" | training time {state.train_time:.1f}s" + (f" | {reason}" if reason else ""), file=sys.stderr)
         if tr.wandb_run:
-            tr.wandb_run.finish()
+            tr.wandb_run.summary.update({k: v for k, v in {
+                "status": status, "reason": reason, "steps": state.step, "final_val_bpb": state.last_val_bpb,
+                "time_to_target": state.time_to_target, "training_time_s": state.train_time}.items() if v is not None})
+            tr.wandb_run.finish(exit_code=0 if status == "ok" else 1)
     return EXIT_OK if status == "ok" else EXIT_DIVERGED
 
 
@@ -923,16 +932,20 @@ def command_line(world: int) -> str:
 
 
 def start_wandb(args, run_dir: Path, config: dict):
-    """Weights & Biases, offline unless the user configured an online account. Never required."""
+    """Weights & Biases, offline unless the user configured an online account (WANDB_API_KEY, or WANDB_MODE). Never
+    required: a missing or broken wandb costs a warning, not the run. The W&B run id is derived from the run dir, so a
+    run resumed from its checkpoint continues the same W&B run instead of starting a second one."""
     try:
         import wandb
     except Exception as e:  # noqa: BLE001 - wandb missing or broken: training goes on without it
         print(f"train: --wandb ignored ({type(e).__name__}: {e})", file=sys.stderr)
         return None
     mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    run_id = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
     try:
-        return wandb.init(project=os.environ.get("WANDB_PROJECT", "nanoresearch"), name=run_dir.name, dir=str(run_dir),
-                          config=config, mode=mode, reinit=True)
+        return wandb.init(project=os.environ.get("WANDB_PROJECT", "nanoresearch"), id=run_id, resume="allow",
+                          name=args.wandb_name or run_dir.name, group=args.wandb_group, job_type=args.wandb_job_type,
+                          tags=args.wandb_tag or None, dir=str(run_dir), config=config, mode=mode)
     except Exception as e:  # noqa: BLE001
         print(f"train: --wandb ignored ({type(e).__name__}: {e})", file=sys.stderr)
         return None

@@ -108,7 +108,7 @@ def test_planted_changes_are_promoted_or_rejected_and_failures_do_not_stop_the_s
     assert any(d["experiment_id"] == good and d["from_rung"] == "d2" for d in decisions)  # tested on the next rung
     # The summary sets the estimate that promoted it beside the next rung's fresh one (the winner's curse, measured).
     again = [d for d in decisions if d["experiment_id"] == good and d["from_rung"] == "d2"][-1]
-    assert (f"replication of {good[:10]}: promoted at d1 on {first[good]['mean_delta']:+.4f} ± "
+    assert (f"replication of {good}: promoted at d1 on {first[good]['mean_delta']:+.4f} ± "
             f"{first[good]['std_error']:.4f} (n={first[good]['n']}); at d2 {again['mean_delta']:+.4f}") in out
     crashed = store.runs(experiment_id=broken, details=True)
     assert crashed and all(r["status"] == "crash" for r in crashed)
@@ -125,7 +125,7 @@ def test_planted_changes_are_promoted_or_rejected_and_failures_do_not_stop_the_s
     assert {(r["rung"], r["seed"]) for r in base_runs} >= {("d1", 0), ("d1", 1), ("d2", 0), ("d2", 1)}
     assert all(r["status"] != "running" for r in store.runs(search_id=search["id"]))
     assert "promotions: 1 of 3" in out and f"  best: {good} " in out  # the promoted change is the best
-    summary_line = next(line for line in out.splitlines() if line.strip().startswith(good[:10]))
+    summary_line = next(line for line in out.splitlines() if line.strip().startswith(good))
     top = [d for d in sorted(decisions, key=lambda d: d["id"]) if d["experiment_id"] == good and d["from_rung"] == "d2"][-1]
     assert "parametric" in summary_line and f"{top['mde']:.4f}" in summary_line and " x" in summary_line
     # The Optuna study learned from the planted proposals (they went in with enqueue_trial).
@@ -209,7 +209,7 @@ def test_kill_and_resume_leaves_no_duplicates_and_no_holes(workdir, shared_data)
     for r in finished_before:  # a run finished before the kill was never launched again
         assert count_launches(Path(r["run_dir"])) == 1, r["run_dir"]
     for c in candidates:  # the summary knows every decision, including those made before the kill
-        line = next(line for line in again.stdout.splitlines() if line.strip().startswith(c["id"][:10]))
+        line = next(line for line in again.stdout.splitlines() if line.strip().startswith(c["id"]))
         mean, p, mde = line.split()[4:7]
         assert mean[0] in "+-" and float(mean) == float(mean) and float(p) >= 0 and float(mde) > 0, line
 
@@ -494,6 +494,41 @@ def test_a_search_takes_the_runs_another_search_made_the_same_way_and_trains_the
     edited = run_search(workdir, shared_data, *common, "--name", "edited")
     assert edited.returncode == 0, edited.stdout[-3000:] + edited.stderr[-3000:]
     assert "] reuse " not in edited.stdout and edited.stdout.count("] start d1 seed ") == 8
+
+
+def test_a_wandb_search_leaves_one_offline_wandb_run_per_training_run_grouped_and_tagged(workdir, shared_data):
+    from tests.wandb_offline import offline_runs
+    tier = workdir / "one.toml"
+    tier.write_text(tiny_tier("test tier: one rung of 8 steps", ONE_RUNG))
+    change = workdir / "change.json"
+    change.write_text(json.dumps([{"tweaks": {"unembedding_lr": 0.05}, "rationale": "a change"}]))
+    wandb_env = {**{k: v for k, v in env().items() if not k.startswith("WANDB_")}, "WANDB_MODE": "offline"}
+    proc = subprocess.run(search_cmd(workdir, shared_data, "--tier", str(tier), "--trials", "1", "--proposer", "optuna",
+                                     "--enqueue", str(change), "--parallel", "2", "--name", "wb", "--wandb"),
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env=wandb_env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    store = Store(f"sqlite:///{workdir / 'lb.db'}")
+    search = store.find_search("wb")
+    runs = store.runs(search_id=search["id"])
+    experiments = {e["id"]: e for e in store.experiments_by_id({r["experiment_id"] for r in runs})}
+    baseline_id = search["config"]["baseline_experiment_id"]
+    logged = offline_runs(workdir / "runs")
+    assert len(runs) == 8 and len(logged) == len(runs)  # the baseline, two nulls and the change, 2 seeds each
+    by_run = {(w["job_type"], w["config"]["rung"], w["config"]["seed"]): w for w in logged}
+    assert len(by_run) == len(logged)
+    roles = []
+    for run in runs:
+        w = by_run[(run["experiment_id"], run["rung"], run["seed"])]
+        role = ("baseline" if run["experiment_id"] == baseline_id else
+                "null" if experiments[run["experiment_id"]]["proposer"] == "noise-floor" else "candidate")
+        roles.append(role)
+        assert w["group"] == "wb" and w["config"]["experiment_id"] == run["experiment_id"]
+        assert set(w["tags"]) == {"rung:d1", f"seed:{run['seed']}", role}
+        # Its curve and end are W&B's: the last val_bpb logged is the one the leaderboard recorded.
+        assert [h["step"] for h in w["history"]][-1] == 8 and w["summary"]["status"] == "ok"
+        assert w["summary"]["final_val_bpb"] == pytest.approx(run["val_bpb"], abs=1e-6)
+    assert sorted(roles) == ["baseline"] * 2 + ["candidate"] * 2 + ["null"] * 4
 
 
 def test_enqueue_file_is_validated_against_the_space(workdir, shared_data):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.wandb_offline import offline_runs
+
 REPO = Path(__file__).resolve().parents[1]
 # Small enough to run in seconds on 2 cores, big enough to learn something in a few dozen steps.
 TINY = ["--depth", "1", "--set", "vocab_size=1024", "--set", "sequence_len=64", "--set", "head_dim=32",
@@ -132,9 +134,12 @@ def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path, shared_data, to
     straight = tmp_path / "straight"
     assert run(train_cmd(straight, shared_data, tokenizer_dir, *args)).returncode == 0
 
+    # The killed run logs to W&B (offline): resumed, it continues the same W&B run rather than starting another.
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(train_cmd(killed, shared_data, tokenizer_dir, *args), cwd=REPO, env=env,
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}, "OMP_NUM_THREADS": "1",
+           "WANDB_MODE": "offline"}
+    wandb = ("--wandb", "--wandb-group", "kill-resume", "--wandb-tag", "seed:0")
+    proc = subprocess.Popen(train_cmd(killed, shared_data, tokenizer_dir, *args, *wandb), cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (killed / "checkpoints" / "step_000010.pt").exists() and time.time() < deadline:
@@ -143,9 +148,16 @@ def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path, shared_data, to
     proc.wait()
     assert not (killed / "result.json").exists(), "the run finished before it could be killed"
 
-    resumed = run(train_cmd(killed, shared_data, tokenizer_dir, *args, "--resume"))
+    resumed = subprocess.run(train_cmd(killed, shared_data, tokenizer_dir, *args, *wandb, "--resume"), cwd=REPO,
+                             capture_output=True, text=True, timeout=240, env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed at step" in resumed.stderr
+    # Two processes, one W&B run id (the SIGKILLed one's log is empty: W&B's core had not flushed it yet).
+    attempts = sorted((killed / "wandb").glob("offline-run-*"))
+    [logged] = offline_runs(killed)
+    assert len(attempts) == 2 and {a.name.rsplit("-", 1)[1] for a in attempts} == {logged["id"]}
+    assert logged["group"] == "kill-resume" and logged["tags"] == ["seed:0"]
+    assert [h["step"] for h in logged["history"]] == [10, 20, 30] and logged["summary"]["steps"] == 30
     a, b = metrics(straight), metrics(killed)
     assert [p["step"] for p in b] == [0, 10, 20, 30]  # no duplicated or missing evaluations
     assert [p["val_bpb"] for p in a] == [p["val_bpb"] for p in b]
