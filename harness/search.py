@@ -819,7 +819,8 @@ def execute(config: SearchConfig, proposer: Proposer | None = None) -> tuple[str
                 proposer.enqueue(p)
         search.threads_per_job = threads_per_job(env)
         status = search.run()
-        store.finish_search(search_id, status, search.failed if status == "failed" else None)
+        store.finish_search(search_id, status, search.failed if status == "failed" else None,
+                            summary=search_report.summary(search, status))
     except (Exception, KeyboardInterrupt) as e:
         reason = str(e).splitlines()[0] if isinstance(e, (BadInput, LeaderboardError)) and str(e) else (
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'}")

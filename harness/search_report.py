@@ -6,6 +6,7 @@ finished (or stopped) `harness.search.Search`; none changes it."""
 from __future__ import annotations
 
 import math
+import shlex
 import statistics
 
 from experiments.catalog import Rung
@@ -106,6 +107,8 @@ def summary(search, status: str) -> str:
     elif real and not promoted:
         lines.extend(what_next(search, real))
     lines.append(f"  dashboard: python -m leaderboard serve --db {search.store.url_text}")
+    lines.append(f"  report card and results.tsv: python -m leaderboard export {shlex.quote(search.name)} --db "
+                 f"{search.store.url_text}")
     return "\n".join(lines)
 
 

@@ -1,6 +1,8 @@
-"""`python -m leaderboard`: serve the dashboard (`serve`), record run dirs (`ingest`), measure the store (`bench`).
+"""`python -m leaderboard`: serve the dashboard (`serve`), export a search (`export`), record run dirs (`ingest`),
+measure the store (`bench`).
 
     python -m leaderboard serve [--db URL] [--port 8501] [--host 127.0.0.1]
+    python -m leaderboard export SEARCH [--db URL] [--out DIR]     # DIR/results.tsv and DIR/report.md
     python -m leaderboard ingest runs/d2-smear runs/d2-base [--db URL]
     python -m leaderboard bench [--db URL] [--runs 10000 --points 1000000]
 
@@ -13,6 +15,7 @@ records every good dir given alongside a bad one.
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from leaderboard.bench import run_bench
 from leaderboard.errors import LeaderboardError
 from leaderboard.ingest import ingest_run_dir
 from leaderboard.progress import Progress
+from leaderboard.search_export import export_search
 from leaderboard.store import Store
 
 
@@ -40,6 +44,20 @@ def _ingest(args: argparse.Namespace) -> int:
             progress.update(i + 1)
         progress.close()
     return 2 if failures else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path(f"{re.sub(r'[^A-Za-z0-9._-]+', '_', args.search)}-report")
+    if out.exists() and not out.is_dir():
+        raise LeaderboardError(f"--out {out}: a file is there; expected a directory (it is created if missing)")
+    with Store(args.db) as store:
+        try:
+            written = export_search(store, args.search, out)
+        except OSError as e:
+            raise LeaderboardError(f"--out {out}: {e.strerror or e}; expected a writable directory") from None
+    for path in written:
+        print(f"wrote {path}")
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -85,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1; 0.0.0.0 serves it to the network, with no login)")
     serve.set_defaults(handler=_serve)
+
+    export = commands.add_parser("export", help="a search's results.tsv and report.md (its report card)")
+    export.add_argument("search", metavar="SEARCH", help="the search's name (as --name gave it, or printed at its start)")
+    export.add_argument("--db", help=db_help)
+    export.add_argument("--out", default=None, help="directory to write into (default: ./SEARCH-report)")
+    export.set_defaults(handler=_export)
 
     ingest = commands.add_parser("ingest", help="record finished run dirs (idempotent)")
     ingest.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

@@ -162,6 +162,18 @@ def optuna_trials(url: str, study_name: str) -> list[dict[str, Any]]:
 
 
 @_cached
+def search_export(url: str, name: str) -> tuple[str, str] | None:
+    """The search's results.tsv and report.md (leaderboard/search_export.py), as `python -m leaderboard export`
+    writes them."""
+    from leaderboard.search_export import SearchExport, report_card, results_tsv
+    store = open_store(url)
+    if store is None or store.find_search(name) is None:
+        return None
+    export = SearchExport(store, name)
+    return results_tsv(export), report_card(export)
+
+
+@_cached
 def device_seconds(url: str, search_id: int) -> dict[int, float]:
     store = open_store(url)
     return store.device_seconds(search_id) if store else {}

@@ -61,6 +61,13 @@ cols[3].metric("training hours", f"{summary['training_hours']:.3f}", help="timed
 cols[4].metric("device-hours", f"{summary['device_hours']:.3f}",
                help="the search's compute: each run's wall time x its devices, as its terminal summary and --budget-hours count it")
 cols[5].metric("agent cost", f"${usage['cost_usd']:.2f}" if usage["experiments"] else fmt.MISSING)
+if exported := db.search_export(url, name):
+    tsv, card = exported
+    left, right, _ = st.columns([1, 1, 4])
+    left.download_button("report.md", card, file_name=f"{name}-report.md", mime="text/markdown",
+                         help="the search's report card: setup, cost, what it found, every decision in words")
+    right.download_button("results.tsv", tsv, file_name=f"{name}-results.tsv", mime="text/tab-separated-values",
+                          help="one row per experiment and rung: runs, mean val_bpb and the decision's statistics")
 
 
 

@@ -86,6 +86,12 @@ def _v8_experiment_notes(conn: sa.Connection) -> None:
                 add_column(conn, schema.experiments.c[column])
 
 
+def _v9_search_summary(conn: sa.Connection) -> None:
+    inspector = sa.inspect(conn)
+    if "searches" in inspector.get_table_names() and "summary" not in {c["name"] for c in inspector.get_columns("searches")}:
+        add_column(conn, schema.searches.c.summary)
+
+
 # version -> the migration that upgrades version-1 to it. Append only; never edit a released one.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     2: _v2_search_harness,
@@ -95,6 +101,7 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     6: _v6_sealed_runs,
     7: _v7_decision_reason,
     8: _v8_experiment_notes,
+    9: _v9_search_summary,
 }
 assert sorted(MIGRATIONS) == list(range(2, schema.SCHEMA_VERSION + 1)), "a migration per version after v1"
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 # metric_mismatch and not_causal: a patched run whose sealed re-score (model/seal.py) disagreed with what it reported,
 # or whose model let a position see later tokens. They count as failed runs of their experiment.
@@ -109,6 +109,7 @@ searches = sa.Table(
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime),
     sa.Column("reason", sa.Text),  # why a failed search failed (one line)
+    sa.Column("summary", sa.Text),  # what the search printed at its end (results, what next), for its report card
 )
 
 # Which experiments a search proposed (also those that never ran): the top of the rung funnel.

@@ -453,10 +453,14 @@ class Store:
                                 .returning(schema.searches.c.id)).scalar_one()
         return self._transact(work)
 
-    def finish_search(self, search_id: int, status: str = "finished", reason: str | None = None) -> None:
-        """End a search with its status (finished, interrupted, failed) and, for a failure, why."""
+    def finish_search(self, search_id: int, status: str = "finished", reason: str | None = None,
+                      summary: str | None = None) -> None:
+        """End a search with its status (finished, interrupted, failed), for a failure why, and the summary it
+        printed (kept for its report card; a search that ends without one keeps the last it had)."""
+        values = {"status": status, "finished_at": schema.utcnow(), "reason": reason,
+                  **({"summary": summary} if summary is not None else {})}
         self._transact(lambda conn: conn.execute(sa.update(schema.searches).where(schema.searches.c.id == search_id)
-                                                 .values(status=status, finished_at=schema.utcnow(), reason=reason)))
+                                                 .values(**values)))
 
     def record_decision(self, decision: Decision) -> int:
         """Record a ladder decision with its statistics (every decision is kept: more_seeds, then promote)."""
@@ -704,11 +708,14 @@ class Store:
         rows = self._select(sa.select(schema.searches).where(schema.searches.c.id == search_id))
         return rows[0] if rows else None
 
-    def proposal_count(self, search_id: int) -> int:
-        """How many experiments the search proposed."""
+    def proposal_count(self, search_id: int, *, excluding: Iterable[str] = ()) -> int:
+        """How many experiments the search proposed, leaving out those `excluding` names (its baseline, which a
+        search records with its proposals but nobody proposed)."""
         p = schema.proposals.c
-        return self._read(lambda conn: conn.execute(
-            sa.select(sa.func.count()).select_from(schema.proposals).where(p.search_id == search_id)).scalar_one())
+        stmt = sa.select(sa.func.count()).select_from(schema.proposals).where(p.search_id == search_id)
+        if excluding := list(excluding):
+            stmt = stmt.where(p.experiment_id.not_in(excluding))
+        return self._read(lambda conn: conn.execute(stmt).scalar_one())
 
     def searches(self) -> list[dict[str, Any]]:
         """Every search, newest first, with n_proposed, n_runs, n_finished and training_hours."""

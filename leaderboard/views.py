@@ -56,7 +56,6 @@ def search_summary(store: Store, search_id: int) -> dict[str, Any] | None:
         return None
     runs = sorted(store.runs(search_id=search_id, columns=_TRIAL_COLUMNS), key=_finish_order)
     decided = store.decisions(search_id=search_id, columns=_DECISION_COLUMNS)  # in the order they were made
-    n_proposed = store.proposal_count(search_id)
     involved = store.experiments_by_id({x["experiment_id"] for x in runs} | {x["experiment_id"] for x in decided},
                                        columns=("id", "proposer", "extra"))
     noise = {x["id"] for x in involved if x["proposer"] == NOISE_FLOOR_PROPOSER}
@@ -64,6 +63,7 @@ def search_summary(store: Store, search_id: int) -> dict[str, Any] | None:
     verdicts = list(dict.fromkeys((x["from_rung"], x["to_rung"], x["verdict"], x["experiment_id"]) for x in decided))
 
     baseline_id = search_baseline(search, decided)
+    n_proposed = store.proposal_count(search_id, excluding=[baseline_id] if baseline_id else [])
     runs_by_status: dict[str, int] = {}
     trials = []
     ran_at: dict[str, set[str]] = {}
@@ -115,7 +115,8 @@ def search_summary(store: Store, search_id: int) -> dict[str, Any] | None:
     funnel = []
     for i, rung in enumerate(order):
         ran = len(ran_at.get(rung, ()))
-        proposed = max(n_proposed, ran) if i == 0 else len(promoted_into.get(rung, ()))
+        # A search that recorded no proposals (older ones) proposed at least what ran, its baseline aside.
+        proposed = max(n_proposed, len(ran_at.get(rung, set()) - baseline)) if i == 0 else len(promoted_into.get(rung, ()))
         funnel.append({"rung": rung, "proposed": proposed, "run": ran,
                        "promoted": len(with_verdict.get((rung, "promote"), ())),
                        "rejected": len(with_verdict.get((rung, "reject"), ()))})

@@ -212,7 +212,7 @@ def test_search_page_funnel_decisions_trials_and_agent_spend(monkeypatch, seeded
     assert at.selectbox[0].value == "cpu-search"
     funnel = frame_with(at, "promoted")
     assert funnel.to_dict("records") == [
-        {"rung": "d2", "proposed": 4, "run": 4, "promoted": 1, "rejected": 1},
+        {"rung": "d2", "proposed": 3, "run": 4, "promoted": 1, "rejected": 1},  # run: the baseline too
         {"rung": "d4", "proposed": 1, "run": 2, "promoted": 0, "rejected": 0},  # the baseline runs there too
     ]
     spreads = frame_with(at, "pairs")
@@ -234,7 +234,7 @@ def test_search_page_funnel_decisions_trials_and_agent_spend(monkeypatch, seeded
     assert smear["details"] == f"experiment?id={SMEAR}"
 
     found = metrics(at)
-    assert (found["proposed"], found["runs finished"], found["ok runs"]) == ("4", "11 / 11", "10")
+    assert (found["proposed"], found["runs finished"], found["ok runs"]) == ("3", "11 / 11", "10")
     assert found["training hours"] == "3.017"  # 6 d2 runs x 600 s + 4 d4 runs x 1800 s + the diverged 60 s
     assert found["device-hours"] == "0.850"  # wall time: 10 runs of 5 minutes + the diverged one's minute
     # agent spend: smear (1200 in, 300 out, $0.0125) + the untested idea (800 in, 200 out, $0.0075)
@@ -277,6 +277,24 @@ def test_search_page_funnel_decisions_trials_and_agent_spend(monkeypatch, seeded
     assert bands[["rung", "baseline", "seeds"]].to_dict("records") == [
         {"rung": "d2", "baseline": pytest.approx(2.005), "seeds": 2}, {"rung": "d4", "baseline": pytest.approx(1.805), "seeds": 2}]
     assert (bands["high"] - bands["low"]).tolist() == pytest.approx([2 * 0.00707107] * 2, rel=1e-4)
+
+
+def test_search_page_offers_the_report_card_and_results_tsv(monkeypatch, seeded):
+    """The downloads are the files `python -m leaderboard export` writes (tests/test_search.py checks those against
+    a real search's decisions)."""
+    from leaderboard import Store
+    from leaderboard.search_export import SearchExport, report_card, results_tsv
+    at = render(monkeypatch, seeded, page="search")
+    buttons = at.get("download_button")
+    assert [b.proto.label for b in buttons] == ["report.md", "results.tsv"]
+    export = SearchExport(Store(seeded, read_only=True), "cpu-search")
+    rows = results_tsv(export).splitlines()
+    assert rows[0].split("\t")[:4] == ["experiment", "role", "change", "rung"]
+    smear = next(r.split("\t") for r in rows if r.startswith(SMEAR) and "\td2\t" in r)
+    assert smear[1:4] == ["candidate", "smear", "d2"] and float(smear[8]) == -0.05 and smear[-1] == SMEAR_WHY
+    card = report_card(export)
+    assert card.startswith("# Search report: cpu-search\n") and f"(`{SMEAR}`), mean paired difference -0.0500" in card
+    assert "| `smear` | d2 | promoted to d4 | " in card
 
 
 def test_best_so_far_does_not_move_for_a_lucky_baseline_seed(monkeypatch, tmp_path):

@@ -138,6 +138,58 @@ def test_planted_changes_are_promoted_or_rejected_and_failures_do_not_stop_the_s
     from tests.test_dashboard import metrics, render
     page = render(monkeypatch, f"sqlite:///{workdir / 'lb.db'}", page="search", query={"search": "planted"})
     assert metrics(page)["device-hours"] == terminal and float(terminal) > 0
+    check_export(workdir, store, decisions, good, bad, broken, out)
+
+
+def check_export(workdir, store, decisions, good, bad, broken, out):
+    """`python -m leaderboard export`: results.tsv holds the decisions' own numbers; report.md parses as Markdown
+    whose tables have the rows they should; the summary the terminal printed is the one kept for the report."""
+    import csv
+
+    from markdown_it import MarkdownIt
+    db = f"sqlite:///{workdir / 'lb.db'}"
+    proc = subprocess.run([sys.executable, "-m", "leaderboard", "export", "planted", "--db", db, "--out",
+                           str(workdir / "card")], cwd=workdir, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["wrote", str(workdir / "card" / "results.tsv"), "wrote", str(workdir / "card" / "report.md")]
+    assert "report card and results.tsv: python -m leaderboard export planted --db " in out
+    search = store.find_search("planted")
+    assert search["summary"] and search["summary"].strip() in out
+
+    rows = list(csv.DictReader((workdir / "card" / "results.tsv").open(), delimiter="\t"))
+    at = {(r["experiment"], r["rung"]): r for r in rows}
+    last = {(d["experiment_id"], d["from_rung"]): d for d in decisions}
+    for key in ((good, "d1"), (good, "d2"), (bad, "d1")):
+        assert float(at[key]["mean_d"]) == pytest.approx(last[key]["mean_delta"], rel=1e-12)
+        assert at[key]["verdict"] == last[key]["verdict"] and at[key]["reason"] == last[key]["reason"]
+        assert int(at[key]["n"]) == last[key]["n"] and at[key]["role"] == "candidate"
+    assert at[(broken, "d1")]["ok"] == "0" and int(at[(broken, "d1")]["runs"]) > 0 and at[(broken, "d1")]["val_bpb_mean"] == ""
+    ok_good = [r["val_bpb"] for r in store.runs(experiment_id=good, rung="d1") if r["status"] == "ok"]
+    assert float(at[(good, "d1")]["val_bpb_mean"]) == pytest.approx(sum(ok_good) / len(ok_good))
+    roles = [r["role"] for r in rows]
+    assert roles[0] == "baseline" and roles == sorted(roles, key=["baseline", "null", "candidate"].index)
+    assert {r["rung"] for r in rows if r["role"] == "baseline"} == {"d1", "d2"} and roles.count("null") >= 2
+
+    text = (workdir / "card" / "report.md").read_text()
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    tables, current = [], None
+    for t in tokens:
+        if t.type == "table_open":
+            current = []
+        elif t.type == "tr_open" and current is not None:
+            current.append([])
+        elif t.type == "inline" and current is not None and current:
+            current[-1].append(t.content)
+        elif t.type == "table_close":
+            tables.append(current)
+            current = None
+    experiments_table = next(x for x in tables if x[0][:3] == ["experiment", "role", "change"])
+    assert len(experiments_table) == 1 + len(rows) and all(len(r) == 10 for r in experiments_table)
+    funnel = next(x for x in tables if x[0][0] == "rung")
+    assert funnel[1][:2] == ["d1", "3"] and funnel[1][3] == "1"  # 3 proposed at d1, 1 promoted
+    decided = next(x for x in tables if x[0] == ["change", "rung", "decision", "why"])
+    assert [r[2] for r in decided[1:]].count("promoted to d2") == 1
+    assert f"Best: `unembedding_lr=0.1` (`{good}`)" in text and "## What the search printed at its end" in text
 
 
 def count_launches(run_dir: Path) -> int:

@@ -220,6 +220,9 @@ def test_v1_database_is_upgraded_in_place_with_data_kept(db_url):
                                        baseline_experiment_id="base01", search_id=search_id))
         assert store.experiment("exp0001")["extra"] == {"falsify": "val_bpb not lower"}
         assert [r["experiment_id"] for r in store.runs(search_id=search_id)] == ["exp0001"]
+        store.finish_search(search_id, "finished", summary="search 'after-upgrade' finished: 1 proposals")
+        store.finish_search(search_id, "finished")  # ended again without one: the summary stays (v9)
+        assert store.search(search_id)["summary"] == "search 'after-upgrade' finished: 1 proposals"
         assert count(store, "runs") == 2
         upgraded = store.counts()
     with Store(db_url) as again:  # reopening an up-to-date database changes nothing
@@ -356,7 +359,7 @@ def build_search(store: Store) -> tuple[int, dict]:
 def test_search_summary_trials_best_funnel_and_compute(store):
     search_id, val = build_search(store)
     summary = search_summary(store, search_id)
-    assert summary["search"]["name"] == "s1" and summary["n_proposed"] == 4
+    assert summary["search"]["name"] == "s1" and summary["n_proposed"] == 3  # the baseline is recorded, not proposed
     assert summary["runs_by_status"] == {"ok": 8, "diverged": 1, "running": 1}
     assert summary["training_hours"] == pytest.approx(9 * 100 / 3600)
     # Compute is wall time x world size (Store.device_seconds): run k of 9 ran from T0 to T0 + k minutes on 2 devices.
@@ -373,7 +376,7 @@ def test_search_summary_trials_best_funnel_and_compute(store):
     assert summary["best"] == [{"experiment_id": "exp0001", "rung": "d2", "mean_delta": pytest.approx(-0.1), "n": 2,
                                 "beats_baseline": True}]
     assert summary["funnel"] == [
-        {"rung": "d2", "proposed": 4, "run": 3, "promoted": 1, "rejected": 1},
+        {"rung": "d2", "proposed": 3, "run": 3, "promoted": 1, "rejected": 1},
         {"rung": "d4", "proposed": 1, "run": 2, "promoted": 0, "rejected": 0}]
     assert search_summary(store, search_id + 100) is None
 
@@ -422,6 +425,7 @@ def test_row_queries_the_views_build_on(store):
     search_id, _ = build_search(store)
     assert store.search(search_id)["name"] == "s1" and store.search(search_id + 100) is None
     assert store.proposal_count(search_id) == 4 and store.proposal_count(search_id + 100) == 0
+    assert store.proposal_count(search_id, excluding=["exp0000"]) == 3  # the baseline left out
     # Several experiments at once; only the columns asked for.
     assert [r["experiment_id"] for r in store.runs(experiment_id={"exp0002", "exp0000"}, rung="d2")] == \
         ["exp0000", "exp0000", "exp0002", "exp0002"]
