@@ -5,7 +5,8 @@ fastest record entry, else of other entries, else the best search result), and t
 has a checkpoint here is loaded: run dirs live on the machine that made them. A run with a chat model (config.json
 "chat": true, or RUN/chat made by model.sft) is talked to in the chat format, the whole conversation in every prompt;
 a base model has no chat format, so each message is a text prefix it continues, with no history. Replies stream
-token by token; the calculator tool's calls are shown as badges. The model is loaded once per run dir and checkpoint
+token by token; the calculator tool's calls are shown as badges. A chat model made by model.sft shows its fine-tuning
+evaluation (chat_eval.json: ARC, MMLU, GSM8K accuracies and ChatCORE). The model is loaded once per run dir and checkpoint
 (cached by path and modification time); the conversation lives in the session and Reset clears it.
 
 Leaderboard pages import nothing of ours outside `leaderboard`; this one is the exception, for `model.engine` and
@@ -13,6 +14,7 @@ Leaderboard pages import nothing of ours outside `leaderboard`; this one is the 
 A page script that leaderboard/app.py runs (st.Page), not a module to import.
 """
 
+import json
 from pathlib import Path
 
 import streamlit as st
@@ -39,6 +41,15 @@ def chat_target(run_dir: str | None) -> tuple[Path, bool] | None:
     if not is_chat(base) and is_chat(base / "chat") and latest_checkpoint(base / "chat") is not None:
         return base / "chat", True
     return (base, is_chat(base)) if latest_checkpoint(base) is not None else None
+
+
+def read_chat_eval(path: Path) -> dict | None:
+    """model.sft's chat_eval.json in a chat run dir, or None when it has none (or it cannot be read)."""
+    try:
+        details = json.loads((path / "chat_eval.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return details if isinstance(details, dict) else None
 
 
 @st.cache_data(ttl=db.CACHE_TTL_S, show_spinner=False)
@@ -140,6 +151,13 @@ except Exception as e:  # noqa: BLE001 - any unloadable run dir (half-written, o
     st.stop()
 kind = "chat model" if chat else "base model: each message is continued as plain text, with no history"
 st.caption(f"{why}  \nloaded `{path}` (step {meta.get('step')}, {kind})")
+if chat and (details := read_chat_eval(path)) is not None:
+    with st.expander(f"Fine-tuning evaluation: ChatCORE {fmt.number(details.get('chatcore'))}"):
+        st.caption("model.sft's evaluation of this chat model after fine-tuning: accuracy on held-out ARC, MMLU "
+                   "(multiple choice: chance 0.25) and GSM8K (calculator allowed: chance 0); ChatCORE is the mean "
+                   "accuracy above chance, scaled so that 0 is chance and 1 is perfect (nanochat's definition).")
+        st.dataframe(fmt.chat_eval_table(details), hide_index=True,
+                     column_config={"accuracy": st.column_config.NumberColumn(format="%.3f")})
 
 cols = st.columns([3, 2, 2, 1], vertical_alignment="bottom")
 temperature = cols[0].slider("Temperature", 0.0, 2.0, 0.6, step=0.05, help="0 = greedy")

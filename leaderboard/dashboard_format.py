@@ -219,6 +219,14 @@ def running_table(runs: list[dict[str, Any]], names: Mapping[str, str], now: dat
 NO_REASON = "decided before reasons were recorded: see the numbers"
 
 
+def chat_eval_table(details: Mapping[str, Any]) -> pd.DataFrame:
+    """A chat model's fine-tuning evaluation (model.sft's chat_eval.json): per task, correct of n and the accuracy."""
+    tasks = details.get("tasks") if isinstance(details, Mapping) else None
+    return pd.DataFrame([{"task": name, "correct": t.get("correct"), "n": t.get("n"), "accuracy": t.get("accuracy")}
+                         for name, t in (tasks or {}).items() if isinstance(t, Mapping)],
+                        columns=["task", "correct", "n", "accuracy"])
+
+
 def sentence(text: str) -> str:
     """`text` with its first letter capitalised (and nothing else changed: p=0.96, MDE and ids keep their case)."""
     return text[:1].upper() + text[1:]

@@ -25,6 +25,13 @@ TINY = ["--depth", "1", "--set", "vocab_size=1024", "--set", "sequence_len=64", 
         "--set", "device_batch_size=4", "--set", "total_batch_size=256", "--set", "eval_tokens=1024"]
 
 
+# A chat_eval.json in model.sft's format: {"tasks": {task: {accuracy, correct, n}}, "chatcore", "examples_per_task"}.
+CHAT_EVAL = {"tasks": {"ARC-Easy": {"accuracy": 0.4, "correct": 4, "n": 10},
+                       "ARC-Challenge": {"accuracy": 0.3, "correct": 3, "n": 10},
+                       "MMLU": {"accuracy": 0.2, "correct": 2, "n": 10}, "GSM8K": {"accuracy": 0.1, "correct": 1, "n": 10}},
+             "chatcore": 0.0583, "examples_per_task": 10}
+
+
 @pytest.fixture(scope="module")
 def site(tiny_tokenizer, shared_data, tmp_path_factory):
     """A base run (the track's record) and a copy of it marked as a chat model (an ordinary run), in a database."""
@@ -38,6 +45,7 @@ def site(tiny_tokenizer, shared_data, tmp_path_factory):
     shutil.copytree(base, chatty)
     config = json.loads((chatty / "config.json").read_text())
     (chatty / "config.json").write_text(json.dumps({**config, "chat": True}))  # same weights, chat format
+    (chatty / "chat_eval.json").write_text(json.dumps(CHAT_EVAL))  # as model.sft writes it (tests/test_sft.py)
     url = f"sqlite:///{root / 'lb.db'}"
     with Store(url) as store:
         store.record_experiment(Experiment(id="e1", name="tiny recipe", proposer="manual"))
@@ -75,6 +83,7 @@ def test_best_run_of_a_track_is_loaded_and_a_message_gets_a_streamed_reply(monke
     at = chat_page(monkeypatch, site["url"])
     caption = " ".join(c.value for c in at.caption)
     assert "record #1 (tiny recipe) on track tiny" in caption and f"loaded `{site['base']}` (step 3, base model" in caption
+    assert not at.expander  # a base model has no fine-tuning evaluation
     assert {s.label for s in at.slider} >= {"Temperature"} and {"Top-k", "Max tokens"} <= {n.label for n in at.number_input}
     assert any(b.label == "Reset" for b in at.button) and len(at.chat_input) == 1
     greedy(at, 8)
@@ -97,6 +106,11 @@ def test_a_chat_model_keeps_the_conversation_and_reset_clears_it(monkeypatch, si
     run = next(s for s in at.selectbox if s.label == "Run")
     at = run.select(next(o for o in run.options if "tiny recipe · d1 · seed 5" in o)).run()
     assert f"loaded `{site['chatty']}` (step 3, chat model)" in " ".join(c.value for c in at.caption)
+    # Its fine-tuning evaluation, one click away.
+    assert [e.label for e in at.expander] == ["Fine-tuning evaluation: ChatCORE 0.0583"]
+    evaluation = at.expander[0].dataframe[0].value
+    assert evaluation.to_dict("records") == [{"task": k, **{c: v[c] for c in ("correct", "n", "accuracy")}}
+                                             for k, v in CHAT_EVAL["tasks"].items()]
     greedy(at, 6)
     send(at, "What is the capital of France?")
     send(at, "And of Italy?")

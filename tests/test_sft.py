@@ -217,6 +217,9 @@ def test_tiny_sft_writes_a_loadable_chat_run(tiny_sft):
     details = json.loads((chat / "chat_eval.json").read_text())
     assert all(t["n"] == 2 for t in details["tasks"].values())
     assert result["chatcore"] == details["chatcore"]
+    from leaderboard.dashboard_format import chat_eval_table  # what the Chat page shows of it
+    shown = chat_eval_table(details)
+    assert dict(zip(shown["task"], shown["accuracy"])) == result["chat_eval"] and set(shown["n"]) == {2}
     # The base run is untouched; the chat run loads, with weights that SFT changed.
     assert (base / "result.json").read_text() == base_result_before
     chat_model, tokenizer, meta = load_model(chat)
