@@ -188,6 +188,31 @@ def test_the_request_carries_the_goal_the_space_schema_the_baseline_and_the_hist
     assert '"mean_val_bpb": {"d2": 2.51}' in prompt  # the baseline's measured val_bpb at the rung
 
 
+def test_each_experiment_comes_with_its_learning_curve_beside_the_baselines_and_its_throughput(tmp_path):
+    s = Searching(tmp_path)
+
+    def curve(start: float, end: float, tok_per_s: float) -> list[dict]:  # evaluations every 10 of 40 steps
+        return [{"step": step, "val_bpb": start + (end - start) * step / 40, "tok_per_s": tok_per_s}
+                for step in (0, 10, 20, 30, 40)]
+    for seed in (0, 1, 2):  # seed 2 the candidate never ran: not in the comparison
+        s.store.record_run(Run(experiment_id=s.baseline.id, rung="d2", seed=seed, status="ok", val_bpb=2.5,
+                               search_id=s.search_id), curve(3.5 + seed, 2.5, 1000.0))
+    late = s.experiment({"warmdown_ratio": 0.8}, proposer="agent", rationale="R", extra={"falsification": "F"})
+    s.store.record_experiment(late.record(), search_id=s.search_id)
+    for seed in (0, 1):  # starts worse, ends better, 10% slower
+        s.store.record_run(Run(experiment_id=late.id, rung="d2", seed=seed, status="ok", val_bpb=2.4,
+                               search_id=s.search_id), curve(4.0 + seed, 2.4, 900.0))
+    with FakeAnthropic([tool_use(GOOD)]) as fake:
+        s.take(s.agent(fake))
+    prompt = user_text(fake.bodies()[0])
+    # At 25/50/75/100% of 40 steps (evaluations at 10, 20, 30, 40), means over seeds 0 and 1.
+    expected = {"rung": "d2", "seeds": 2, "at_share_of_steps": [0.25, 0.5, 0.75, 1.0],
+                "val_bpb": [3.975, 3.45, 2.925, 2.4], "baseline_val_bpb": [3.625, 3.25, 2.875, 2.5],
+                "tok_per_s_vs_baseline": 0.9}
+    assert '"learning_curve": ' + json.dumps(expected) in prompt
+    assert "learning_curve gives its mean val_bpb at shares of its steps beside the baseline's" in prompt
+
+
 def test_a_long_history_is_summarised_within_the_character_budget(tmp_path):
     s = Searching(tmp_path)
     best = None

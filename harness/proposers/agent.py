@@ -184,12 +184,15 @@ def _horizon(rung) -> str:
     return text
 
 
+CURVE_SHARES = (0.25, 0.5, 0.75, 1.0)  # where an experiment's learning curve is sampled for the agent
+
+
 class History:
     """The search's records, read once per round, summarised at a chosen level of detail."""
 
     def __init__(self, store, context: SearchContext):
         sid = context.search_id
-        self.context = context
+        self.store, self.context = store, context
         self.experiments = [e for e in store.experiments(search_id=sid) if e["id"] != context.baseline_id]
         self.decisions = store.decisions(search_id=sid)
         self.runs = store.runs(search_id=sid)
@@ -202,6 +205,7 @@ class History:
         self.standings = ranking.standings(self.decisions, [r.name for r in context.tier.rungs],
                                            exclude={context.baseline_id} | nulls)
         self.by_experiment: dict[str, list[dict]] = {}
+        self.curves: dict[str, dict | None] = {}  # experiment id -> its learning_curve, read once
         for d in self.decisions:
             self.by_experiment.setdefault(d["experiment_id"], []).append(d)
 
@@ -228,7 +232,54 @@ class History:
         return {"id": exp["id"][:12], "proposer": exp["proposer"], "tweaks": exp.get("tweaks") or {},
                 "patch": (f"{patch.count(chr(10)) + 1} lines: " + _cut(patch, text_chars)) if patch else None,
                 "rationale": _cut(exp.get("rationale"), text_chars),
-                "falsification": _cut(extra.get("falsification"), text_chars), "runs": runs, "decisions": decisions}
+                "falsification": _cut(extra.get("falsification"), text_chars), "runs": runs, "decisions": decisions,
+                "learning_curve": self.learning_curve(exp["id"])}
+
+    def learning_curve(self, experiment_id: str) -> dict | None:
+        """The experiment's mean val_bpb at a quarter, half, three quarters and the end of its runs at the furthest
+        rung it finished a run on, beside the baseline's on the same seeds, and its throughput over the baseline's:
+        where the curves part tells "too small to see" from "worse" and "slower to start" from "worse at the end".
+        None without an ok run that recorded evaluations."""
+        if experiment_id in self.curves:
+            return self.curves[experiment_id]
+        self.curves[experiment_id] = curve = self._learning_curve(experiment_id)
+        return curve
+
+    def _learning_curve(self, experiment_id: str) -> dict | None:
+        order = [r.name for r in self.context.tier.rungs]
+        ok = [r for r in self.runs if r["experiment_id"] == experiment_id and r["status"] == "ok" and r["rung"] in order]
+        if not ok:
+            return None
+        rung = max({r["rung"] for r in ok}, key=order.index)
+        mine = [r for r in ok if r["rung"] == rung]
+        seeds = {r["seed"] for r in mine}
+        theirs = [r for r in self.runs if r["experiment_id"] == self.context.baseline_id and r["rung"] == rung
+                  and r["status"] == "ok" and r["seed"] in seeds]
+        points: dict[int, list[dict]] = {}
+        for point in self.store.metric_points([r["id"] for r in mine + theirs]):
+            if point["val_bpb"] is not None:
+                points.setdefault(point["run_id"], []).append(point)
+
+        def at(runs: list[dict], fraction: float) -> float | None:
+            values = []
+            for r in runs:
+                curve = points.get(r["id"])
+                if curve:  # the evaluation nearest that share of the run's steps
+                    step = fraction * curve[-1]["step"]
+                    values.append(min(curve, key=lambda p: abs(p["step"] - step))["val_bpb"])
+            return _num(sum(values) / len(values)) if values else None
+
+        def speed(runs: list[dict]) -> float | None:
+            last = [c[-1]["tok_per_s"] for r in runs if (c := points.get(r["id"])) and c[-1]["tok_per_s"]]
+            return sum(last) / len(last) if last else None
+
+        if not any(points.get(r["id"]) for r in mine):
+            return None
+        mine_speed, their_speed = speed(mine), speed(theirs)
+        return {"rung": rung, "seeds": len(mine), "at_share_of_steps": list(CURVE_SHARES),
+                "val_bpb": [at(mine, f) for f in CURVE_SHARES],
+                "baseline_val_bpb": [at(theirs, f) for f in CURVE_SHARES] if theirs else None,
+                "tok_per_s_vs_baseline": _num(mine_speed / their_speed) if mine_speed and their_speed else None}
 
     def knob_stats(self) -> dict:
         """Per knob: how often it was turned, how often that was promoted at the first rung, the mean first-rung
@@ -344,7 +395,10 @@ def build_prompt(space: Space, context: SearchContext, history: History, k: int,
         "# Noise per rung and kind of change (the spread of paired differences when a change does nothing). A "
         "parametric change (a continuous setting) stays correlated with its baseline run and is judged against "
         "the parametric spread; a structural one (a switch, a pattern, an algorithm, a patch) against the "
-        "structural spread. Each decision in the history states its minimum detectable effect (mde).",
+        "structural spread. Each decision in the history states its minimum detectable effect (mde): a rejected "
+        "change whose |mean_delta| is below its mde was too small to see at those seeds, not shown to be worse. "
+        "Each experiment's learning_curve gives its mean val_bpb at shares of its steps beside the baseline's on "
+        "the same seeds, and its tokens/s over the baseline's (above 1: faster).",
         *floors,
         "",
         f"# Search space '{space.name}': the `tweaks` JSON schema (each knob's doc and baseline value)",
