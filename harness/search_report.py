@@ -94,7 +94,9 @@ def summary(search, status: str) -> str:
     if best:
         what = search.experiment_of(best.experiment_id).describe()
         if best.beats_baseline():
-            lines.append(f"  best: {best.experiment_id} ({what}), mean d {best.mean_delta:+.4f} at {best.rung}")
+            cand = search.candidates.get(best.experiment_id)
+            held = "" if cand is None or cand.rung > 0 or cand.state == "passed" else " (not promoted: within the noise there)"
+            lines.append(f"  best: {best.experiment_id} ({what}), mean d {best.mean_delta:+.4f} at {best.rung}{held}")
         else:
             lines.append(f"  best: none beat the baseline (closest: {best.experiment_id}, {what}, mean d "
                          f"{best.mean_delta:+.4f} at {best.rung})")

@@ -103,9 +103,13 @@ else:
     if not summary["best"]:
         st.caption("No decision with a paired result yet.")
     else:
+        standing = {(d["experiment_id"], d["from_rung"]): d for d in decisions}  # the last decision at each rung
+        # The verdict, not the sign of the mean: a change a little better on average but within the noise was
+        # rejected, and the table must not call it a win.
         st.dataframe(pd.DataFrame([{"experiment": all_names.get(b["experiment_id"], b["experiment_id"]), "rung": b["rung"],
                                     "mean d": b["mean_delta"], "seeds": b["n"],
-                                    "beats baseline": "yes" if b["beats_baseline"] else "no",
+                                    "decision": fmt.verdict_words(d) if (d := standing.get((b["experiment_id"], b["rung"])))
+                                    else fmt.MISSING,
                                     "details": fmt.experiment_link(b["experiment_id"])}
                                    for b in summary["best"][:BEST_SHOWN]]),
                      hide_index=True, placeholder=fmt.MISSING, column_config={

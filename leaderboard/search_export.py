@@ -157,9 +157,13 @@ def report_card(export: SearchExport) -> str:
     winners = [b for b in summary["best"] if b["beats_baseline"]]
     if winners:
         b = winners[0]
+        verdicts = [d["verdict"] for d in export.decisions
+                    if d["experiment_id"] == b["experiment_id"] and d["from_rung"] == b["rung"]]
+        held = "" if verdicts and verdicts[-1] == "promote" else (
+            " It was not promoted: the difference is within the noise at that rung.")
         lines.append(f"Best: {code(export.name(b['experiment_id']))} ({code(b['experiment_id'])}), mean paired "
                      f"difference {signed(b['mean_delta'])} bpb at {cell(b['rung'])} over {b['n'] or '—'} seeds "
-                     "(negative is better).")
+                     f"(negative is better).{held}")
     elif summary["best"]:
         b = summary["best"][0]
         lines.append(f"Best: none beat the baseline; the closest was {code(export.name(b['experiment_id']))} "

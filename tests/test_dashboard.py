@@ -258,9 +258,9 @@ def test_search_page_funnel_decisions_trials_and_agent_spend(monkeypatch, seeded
     assert list(trials["compute_hours"])[-1] == pytest.approx(51 / 60)  # the same compute, summed in finish order
     # The one definition of best (leaderboard/ranking.py): by the decisions' paired differences, the baseline never.
     best = frame_with(at, "mean d")
-    assert best[["experiment", "rung", "seeds", "beats baseline"]].to_dict("records") == [
-        {"experiment": "smear", "rung": "d2", "seeds": 2, "beats baseline": "yes"},
-        {"experiment": "backout", "rung": "d2", "seeds": 2, "beats baseline": "no"}]
+    assert best[["experiment", "rung", "seeds", "decision"]].to_dict("records") == [
+        {"experiment": "smear", "rung": "d2", "seeds": 2, "decision": "promoted to d4"},
+        {"experiment": "backout", "rung": "d2", "seeds": 2, "decision": "rejected"}]
     assert best["mean d"].tolist() == pytest.approx([-0.05, 0.02])
 
     charts = [chart_data(c) for c in at.get("vega_lite_chart")]
