@@ -314,6 +314,23 @@ def test_best_so_far_does_not_move_for_a_lucky_baseline_seed(monkeypatch, tmp_pa
     assert lucky["role"].tolist() == ["baseline"] and lucky["best_decided"].tolist() == [-0.05]
 
 
+def test_a_change_better_on_average_but_rejected_is_never_called_a_win(monkeypatch, tmp_path):
+    from leaderboard.search_export import SearchExport, report_card
+    url = f"sqlite:///{tmp_path / 'near.db'}"
+    seed(url)
+    with Store(url) as store:  # the untested idea, tried after all: -0.07 on average, but within the noise
+        search_id = store.find_search("cpu-search")["id"]
+        store.record_decision(Decision(experiment_id=IDEA, from_rung="d2", verdict="reject", search_id=search_id,
+                                       baseline_experiment_id=BASE, mean_delta=-0.07, std_error=0.06, p_value=0.2,
+                                       n=5, reason="not shown better at the seed cap"))
+    at = render(monkeypatch, url, page="search", query={"search": "cpu-search"})
+    best = frame_with(at, "mean d")
+    assert best[["experiment", "decision"]].to_dict("records")[:2] == [
+        {"experiment": "untested idea", "decision": "rejected"}, {"experiment": "smear", "decision": "promoted to d4"}]
+    card = report_card(SearchExport(Store(url, read_only=True), "cpu-search"))
+    assert "Best: `untested idea`" in card and "It was not promoted: the difference is within the noise" in card
+
+
 def add_running_job(url: str) -> None:
     """A d4 run of the untested idea in progress, with the live progress its search recorded."""
     with Store(url) as store:
