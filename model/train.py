@@ -33,6 +33,7 @@ import math
 import os
 import shlex
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -933,15 +934,19 @@ def command_line(world: int) -> str:
 
 def start_wandb(args, run_dir: Path, config: dict):
     """Weights & Biases, offline unless the user configured an online account (WANDB_API_KEY, or WANDB_MODE). Never
-    required: a missing or broken wandb costs a warning, not the run. The W&B run id is derived from the run dir, so a
-    run resumed from its checkpoint continues the same W&B run instead of starting a second one."""
+    required: a missing or broken wandb costs a warning, not the run. The W&B run id is derived from the machine, the
+    run dir and its first start, so a run resumed from its checkpoint continues the same W&B run instead of starting a
+    second one."""
     try:
         import wandb
     except Exception as e:  # noqa: BLE001 - wandb missing or broken: training goes on without it
         print(f"train: --wandb ignored ({type(e).__name__}: {e})", file=sys.stderr)
         return None
     mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-    run_id = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    # This machine, this run dir and the run's first start (a resumed run keeps its created_at): stable across
+    # resumes, distinct for another machine's run at the same path or a run dir deleted and trained again.
+    identity = f"{socket.gethostname()}\n{run_dir.resolve()}\n{config.get('created_at')}"
+    run_id = hashlib.sha256(identity.encode()).hexdigest()[:16]
     try:
         return wandb.init(project=os.environ.get("WANDB_PROJECT", "nanoresearch"), id=run_id, resume="allow",
                           name=args.wandb_name or run_dir.name, group=args.wandb_group, job_type=args.wandb_job_type,
