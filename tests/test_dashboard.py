@@ -297,14 +297,19 @@ def test_search_page_offers_the_report_card_and_results_tsv(monkeypatch, seeded)
     assert "| `smear` | d2 | promoted to d4 | " in card
 
 
-def test_best_so_far_does_not_move_for_a_lucky_baseline_seed(monkeypatch, tmp_path):
-    url = f"sqlite:///{tmp_path / 'lucky.db'}"
-    seed(url)
-    with Store(url) as store:  # a third baseline seed at d2, far below everything, after smear's promotion
+def add_lucky_baseline_seed(url: str) -> None:
+    """A third baseline seed at d2, far below everything, finished after smear's promotion."""
+    with Store(url) as store:
         search_id = store.find_search("cpu-search")["id"]
         store.record_run(Run(experiment_id=BASE, rung="d2", seed=2, status="ok", val_bpb=1.00, world_size=1,
                              started_at=T0 + timedelta(minutes=44), finished_at=T0 + timedelta(minutes=45),
                              search_id=search_id))
+
+
+def test_best_so_far_does_not_move_for_a_lucky_baseline_seed(monkeypatch, tmp_path):
+    url = f"sqlite:///{tmp_path / 'lucky.db'}"
+    seed(url)
+    add_lucky_baseline_seed(url)
     at = render(monkeypatch, url, page="search", query={"search": "cpu-search"})
     runs = frame_with(at, "best_decided").iloc[::-1]
     d2 = runs[runs["rung"] == "d2"]

@@ -12,6 +12,7 @@ missing browser fails it.
 import base64
 import json
 import os
+import re
 import select
 import shutil
 import socket
@@ -253,6 +254,25 @@ def test_search_page_says_why_each_decision_was_made_in_chromium(chromium, dashb
     where = f"(screenshot: {screenshot}; page text: {text[:1500]!r})"
     assert all(w in text for w in wanted), f"the decisions' reasons not rendered within {RENDER_S} s {where}"
     assert "Traceback" not in text and "Cannot read" not in text, where
+
+
+def test_best_so_far_ignores_a_lucky_baseline_seed_in_chromium(chromium, tmp_path):
+    """The Best so far charts' value axis holds only smear's promoted -0.05: the lucky seed (val_bpb 1.00, far below
+    every run) moved nothing, where a best of raw val_bpb, or of any run's difference, would have added values."""
+    from tests.test_dashboard import add_lucky_baseline_seed
+    db = f"sqlite:///{tmp_path / 'lucky.db'}"
+    seed(db)
+    add_lucky_baseline_seed(db)
+    screenshot = tmp_path / "best-so-far.png"
+    with serving(db, tmp_path) as (port, _):
+        text = page_text(chromium, f"http://127.0.0.1:{port}/search?search=cpu-search",
+                         ["Best so far", "best promoted change so far (mean d, bpb)", "compute so far"], tmp_path,
+                         screenshot, show="Best so far")
+    where = f"(screenshot: {screenshot}; page text: {text[:1500]!r})"
+    assert "best promoted change so far (mean d, bpb)" in text, f"the charts did not render {where}"
+    section = text[text.index("Best so far"):text.index("The mean paired difference (candidate")]
+    values = re.findall(r"[−-]?\d+\.\d{6}", section)  # the value axes' ticks (the run and compute axes have fewer digits)
+    assert values and set(values) == {"−0.050000"}, f"best so far moved off smear's promotion: {values} {where}"
 
 
 def test_experiment_page_compares_both_arms_in_chromium(chromium, dashboard, tmp_path):
