@@ -81,7 +81,7 @@ def test_planted_changes_are_promoted_or_rejected_and_failures_do_not_stop_the_s
         {"tweaks": {"n_kv_head": 2}, "rationale": "more kv heads than query heads"},
     ]))
     proc = run_search(workdir, shared_data, "--tier", str(tier), "--trials", "3", "--proposer", "optuna",
-                      "--enqueue", str(planted), "--name", "planted")
+                      "--enqueue", str(planted), "--name", "planted", timeout=900)  # 19 runs: ~3 min alone, 10+ loaded
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "structural null spread at d1" in out and "parametric null spread at d1" in out
