@@ -16,6 +16,9 @@ History:
   v6  runs.sealed: a patched run's sealed re-score (statuses metric_mismatch and not_causal are new values only).
   v7  decisions.reason: why, in words (older decisions keep NULL: the dashboard says they predate it).
   v8  experiments.notes and experiments.tags: a researcher's annotations, edited on the dashboard.
+  v9  searches.summary: what the search printed at its end.
+  v10 hypotheses (each proposal's hypothesis and how its decisions judged it) and insights (distilled per tier and
+      space): new tables only.
 """
 
 from collections.abc import Callable
@@ -92,6 +95,10 @@ def _v9_search_summary(conn: sa.Connection) -> None:
         add_column(conn, schema.searches.c.summary)
 
 
+def _v10_hypotheses_and_insights(conn: sa.Connection) -> None:
+    pass  # new tables only: created from the schema after the migrations
+
+
 # version -> the migration that upgrades version-1 to it. Append only; never edit a released one.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     2: _v2_search_harness,
@@ -102,6 +109,7 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     7: _v7_decision_reason,
     8: _v8_experiment_notes,
     9: _v9_search_summary,
+    10: _v10_hypotheses_and_insights,
 }
 assert sorted(MIGRATIONS) == list(range(2, schema.SCHEMA_VERSION + 1)), "a migration per version after v1"
 

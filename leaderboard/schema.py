@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 # metric_mismatch and not_causal: a patched run whose sealed re-score (model/seal.py) disagreed with what it reported,
 # or whose model let a position see later tokens. They count as failed runs of their experiment.
@@ -27,6 +27,10 @@ CHANGE_KINDS = ("parametric", "structural")  # which noise a change is judged ag
 # The proposer of a search's own null runs (the baseline with another init, or with a setting moved by a factor too
 # small to matter): their runs measure noise, so summaries leave them out of "best" and of the funnel.
 NOISE_FLOOR_PROPOSER = "noise-floor"
+# A hypothesis's standing (harness/hypotheses.py): pending until its experiment's decisions are in.
+HYPOTHESIS_STATUSES = ("pending", "supported", "refuted", "inconclusive", "failed")
+# An insight is active (shown to the next search), retired by a user, or superseded by a later distillation.
+INSIGHT_STATUSES = ("active", "retired", "superseded")
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -226,6 +230,41 @@ rejected_proposals = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Index("ix_rejected_proposals_search", "search_id", "created_at"),
+)
+
+# The hypothesis a proposal states (its rationale and falsification criterion), and how its decisions judged it:
+# supported, refuted, inconclusive (too small to see at its seeds), failed (its runs failed), with the numbers.
+hypotheses = sa.Table(
+    "hypotheses", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("search_id", sa.Integer, sa.ForeignKey("searches.id"), nullable=False),
+    sa.Column("experiment_id", sa.String(64), sa.ForeignKey("experiments.id"), nullable=False),
+    sa.Column("statement", sa.Text, nullable=False),
+    sa.Column("falsification", sa.Text),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("evidence", JSONValue),  # rung reached, mean delta, MDE, p, n, compute multiplier, the rule applied
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("resolved_at", UTCDateTime),
+    sa.UniqueConstraint("search_id", "experiment_id", name="uq_hypotheses_search_experiment"),
+)
+
+# What the evidence of searches on a tier and search space says, distilled by the agent into short numbered
+# statements tied to the hypotheses behind them; the next search on that tier and space starts from the active ones.
+# A user may edit one (author becomes "user": a later distillation keeps it) or retire it.
+insights = sa.Table(
+    "insights", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("tier", sa.String(64), nullable=False),
+    sa.Column("space", sa.Text, nullable=False),
+    sa.Column("search_id", sa.Integer, sa.ForeignKey("searches.id")),  # the search whose distillation wrote it
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("hypothesis_ids", JSONValue),  # the hypotheses (ids) that support it
+    sa.Column("author", sa.String(16), nullable=False),  # agent | user
+    sa.Column("agent", JSONValue),  # its share of the distilling call's tokens and cost (as experiments.extra["agent"])
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_insights_scope", "tier", "space", "status"),
 )
 
 tracks = sa.Table(

@@ -476,6 +476,98 @@ class Store:
         return self._transact(lambda conn: conn.execute(
             sa.insert(schema.rejected_proposals).values(row).returning(schema.rejected_proposals.c.id)).scalar_one())
 
+    def record_hypothesis(self, search_id: int, experiment_id: str, statement: str,
+                          falsification: str | None = None) -> int:
+        """The hypothesis a search's proposal states, pending until its decisions are in; recording it again (a
+        resumed search) keeps the first. Returns its id."""
+        if not isinstance(statement, str) or not statement.strip():
+            raise LeaderboardError(f"hypothesis statement {statement!r}: expected a non-empty string")
+        h = schema.hypotheses.c
+
+        def work(conn: sa.Connection) -> int:
+            conn.execute(self._insert(schema.hypotheses).values(
+                search_id=search_id, experiment_id=experiment_id, statement=statement.strip(),
+                falsification=(falsification or "").strip() or None, status="pending", created_at=schema.utcnow())
+                .on_conflict_do_nothing(index_elements=["search_id", "experiment_id"]))
+            return conn.execute(sa.select(h.id).where(h.search_id == search_id, h.experiment_id == experiment_id)).scalar_one()
+        return self._transact(work)
+
+    def resolve_hypothesis(self, search_id: int, experiment_id: str, status: str, evidence: dict[str, Any]) -> bool:
+        """Set a hypothesis's standing and its evidence (a later decision of its experiment replaces both). True when
+        the search has a hypothesis for that experiment."""
+        if status not in schema.HYPOTHESIS_STATUSES:
+            raise LeaderboardError(f"hypothesis status {status!r}: expected one of {', '.join(schema.HYPOTHESIS_STATUSES)}")
+        h = schema.hypotheses.c
+        resolved = None if status == "pending" else schema.utcnow()
+        return self._transact(lambda conn: conn.execute(sa.update(schema.hypotheses).where(
+            h.search_id == search_id, h.experiment_id == experiment_id)
+            .values(status=status, evidence=evidence, resolved_at=resolved)).rowcount > 0)
+
+    def hypotheses(self, *, search_id: int | None = None, tier: str | None = None,
+                   space: str | None = None) -> list[dict[str, Any]]:
+        """Hypotheses, oldest first: a search's, or those of every search on a tier (and space), each with its
+        experiment's tweaks and its search's name."""
+        h, x, s = schema.hypotheses.c, schema.experiments.c, schema.searches.c
+        stmt = (sa.select(schema.hypotheses, x.tweaks, x.patch.is_not(None).label("has_patch"), s.name.label("search"))
+                .join(schema.experiments, x.id == h.experiment_id).join(schema.searches, s.id == h.search_id))
+        if search_id is not None:
+            stmt = stmt.where(h.search_id == search_id)
+        if tier is not None:
+            stmt = stmt.where(s.tier == tier)
+        if space is not None:
+            stmt = stmt.where(s.space == space)
+        return self._select(stmt.order_by(h.created_at, h.id))
+
+    def record_insights(self, tier: str, space: str, search_id: int | None, items: Iterable[dict[str, Any]]) -> list[int]:
+        """A distillation: the new insights ({text, hypotheses: ids, agent: usage share}) become the active ones of the
+        tier and space; the agent-written ones active before are superseded (a user's edits stay active). Their ids."""
+        rows = []
+        for item in items:
+            text = item.get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise LeaderboardError(f"insight text {text!r}: expected a non-empty string")
+            rows.append({"text": text.strip(), "hypothesis_ids": sorted({int(i) for i in item.get("hypotheses") or ()}) or None,
+                         "agent": item.get("agent")})
+        i = schema.insights.c
+
+        def work(conn: sa.Connection) -> list[int]:
+            now = schema.utcnow()
+            conn.execute(sa.update(schema.insights).where(i.tier == tier, i.space == space, i.status == "active",
+                                                          i.author == "agent").values(status="superseded", updated_at=now))
+            return [conn.execute(sa.insert(schema.insights).values(
+                tier=tier, space=space, search_id=search_id, author="agent", status="active", created_at=now,
+                updated_at=now, **row).returning(i.id)).scalar_one() for row in rows]
+        return self._transact(work)
+
+    def search_insights(self, search_id: int) -> list[dict[str, Any]]:
+        """Every insight a search's distillations wrote, whatever became of it (their cost is the search's)."""
+        i = schema.insights.c
+        return self._select(sa.select(schema.insights).where(i.search_id == search_id).order_by(i.id))
+
+    def insights(self, tier: str, space: str, *, status: str | None = "active") -> list[dict[str, Any]]:
+        """The insights of a tier and search space, oldest first: the active ones, or those of `status` (None: all)."""
+        i = schema.insights.c
+        stmt = sa.select(schema.insights).where(i.tier == tier, i.space == space)
+        if status is not None:
+            stmt = stmt.where(i.status == status)
+        return self._select(stmt.order_by(i.created_at, i.id))
+
+    def edit_insight(self, insight_id: int, *, text: str | None = None, retire: bool = False) -> None:
+        """A user's change to an insight: new text (it becomes theirs: later distillations keep it active), or
+        retired (no search is shown it again)."""
+        values: dict[str, Any] = {"updated_at": schema.utcnow()}
+        if text is not None:
+            if not text.strip():
+                raise LeaderboardError("insight text '': expected a non-empty string (retire it instead)")
+            values.update(text=text.strip(), author="user")
+        if retire:
+            values["status"] = "retired"
+        i = schema.insights.c
+        updated = self._transact(lambda conn: conn.execute(
+            sa.update(schema.insights).where(i.id == insight_id).values(values)).rowcount)
+        if not updated:
+            raise LeaderboardError(f"insight {insight_id!r}: not in this database")
+
     def record_null_spread(self, scope: str, rung: str, kind: str, std: float, n: int,
                            baseline_experiment_id: str | None = None) -> None:
         """Set the null spread of a kind of change (the RMS of n paired null differences) at a rung in a scope (a

@@ -223,10 +223,38 @@ def test_v1_database_is_upgraded_in_place_with_data_kept(db_url):
         store.finish_search(search_id, "finished", summary="search 'after-upgrade' finished: 1 proposals")
         store.finish_search(search_id, "finished")  # ended again without one: the summary stays (v9)
         assert store.search(search_id)["summary"] == "search 'after-upgrade' finished: 1 proposals"
+        # v10: the hypothesis ledger and insights.
+        hypothesis = store.record_hypothesis(search_id, "exp0001", "it lowers val_bpb", "d >= 0")
+        assert store.resolve_hypothesis(search_id, "exp0001", "refuted", {"rung": "d2", "mean_delta": 0.01})
+        assert store.record_insights("cpu", "all", search_id, [{"text": "keep it off", "hypotheses": [hypothesis]}])
+        assert [h["status"] for h in store.hypotheses(search_id=search_id)] == ["refuted"]
+        assert [i["hypothesis_ids"] for i in store.insights("cpu", "all")] == [[hypothesis]]
         assert count(store, "runs") == 2
         upgraded = store.counts()
     with Store(db_url) as again:  # reopening an up-to-date database changes nothing
         assert again.counts() == upgraded and again.schema_version == SCHEMA_VERSION
+
+
+def test_hypotheses_keep_their_first_statement_and_bad_values_are_one_line_errors(db_url):
+    with Store(db_url) as store:
+        search_id = store.start_search("ledger", tier="cpu", space="all")
+        store.record_experiment(experiment(1), search_id=search_id)
+        first = store.record_hypothesis(search_id, "exp0001", "  smear helps  ", "")
+        assert store.record_hypothesis(search_id, "exp0001", "said again on resume") == first
+        [h] = store.hypotheses(search_id=search_id)
+        assert (h["statement"], h["falsification"], h["status"], h["search"]) == ("smear helps", None, "pending", "ledger")
+        with pytest.raises(LeaderboardError, match="hypothesis status 'maybe': expected one of pending, supported"):
+            store.resolve_hypothesis(search_id, "exp0001", "maybe", {})
+        with pytest.raises(LeaderboardError, match="hypothesis statement '  '"):
+            store.record_hypothesis(search_id, "exp0001", "  ")
+        assert not store.resolve_hypothesis(search_id, "nope", "refuted", {})  # no such hypothesis: nothing changes
+        assert store.hypotheses(tier="gpu") == [] and len(store.hypotheses(tier="cpu", space="all")) == 1
+        [i] = store.record_insights("cpu", "all", search_id, [{"text": "one", "hypotheses": [first]}])
+        with pytest.raises(LeaderboardError, match="insight 999: not in this database"):
+            store.edit_insight(999, retire=True)
+        with pytest.raises(LeaderboardError, match="insight text ''"):
+            store.edit_insight(i, text=" ")
+        assert store.insights("cpu", "all")[0]["text"] == "one"
 
 
 # ---------------------------------------------------------------- recording runs
