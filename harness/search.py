@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 from experiments.catalog import CatalogError, Rung, Tier
-from harness import search_report
+from harness import hypotheses, search_report
 from harness.compute_multiplier import ComputeMultiplier, compute_multiplier
 from harness.executors import Executor
 from harness.experiment import NOISE_FLOOR_REPLICA, Experiment, baseline_name, format_set, parametric_null_tweaks
@@ -54,10 +54,11 @@ from harness.preparation import (
 from harness.proposers import Proposal, Proposer
 from harness.runs import Outcome, failed_for_the_machine
 from harness.search_config import SearchConfig, SearchError, build_parser, resolve
+from harness.steering import Course, SteeringConfig, available_categories, course
 from leaderboard import ranking
 from leaderboard.ranking import Standing
-from leaderboard.schema import NOISE_FLOOR_PROPOSER
-from search_spaces import KINDS, SearchSpaceError, Space
+from leaderboard.schema import NOISE_FLOOR_PROPOSER, RUN_STATUSES
+from search_spaces import KINDS, SearchSpaceError, Space, change_categories
 
 POLL_S = 0.5
 PROGRESS_S = 10.0    # how often running jobs' progress is read into the database
@@ -94,7 +95,8 @@ class Search:
     def __init__(self, *, store, search_id: int, name: str, tier: Tier, recipe, space: Space, proposer, executor: Executor,
                  runs_root: Path, data: str | None, tokenizer: str | None, trials: int, budget_hours: float | None,
                  parallel: int, code_version: str, seed_base: int = 0, throughput_share: float = 1.0,
-                 every_rung: bool = False, sandbox: bool = True, wandb: bool = False, out=sys.stdout):
+                 every_rung: bool = False, sandbox: bool = True, wandb: bool = False,
+                 steering: SteeringConfig | None = None, insights_every: int = 0, out=sys.stdout):
         self.store, self.search_id, self.name, self.tier, self.recipe = store, search_id, name, tier, recipe
         self.space, self.proposer, self.runs_root = space, proposer, runs_root
         self.data, self.tokenizer, self.trials, self.budget_hours = data, tokenizer, trials, budget_hours
@@ -129,6 +131,11 @@ class Search:
         self.elsewhere: dict[tuple[str, str], dict[int, dict]] = {}  # (experiment, rung) -> seed -> another search's ok run
         self.producers: dict[int, dict] = {}                          # search id -> its searches row
         self.reused = 0                                               # runs taken from other searches
+        # Steering (harness/steering.py): recomputed from the records before each proposal.
+        self.steering = steering or SteeringConfig()
+        self.course = Course(available=available_categories(space, proposer.proposes_patches))
+        # The agent distils insights after every `insights_every` decisions (0: only at the end).
+        self.insights_every, self.decided_since_insights = insights_every, 0
 
     # --- small helpers ---------------------------------------------------------------------------------------
     def say(self, message: str) -> None:
@@ -196,6 +203,9 @@ class Search:
             exp = self.experiment_of(run["experiment_id"])
             self.results[(exp.id, run["rung"], exp.slot(run["seed"], self.seed_base))] = Outcome.from_row(run)
         self.compute_s = self.compute_spent()
+        for cand in self.candidates.values():  # a session stopped between a decision and its judgement heals here
+            self.record_hypothesis(cand.experiment)
+            self.judge(cand)
         for rung in self.tier.rungs:
             self.update_null_spreads(rung, quiet=True)
         for cand in self.candidates.values():
@@ -290,8 +300,37 @@ class Search:
             return False
         return len(self.pool) + len(self.needed()) < self.parallel
 
+    def steer(self) -> None:
+        """The course from the records (harness/steering.py), said when it changes, and handed to the proposer."""
+        experiments = {c.experiment.id: change_categories(c.experiment.tweaks, c.experiment.patch)
+                       for c in self.candidates.values() if not c.experiment.replica}
+        decisions = self.store.decisions(search_id=self.search_id, columns=("experiment_id", "verdict"))
+        runs = [r for r in self.store.runs(search_id=self.search_id, columns=("experiment_id", "status", "reason", "finished_at"))
+                if r["status"] != "running" and r["experiment_id"] in experiments
+                and not failed_for_the_machine(r["status"], r.get("reason"))]
+        runs.sort(key=lambda r: (r["finished_at"] is None, r["finished_at"] or 0))
+        new = course(self.steering, decisions, experiments, runs, self.course.available,
+                     failed=tuple(s for s in RUN_STATUSES if s not in ("ok", "running")))
+        if new != self.course:
+            for line in new.lines():
+                if line not in self.course.lines():
+                    self.say(line)
+            if self.course.stalled_for and not new.stalled_for:
+                self.say("plateau over: a promotion; proposals from every open category again")
+        self.course = new
+        self.proposer.steer(new)
+
     def propose(self) -> None:
-        for proposal in self.proposer.propose(1, remaining=self.trials - self.proposals_made):
+        self.steer()
+        if not self.course.open:
+            self.proposals_exhausted = True
+            self.say("every category of change is paused for failed runs: no more proposals")
+            return
+        proposals = self.proposer.propose(1, remaining=self.trials - self.proposals_made)
+        if not proposals and self.course.paused:
+            self.proposals_exhausted = True
+            self.say("the proposer found nothing outside the paused categories: no more proposals")
+        for proposal in proposals:
             exp = Experiment(tweaks=proposal.tweaks, tier=self.tier.name, recipe=self.recipe.name,
                              code_version=self.code_version, proposer=proposal.proposer, rationale=proposal.rationale,
                              patch=proposal.patch, replica=proposal.replica, extra=dict(proposal.extra))
@@ -312,12 +351,28 @@ class Search:
                 continue
             self.duplicates_in_a_row = 0
             self.store.record_experiment(exp.record(), search_id=self.search_id)
+            self.record_hypothesis(exp)
             cand = Candidate(exp, order=len(self.candidates), slots=self.tier.rungs[0].seeds, trial=proposal.trial)
             self.candidates[exp.id] = cand
             why = f": {proposal.rationale}" if proposal.rationale else ""
             self.say(f"trial {self.proposals_made}/{self.trials} from {proposal.proposer} ({exp.kind}): {self.label(exp)}{why}")
         if not self.proposals_made and not self.proposer_can_continue():
             self.proposals_exhausted = True
+
+    def record_hypothesis(self, exp: Experiment) -> None:
+        """A proposal's claim into the ledger (harness/hypotheses.py): its rationale and falsification criterion.
+        Nulls claim nothing."""
+        if not exp.replica:
+            self.store.record_hypothesis(self.search_id, exp.id, exp.rationale or f"{exp.describe()} lowers val_bpb",
+                                         (exp.extra or {}).get("falsification"))
+
+    def judge(self, cand: Candidate) -> None:
+        """The hypothesis of a candidate judged by its decisions so far."""
+        if cand.experiment.replica:
+            return
+        decisions = self.store.decisions(search_id=self.search_id, experiment_id=cand.experiment.id)
+        status, evidence = hypotheses.judge(decisions, [r.name for r in self.tier.rungs])
+        self.store.resolve_hypothesis(self.search_id, cand.experiment.id, status, evidence)
 
     def record_rejected(self, proposal: Proposal, reason: str) -> None:
         from leaderboard import RejectedProposal
@@ -574,6 +629,8 @@ class Search:
             reason=v.reason))
         cand.verdicts[rung.name] = v
         self.apply_verdict(cand, rung.name, v.verdict, v.n)
+        if v.verdict != "more_seeds":
+            self.judge(cand)
         se = f"standard error {v.std_error:.4f}" if v.std_error else ""
         power = f"{v.kind} MDE {v.mde:.4f}" if v.mde is not None and math.isfinite(v.mde) else (v.kind or "")
         mult = f"compute {v.multiplier.describe()}" if v.multiplier and v.multiplier.value is not None else ""
@@ -585,6 +642,11 @@ class Search:
         if index == 0 and v.verdict != "more_seeds" and not cand.told:
             cand.told = True
             self.tell(cand)
+        if v.verdict != "more_seeds" and not cand.experiment.replica:
+            self.decided_since_insights += 1
+            if self.insights_every and self.decided_since_insights >= self.insights_every:
+                self.decided_since_insights = 0
+                self.proposer.distil(final=False)
 
     def progress(self) -> str:
         decided = sum(1 for c in self.candidates.values() if c.state != "active")
@@ -640,6 +702,7 @@ class Search:
             self.stop_running()
             self.say(f"search stopped: {self.failed}")
             return "failed"
+        self.proposer.distil(final=True)
         return "finished"
 
     def stop_running(self) -> None:
@@ -797,7 +860,8 @@ def execute(config: SearchConfig, proposer: Proposer | None = None) -> tuple[str
                         proposer=proposer, executor=executor, runs_root=runs_root, data=data, tokenizer=tokenizer_dir,
                         trials=config.trials, budget_hours=config.budget_hours, parallel=config.parallel,
                         code_version=code_version(), seed_base=config.seed_base, throughput_share=throughput_share,
-                        every_rung=config.proposer == "calibration", sandbox=config.sandbox, wandb=config.wandb)
+                        every_rung=config.proposer == "calibration", sandbox=config.sandbox, wandb=config.wandb,
+                        steering=config.steering, insights_every=config.insights_every)
         rungs = " -> ".join(f"{r.name} (depth {r.depth}, {r.describe_horizon()}, {r.seeds} seeds"
                             + (f", target {r.target}" if r.target else "")
                             + (", uncalibrated" if r.tok_per_s is None else "") + ")" for r in tier.rungs)

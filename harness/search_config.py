@@ -16,6 +16,7 @@ from harness import sandbox
 from harness.executors import EXECUTORS, SlurmOptions
 from harness.preparation import BadInput
 from harness.proposers import Proposal
+from harness.steering import SteeringConfig
 from model.cli import ArgumentParser
 from search_spaces import SPACES, SearchSpaceError, Space
 
@@ -62,6 +63,16 @@ def build_parser() -> ArgumentParser:
                    help="sampling temperature (default: the model's own; the newest models accept no other)")
     p.add_argument("--agent-budget-usd", type=float, default=None, help="stop asking the agent once it cost this much in the search")
     p.add_argument("--agent-batch", type=int, default=2, metavar="K", help="proposals asked of the agent per call")
+    p.add_argument("--plateau", type=int, default=6, metavar="N",
+                   help="after N decisions in a row without a promotion, the proposer must leave the category it circled "
+                        "in (the agent) or samples at random (Optuna) until a promotion; 0: never")
+    p.add_argument("--failure-window", type=int, default=6, metavar="M",
+                   help="the last M finished runs of a category of change looked at for failures")
+    p.add_argument("--failure-share", type=float, default=0.5, metavar="F",
+                   help="pause proposals of a category when more than this share of its last M runs failed; 1: never")
+    p.add_argument("--insights-every", type=int, default=4, metavar="K",
+                   help="the agent distils the evidence into insights after every K decisions and at the end (kept per "
+                        "tier and space for the next search); 0: only at the end")
     p.add_argument("--dry-run", action="store_true",
                    help="print each rung's job command (and sbatch script on SLURM) with its batch, LRs, weight decay "
                         "and horizon, then exit: nothing is run, downloaded or recorded")
@@ -135,6 +146,20 @@ def read_enqueue_file(path: str, space: Space) -> list[Proposal]:
     return out
 
 
+def check_steering_args(args) -> SteeringConfig:
+    """--plateau, --failure-window, --failure-share and --insights-every, checked."""
+    plateau, window, share, every = args.plateau, args.failure_window, args.failure_share, args.insights_every
+    if plateau < 0:
+        raise SearchError(f"--plateau {plateau}: expected a non-negative number of decisions (0: never)")
+    if window < 1:
+        raise SearchError(f"--failure-window {window}: expected a positive number of runs")
+    if not 0 < share <= 1:
+        raise SearchError(f"--failure-share {share}: expected a share in (0, 1] (1: never pause)")
+    if every < 0:
+        raise SearchError(f"--insights-every {every}: expected a non-negative number of decisions (0: only at the end)")
+    return SteeringConfig(plateau=plateau, failure_window=window, failure_share=share)
+
+
 def check_agent_args(args) -> None:
     """Flags of the agent proposer, checked before anything is recorded."""
     from harness.proposers.prices import price
@@ -201,6 +226,8 @@ class SearchConfig:
     sandbox: bool = True               # patched runs in the sandbox (False: --unsafe-patches)
     dry_run: bool = False              # --dry-run: print what would run, run nothing
     wandb: bool = False                # --wandb: every training run logs to Weights & Biases
+    steering: SteeringConfig = field(default_factory=SteeringConfig)  # plateau and failure control
+    insights_every: int = 4            # the agent distils insights after every K decisions (0: only at the end)
     flags: dict = field(default_factory=dict)  # the command line's values, recorded with the search
 
     def control(self, index: int, share: int, first_replica: int) -> SearchConfig:
@@ -232,6 +259,7 @@ def resolve(args, calibrate: bool = False) -> SearchConfig:
         raise SearchError(f"--budget-hours {args.budget_hours}: expected a positive number")
     if args.seed_base < 0:
         raise SearchError(f"--seed-base {args.seed_base}: expected a non-negative integer")
+    steering = check_steering_args(args)
     tier = resolve_tier(args)
     parallel = args.parallel if args.parallel is not None else tier.parallel
     if args.aa:  # a null is falsely promoted the moment it passes the first rung: no need to train it deeper
@@ -273,4 +301,4 @@ def resolve(args, calibrate: bool = False) -> SearchConfig:
                         db=args.db, data=args.data, runs_dir=args.runs_dir, seed_base=args.seed_base, seed=args.seed,
                         enqueued=enqueued, aa=args.aa or 0, aa_controls=controls, agent=agent, sandbox=not unsafe,
                         dry_run=bool(getattr(args, "dry_run", False)), wandb=bool(getattr(args, "wandb", False)),
-                        flags=flags)
+                        steering=steering, insights_every=args.insights_every, flags=flags)

@@ -12,6 +12,7 @@ import statistics
 from experiments.catalog import Rung
 from harness.noise import CONTROL_INITS, mde, per_look_alpha
 from leaderboard import views
+from leaderboard.schema import HYPOTHESIS_STATUSES
 from search_spaces import KINDS
 
 
@@ -90,6 +91,8 @@ def summary(search, status: str) -> str:
     promoted = [c for c in real if c.rung > 0 or c.state == "passed"]
     lines.append(f"  promotions: {len(promoted)} of {len(real)}")
     lines += replication_lines(search)
+    if real:
+        lines += ledger_lines(search)
     best = search.best()
     if best:
         what = search.experiment_of(best.experiment_id).describe()
@@ -125,6 +128,21 @@ def seeds_to_detect(sd: float, df: float, n: int, effect: float, alpha: float, p
         if mde(sd, seeds, df + max(seeds - n, 0), alpha, power, floor) <= effect:
             return seeds
     return None
+
+
+def ledger_lines(search) -> list[str]:
+    """The hypothesis ledger counted by status, the course the search ended on, and the insights kept for the next
+    search on the tier and space."""
+    ledger = search.store.hypotheses(search_id=search.search_id)
+    counts = {status: sum(h["status"] == status for h in ledger) for status in HYPOTHESIS_STATUSES[1:] + ("pending",)}
+    lines = ["  hypotheses: " + ", ".join(f"{n} {status}" for status, n in counts.items())
+             + " (inconclusive: an effect smaller than its MDE, too small to see at those seeds)"]
+    lines += [f"  {line}" for line in search.course.lines()]
+    insights = search.store.insights(search.tier.name, search.space.name)
+    if insights:
+        lines.append(f"  insights kept for tier {search.tier.name}, space {search.space.name}: {len(insights)} "
+                     "(the next search there starts from them; edit or retire them on the dashboard's Search page)")
+    return lines
 
 
 def what_next(search, real: list) -> list[str]:

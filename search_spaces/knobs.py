@@ -16,6 +16,11 @@ Kinds of change, which set the noise a change is judged against (harness/noise.p
 - structural: a mechanism switched on or off or swapped (a module, a pattern, an algorithm, a head count). The
   trajectory decorrelates from its paired baseline about as much as another initialisation does.
 A proposal is structural if any knob it turns is (or it carries a code patch), else parametric.
+
+Categories of change, which a search steers by (harness/steering.py: after a plateau the proposer must leave the
+category it circled in; a category whose runs keep failing is paused): architecture (a model setting), optimizer (an
+optimizer setting), schedule (how a setting moves over training: warmup, warmdown, the momentum schedule), patch (a
+code change).
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from model.config import config_field, field_owner
 
 TYPES = ("bool", "int", "float", "logfloat", "categorical")
 KINDS = ("parametric", "structural")
+CATEGORIES = ("architecture", "optimizer", "schedule", "patch")
+# The training-schedule knobs (the rest of the optimizer and train fields are "optimizer").
+SCHEDULE_KNOBS = frozenset({"momentum_warmup_steps", "momentum_schedule", "warmdown_ratio"})
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,13 @@ class Knob:
     def config(self) -> str:
         """Which config the knob sets: model, optim or train."""
         return {"ModelConfig": "model", "OptimConfig": "optim", "TrainConfig": "train"}[field_owner(self.name).__name__]
+
+    @property
+    def category(self) -> str:
+        """architecture, optimizer or schedule (see CATEGORIES)."""
+        if self.name in SCHEDULE_KNOBS:
+            return "schedule"
+        return "architecture" if self.config == "model" else "optimizer"
 
     @property
     def default(self):
@@ -142,3 +157,9 @@ def change_kind(tweaks: dict, patch: str | None = None) -> str:
     if patch or any(KNOBS[name].kind == "structural" for name in tweaks if name in KNOBS):
         return "structural"
     return "parametric"
+
+
+def change_categories(tweaks: dict, patch: str | None = None) -> frozenset[str]:
+    """The categories a proposed change touches: its knobs' and, with a code patch, "patch"."""
+    found = {KNOBS[name].category for name in tweaks if name in KNOBS}
+    return frozenset(found | ({"patch"} if patch else set()))

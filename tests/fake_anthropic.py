@@ -49,6 +49,13 @@ def tool_use(proposals: Any, input_tokens: int = 1000, output_tokens: int = 200,
     return message(content, "tool_use", input_tokens, output_tokens)
 
 
+def insights_use(insights: Any, input_tokens: int = 800, output_tokens: int = 150) -> Reply:
+    """A record_insights call carrying `insights` ([{text, hypotheses}])."""
+    content = [{"type": "tool_use", "id": f"toolu_fake{next(_ids):04d}", "name": "record_insights",
+                "input": {"insights": insights}}]
+    return message(content, "tool_use", input_tokens, output_tokens)
+
+
 def text(answer: str, stop_reason: str = "end_turn") -> Reply:
     return message([{"type": "text", "text": answer}], stop_reason)
 

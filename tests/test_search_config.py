@@ -20,6 +20,10 @@ def test_flags_resolve_into_one_typed_config(monkeypatch):
     assert [r.name for r in c.tier.rungs] == ["d2"] and all(r.seeds == 2 for r in c.tier.rungs)
     assert c.flags["parallel"] == c.parallel == c.tier.parallel  # the resolved value is what the search records
     assert "slurm_setup" not in c.flags
+    assert (c.steering.plateau, c.steering.failure_window, c.steering.failure_share, c.insights_every) == (6, 6, 0.5, 4)
+    steered = config_of("--plateau", "3", "--failure-window", "4", "--failure-share", "0.75", "--insights-every", "0")
+    assert (steered.steering.plateau, steered.steering.failure_window, steered.steering.failure_share) == (3, 4, 0.75)
+    assert steered.insights_every == 0 and steered.flags["plateau"] == 3  # recorded with the search
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
     assert config_of().proposer == "agent" and config_of().agent.batch == 2
 
@@ -40,6 +44,11 @@ def test_an_aa_config_splits_its_nulls_over_controls_on_disjoint_seeds():
     (["--aa-controls", "2"], "--aa-controls 2: only with --aa"),
     (["--aa", "2", "--enqueue", "PLANTED"], "only a search with a proposer (optuna, agent) takes outside proposals"),
     (["--budget-hours", "0"], "--budget-hours 0"),
+    (["--plateau", "-1"], "--plateau -1: expected a non-negative number of decisions (0: never)"),
+    (["--failure-window", "0"], "--failure-window 0: expected a positive number of runs"),
+    (["--failure-share", "0"], "--failure-share 0.0: expected a share in (0, 1]"),
+    (["--failure-share", "1.5"], "--failure-share 1.5: expected a share in (0, 1]"),
+    (["--insights-every", "-2"], "--insights-every -2: expected a non-negative number of decisions"),
 ])
 def test_bad_flags_are_refused_before_anything_runs(tmp_path, argv, needle):
     planted = tmp_path / "planted.json"
@@ -62,7 +71,9 @@ def test_the_proposer_seam_requires_two_methods_and_defaults_the_hooks():
         bare.enqueue(Proposal(tweaks={}, proposer="manual"))
     bare.link(0, "e")
     bare.resume([])
-    assert not bare.exhausted and bare.describe() == "bare"
+    bare.steer(None)
+    bare.distil(final=True)
+    assert not bare.exhausted and bare.describe() == "bare" and not bare.proposes_patches
 
 
 def test_a_resumed_aa_proposer_skips_the_nulls_it_already_proposed():

@@ -46,9 +46,15 @@ class Proposer:
     - `enqueue(proposal)`: take an outside proposal (--enqueue) to hand out before its own; refused by default.
     - `exhausted`: nothing more will ever come (the search then stops proposing).
     - `describe()`: the proposer in the search's first line.
+    - `steer(course)`: the course to keep from the next proposal on (harness/steering.py: leave a category after a
+      plateau, pause one whose runs keep failing); ignored by default.
+    - `distil(final)`: after every few decisions and at the end, distil the evidence into insights
+      (harness/proposers/agent.py); nothing by default (it takes a language model).
+    - `proposes_patches`: code patches may come from it (the "patch" category of change).
     """
 
     name = "proposer"
+    proposes_patches = False
 
     def propose(self, n: int, remaining: int | None = None) -> list[Proposal]:
         raise NotImplementedError
@@ -71,3 +77,9 @@ class Proposer:
 
     def describe(self) -> str:
         return self.name
+
+    def steer(self, course) -> None:
+        pass
+
+    def distil(self, final: bool) -> None:
+        pass

@@ -7,6 +7,10 @@ go in with `enqueue_trial`, so TPE learns from every proposal whatever its sourc
 candidate's mean paired difference to the baseline at the first rung (lower is better), or FAIL when its runs
 failed. Each trial carries the experiment id it became as a user attribute, which is how a resumed search
 finds the trials it still owes an answer.
+
+Steering (harness/steering.py): on a plateau, trials are sampled uniformly at random (TPE's exploitation is what
+stalled) until a promotion; a sample that turns a knob of a paused category is told PRUNED (TPE learns to avoid it)
+and its other knobs, if any, are entered as a trial of their own.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import optuna
 
 from harness.proposers import Proposal, Proposer
-from search_spaces import Space
+from search_spaces import KNOBS, Space
+
+PAUSED_DRAWS = 50  # samples drawn before giving up on one that avoids the paused categories
 
 
 def storage_for(db_url: str) -> optuna.storages.RDBStorage:
@@ -43,6 +49,8 @@ class OptunaProposer(Proposer):
         # start-up sequence and propose trial 0 again. A new study is seeded with `seed` exactly.
         if self.study.trials:
             self.study.sampler = make_sampler(seed=seed + len(self.study.trials))
+        self.sampler, self.seed = self.study.sampler, seed  # the sampler a plateau interrupts
+        self.paused: set[str] = set()  # categories of change not to propose (steer)
         self._asked: dict[int, optuna.Trial] = {}
 
     def enqueue(self, proposal: Proposal) -> None:
@@ -51,17 +59,49 @@ class OptunaProposer(Proposer):
                  "tweaks": proposal.tweaks}
         self.study.enqueue_trial(self.space.params(proposal.tweaks), user_attrs=attrs, skip_if_exists=False)
 
+    @property
+    def exploring(self) -> bool:
+        """Sampling at random because of a plateau (steer), where the study's own sampler would be TPE."""
+        return self.study.sampler is not self.sampler
+
+    def steer(self, course) -> None:
+        self.paused = set(course.paused)
+        if course.stalled_for and not isinstance(self.study.sampler, optuna.samplers.RandomSampler):
+            self.study.sampler = optuna.samplers.RandomSampler(seed=self.seed + len(self.study.trials))
+        elif not course.stalled_for:
+            self.study.sampler = self.sampler
+
+    def ask(self) -> tuple[optuna.Trial, dict] | None:
+        """A trial and its tweaks that turn no knob of a paused category (None: none found in PAUSED_DRAWS draws)."""
+        for _ in range(PAUSED_DRAWS):
+            trial = self.study.ask()
+            tweaks = self.space.suggest(trial)
+            if "tweaks" in trial.user_attrs or not self.paused:
+                return trial, tweaks
+            kept = {k: v for k, v in tweaks.items() if KNOBS[k].category not in self.paused}
+            if len(kept) == len(tweaks):
+                return trial, tweaks
+            trial.set_user_attr("paused", sorted({KNOBS[k].category for k in tweaks} & self.paused))
+            self.study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+            if kept:
+                self.study.enqueue_trial(self.space.params(kept), user_attrs={"tweaks": kept}, skip_if_exists=False)
+        return None
+
     def propose(self, n: int, remaining: int | None = None) -> list[Proposal]:
         out = []
         for _ in range(n):
-            trial = self.study.ask()
+            asked = self.ask()
+            if asked is None:
+                break
+            trial, tweaks = asked
             self._asked[trial.number] = trial
-            tweaks = self.space.suggest(trial)
             attrs = trial.user_attrs
             if "tweaks" in attrs:  # an enqueued proposal: exactly what was proposed, whatever its size
                 tweaks = self.space.validate(attrs["tweaks"])
             proposer = attrs.get("proposer", self.name)
             sampled = "TPE sample" if self.name == "optuna" else "random sample"
+            if self.exploring:
+                sampled = "random sample, exploring after a plateau"
             rationale = attrs.get("rationale") or f"{sampled} (Optuna trial {trial.number})"
             out.append(Proposal(tweaks=tweaks, proposer=proposer, rationale=rationale, extra=dict(attrs.get("extra") or {}),
                                 trial=trial.number))
