@@ -1,8 +1,9 @@
 """The dashboard's database: which URL (sidebar, else --db, else $NANORESEARCH_DB, else the default file),
 opened read-only, with every query cached briefly per URL.
 
-The dashboard never writes: a SQLite file that does not exist yet is reported as such instead of being
-created, and an older schema is not upgraded (see `Store(read_only=True)`). Reads are cached for
+Reading never writes: a SQLite file that does not exist yet is reported as such instead of being created, and
+an older schema is not upgraded (see `Store(read_only=True)`). The user's own edits (an experiment's notes and tags,
+an insight's text or retirement) are the only writes, each through a store opened for it alone. Reads are cached for
 CACHE_TTL_S so that a page render, and every widget interaction after it, costs no query; the sidebar's
 Refresh button drops the caches at once.
 """
@@ -140,11 +141,32 @@ def runs(url: str, search_id: int | None = None, experiment_id: str | None = Non
                       status=list(statuses) if statuses else None)
 
 
+@_cached
+def hypotheses(url: str, search_id: int | None = None, tier: str | None = None,
+               space: str | None = None) -> list[dict[str, Any]]:
+    store = open_store(url)
+    return store.hypotheses(search_id=search_id, tier=tier, space=space) if store else []
+
+
+@_cached
+def insights(url: str, tier: str, space: str) -> list[dict[str, Any]]:
+    """Every insight of a tier and space, whatever its status (active, retired, superseded), oldest first."""
+    store = open_store(url)
+    return store.insights(tier, space, status=None) if store else []
+
+
 def save_notes(url: str, experiment_id: str, notes: str, tags: list[str]) -> None:
-    """The dashboard's one write: an experiment's notes and tags, through a store opened for writing for this
-    alone and closed at once (every read above stays on the read-only store). Cached reads are dropped after."""
+    """A write: an experiment's notes and tags, through a store opened for writing for this alone and closed at
+    once (every read above stays on the read-only store). Cached reads are dropped after."""
     with Store(url) as store:
         store.annotate_experiment(experiment_id, notes.strip() or None, tags)
+    clear_cache()
+
+
+def edit_insight(url: str, insight_id: int, text: str | None = None, retire: bool = False) -> None:
+    """A write, as `save_notes`: an insight's new text (it becomes the user's) or its retirement."""
+    with Store(url) as store:
+        store.edit_insight(insight_id, text=text, retire=retire)
     clear_cache()
 
 

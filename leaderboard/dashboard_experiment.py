@@ -89,7 +89,7 @@ with st.form("notes", border=False):
             st.error(f"Not saved: {e}")
         else:
             st.rerun()  # show what the database now holds
-st.caption("Saved in the database with the experiment (the dashboard's only write; every other view reads only).")
+st.caption("Saved in the database with the experiment (with the Search page's insight edits, the dashboard's only writes; every other view reads only).")
 
 st.subheader("Runs")
 if experiment["runs"]:

@@ -293,6 +293,50 @@ REPLICATION_HELP = ("A promotion is chosen because its estimate was good, so on 
                     "model, so a real effect may also grow or shrink with scale.")
 
 
+# The hypothesis ledger's order (as harness/hypotheses.py's informative_first, simplified): what its decisions
+# settled first, what still waits last.
+LEDGER_ORDER = ("supported", "refuted", "failed", "inconclusive", "pending")
+
+
+def _ledger_rank(status: str) -> int:
+    return LEDGER_ORDER.index(status) if status in LEDGER_ORDER else len(LEDGER_ORDER)
+
+
+def hypothesis_counts(hypotheses: Iterable[Mapping[str, Any]]) -> str:
+    """'1 supported, 1 refuted, 0 failed, ...': every status named, a zero included (none refuted is a finding)."""
+    statuses = [h["status"] for h in hypotheses]
+    return ", ".join(f"{statuses.count(status)} {status}" for status in LEDGER_ORDER)
+
+
+def ledger_table(hypotheses: list[dict[str, Any]], names: Mapping[str, str]) -> pd.DataFrame:
+    """A search's hypotheses in LEDGER_ORDER (oldest first within a status), each with the numbers of the decision
+    that judged it and the rule applied, in words (harness/hypotheses.py's `judge`)."""
+    rows = []
+    for h in sorted(hypotheses, key=lambda h: (_ledger_rank(h["status"]), h["id"])):
+        evidence = h.get("evidence") or {}
+        rows.append({
+            "#": h["id"], "status": h["status"], "experiment": names.get(h["experiment_id"], h["experiment_id"]),
+            "rung": evidence.get("rung") or MISSING, "mean delta": evidence.get("mean_delta"), "MDE": evidence.get("mde"),
+            "compute x": evidence.get("compute_multiplier"), "rule": evidence.get("rule") or MISSING,
+            "claim": h["statement"], "falsification": h.get("falsification") or MISSING,
+            "experiment_id": h["experiment_id"],
+        })
+    # The verdict and its numbers before the long texts, so that a narrow table still shows them.
+    return pd.DataFrame(rows, columns=["#", "status", "experiment", "rung", "mean delta", "MDE", "compute x", "rule",
+                                       "claim", "falsification", "experiment_id"])
+
+
+def insight_citations(insight: Mapping[str, Any], hypotheses: Mapping[int, Mapping[str, Any]],
+                      names: Mapping[str, str]) -> str:
+    """'cites #3 smear (supported), #5 ...': the hypotheses behind an insight, by the ids the ledger shows (one not
+    among `hypotheses` by its id alone)."""
+    cited = []
+    for hid in insight.get("hypothesis_ids") or []:
+        h = hypotheses.get(hid)
+        cited.append(f"#{hid} {names.get(h['experiment_id'], h['experiment_id'])} ({h['status']})" if h else f"#{hid}")
+    return f"cites {', '.join(cited)}" if cited else "cites no hypothesis"
+
+
 # How the decision tables (Search and Experiment pages) show the ladder's statistics.
 def decision_column_config(st) -> dict:
     return {

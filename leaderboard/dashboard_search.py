@@ -1,6 +1,7 @@
 """Search page: one search's progress (its runs by role over the baseline's band, the best decided improvement by run and by compute), its rung funnel,
-the promotion decisions with their statistics, who proposed what, the proposals it refused and why, and what the
-agent cost (refused answers included: they were paid for too).
+the promotion decisions with their statistics, the hypothesis ledger (each proposal's claim and what its decisions
+made of it), the insights of the search's tier and space (which the user may edit or retire), who proposed what, the
+proposals it refused and why, and what the agent cost (refused answers included: they were paid for too).
 
 Query parameter: ?search=NAME.
 A page script that leaderboard/app.py runs (st.Page), not a module to import.
@@ -15,6 +16,7 @@ from leaderboard import dashboard_charts as charts
 from leaderboard import dashboard_db as db
 from leaderboard import dashboard_format as fmt
 from leaderboard import optuna_view, views
+from leaderboard.errors import LeaderboardError
 
 BEST_SHOWN = 10  # rows of the best-experiments table
 LIVE_REFRESH_S = 5  # the running jobs' table reruns this often
@@ -185,6 +187,64 @@ else:
         "kept": st.column_config.NumberColumn(format="%.2f", help=fmt.REPLICATION_HELP),
         "details": st.column_config.LinkColumn(display_text="experiment ↗")})
     st.caption(fmt.REPLICATION_HELP)
+
+st.subheader("Hypothesis ledger")
+ledger = db.hypotheses(url, search_id=search["id"])
+if not ledger:
+    st.caption("No hypotheses yet: each proposal's claim is recorded here when it becomes an experiment, and the "
+               "ledger fills as its decisions judge it.")
+else:
+    st.caption(fmt.hypothesis_counts(ledger))
+    table = fmt.ledger_table(ledger, all_names)
+    table["details"] = table.pop("experiment_id").map(fmt.experiment_link)
+    st.dataframe(table, hide_index=True, placeholder=fmt.MISSING, column_config={
+        **fmt.decision_column_config(st), "claim": st.column_config.TextColumn(width="medium"),
+        "rule": st.column_config.TextColumn(width="medium", help="how the last decision judged the claim"),
+        # The full id, as the agent's prompts and logs name the experiment.
+        "details": st.column_config.LinkColumn("experiment id", display_text=r"experiment\?id=(.*)")})
+    st.caption("supported: promoted · refuted: worse by at least the decision's MDE · inconclusive: rejected, but "
+               "within what its seeds can see · failed: its runs failed · pending: not decided yet. # is the id "
+               "insights cite.")
+
+st.subheader("Insights")
+tier, space = search["tier"], search["space"]
+insights = db.insights(url, tier, space) if tier and space else []
+active = [i for i in insights if i["status"] == "active"]
+if not active:
+    st.caption("No active insights for this search's tier and space: the agent proposer (`--proposer agent`) distils "
+               "them from the judged hypotheses every `--insights-every K` decisions and at the end of a search. They "
+               "are kept per tier and space, and the next search there starts from them.")
+else:
+    st.caption(f"What the searches on tier {tier}, space {space} have taught so far, as the next search's agent reads "
+               "it. An edit makes the insight yours (later distillations keep it); a retired one is shown to no "
+               "search again.")
+    cited = {h["id"]: h for h in db.hypotheses(url, tier=tier, space=space)}
+
+    def edit(insight_id: int, **change) -> None:
+        try:
+            db.edit_insight(url, insight_id, **change)
+        except LeaderboardError as e:
+            st.error(f"Not saved: {e}")
+        else:
+            st.rerun()  # show what the database now holds
+
+    for number, insight in enumerate(active, 1):
+        with st.form(f"insight-{insight['id']}"):
+            text = st.text_area(f"Insight {number}", value=insight["text"])
+            st.caption(f"{fmt.insight_citations(insight, cited, all_names)} · by {insight['author']} · updated "
+                       f"{fmt.date(insight['updated_at'])}")
+            save, retire, _ = st.columns([1, 1, 4])
+            if save.form_submit_button("Save insight") and text.strip() != insight["text"]:
+                edit(insight["id"], text=text)
+            if retire.form_submit_button("Retire insight"):
+                edit(insight["id"], retire=True)
+if past := [i for i in insights if i["status"] != "active"]:
+    with st.expander(f"Retired and superseded insights ({len(past)})"):
+        st.dataframe(pd.DataFrame([{"status": i["status"], "insight": i["text"], "author": i["author"],
+                                    "updated": i["updated_at"]} for i in reversed(past)]),  # newest first
+                     hide_index=True, placeholder=fmt.MISSING, column_config={
+                         "insight": st.column_config.TextColumn(width="large"),
+                         "updated": st.column_config.DatetimeColumn("updated (UTC)", format="YYYY-MM-DD HH:mm")})
 
 st.subheader("Runs")
 if summary["trials"]:

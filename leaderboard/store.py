@@ -393,8 +393,8 @@ class Store:
         return self._transact(work)
 
     def annotate_experiment(self, experiment_id: str, notes: str | None, tags: list[str]) -> None:
-        """Set an experiment's notes and tags (a researcher's, from the dashboard): the only write the dashboard
-        makes, through a store it opens for it alone."""
+        """Set an experiment's notes and tags (a researcher's, from the dashboard): with `edit_insight`, the only writes
+        the dashboard makes, each through a store it opens for it alone."""
         clean = sorted({t.strip() for t in tags if t and t.strip()})
         bad = [t for t in clean if len(t) > 64]
         if bad:

@@ -536,6 +536,11 @@ def test_insights_are_distilled_kept_per_tier_and_space_shown_to_the_next_search
     assert spent == pytest.approx(cost_usd("claude-opus-5-5", 2000, 300))
     assert "insight 1: INSIGHT-1" in s.said()
 
+    # The same search resumed (a new session's agent) is shown them with its next request.
+    with FakeAnthropic([tool_use(GOOD[1:])]) as fake:
+        s.take(s.agent(fake, batch=1))
+    assert "INSIGHT-1" in user_text(fake.bodies()[0]) and "INSIGHT-2" in user_text(fake.bodies()[0])
+
     # A new search on the same tier and space starts from them: its first request shows them, and the earlier
     # search's judged hypotheses.
     s2 = Searching(tmp_path, name="s2")

@@ -390,6 +390,115 @@ def test_search_page_draws_optunas_plots_of_the_study(monkeypatch, tmp_path):
     assert any("8 finished trials" in c.value for c in at.caption)
 
 
+WAITING = "wait00000006"
+SMEAR_RULE = "promoted at d2: mean delta -0.0500 beat the baseline beyond noise"  # harness/hypotheses.py's sentences
+BACKOUT_RULE = "rejected at d2: mean delta +0.0200 is worse by at least its MDE 0.0123"
+IDEA_RULE = "not measured at d2: a candidate run failed: loss is NaN"
+
+
+def add_ledger(url: str) -> dict[str, int]:
+    """seed()'s search's hypothesis ledger as harness.search records and judges it (one claim still pending, on a
+    new proposal), and insights of its tier and space: two active, one superseded; another tier's one besides.
+    Returns the hypotheses' ids by experiment."""
+    with Store(url) as store:
+        sid = store.find_search("cpu-search")["id"]
+        store.record_experiment(Experiment(id=WAITING, name="waiting idea", tweaks={"n_kv_head": 2}, proposer="agent",
+                                           created_at=T0), search_id=sid)
+        ids = {x: store.record_hypothesis(sid, x, claim, falsification) for x, claim, falsification in [
+            (SMEAR, RATIONALE, FALSIFICATION), (BACKOUT, "Backing out the residual helps.", None),
+            (IDEA, "Value embeddings help.", "Rejected if worse at d2."), (WAITING, "Fewer kv heads cost nothing.", None)]}
+        common = {"rung": "d2", "rung_index": 0, "mde": 0.0123, "n": 2, "rungs_decided": ["d2"]}
+        store.resolve_hypothesis(sid, SMEAR, "supported", {**common, "verdict": "promote", "mean_delta": -0.05,
+                                                           "p_value": 0.003, "compute_multiplier": 1.4, "rule": SMEAR_RULE})
+        store.resolve_hypothesis(sid, BACKOUT, "refuted", {**common, "verdict": "reject", "mean_delta": 0.02,
+                                                           "p_value": 0.97, "compute_multiplier": 0.8, "rule": BACKOUT_RULE})
+        store.resolve_hypothesis(sid, IDEA, "failed", {**common, "verdict": "reject", "mean_delta": None, "mde": None,
+                                                       "rule": IDEA_RULE})
+        store.record_insights("cpu", "tweaks", sid, [{"text": "An earlier take.", "hypotheses": [ids[SMEAR]]}])
+        store.record_insights("cpu", "tweaks", sid, [  # supersedes the earlier take
+            {"text": "Smear lowers d2 val_bpb by 0.05.", "hypotheses": [ids[SMEAR]]},
+            {"text": "Backout *hurts* at d2.", "hypotheses": [ids[BACKOUT], ids[IDEA]]}])
+        store.record_insights("gpu", "tweaks", None, [{"text": "Another tier's insight.", "hypotheses": []}])
+    return ids
+
+
+def test_search_page_shows_the_hypothesis_ledger(monkeypatch, tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    seed(url)
+    ids = add_ledger(url)
+    at = render(monkeypatch, url, page="search", query={"search": "cpu-search"})
+    assert any(h.value == "Hypothesis ledger" for h in at.subheader)
+    assert "1 supported, 1 refuted, 1 failed, 0 inconclusive, 1 pending" in [c.value for c in at.caption]
+    ledger = frame_with(at, "claim")
+    # Decided first (supported, refuted, failed), pending last; each with the numbers its decision judged it on.
+    assert ledger.drop(columns=["mean delta", "MDE", "compute x"]).to_dict("records") == [
+        {"#": ids[SMEAR], "status": "supported", "experiment": "smear", "claim": RATIONALE,
+         "falsification": FALSIFICATION, "rung": "d2", "rule": SMEAR_RULE, "details": f"experiment?id={SMEAR}"},
+        {"#": ids[BACKOUT], "status": "refuted", "experiment": "backout", "claim": "Backing out the residual helps.",
+         "falsification": "—", "rung": "d2", "rule": BACKOUT_RULE, "details": f"experiment?id={BACKOUT}"},
+        {"#": ids[IDEA], "status": "failed", "experiment": "untested idea", "claim": "Value embeddings help.",
+         "falsification": "Rejected if worse at d2.", "rung": "d2", "rule": IDEA_RULE, "details": f"experiment?id={IDEA}"},
+        {"#": ids[WAITING], "status": "pending", "experiment": "waiting idea", "claim": "Fewer kv heads cost nothing.",
+         "falsification": "—", "rung": "—", "rule": "—", "details": f"experiment?id={WAITING}"}]
+    assert ledger["mean delta"].tolist() == pytest.approx([-0.05, 0.02, math.nan, math.nan], nan_ok=True)
+    assert ledger["MDE"].tolist() == pytest.approx([0.0123, 0.0123, math.nan, math.nan], nan_ok=True)
+    assert ledger["compute x"].tolist() == pytest.approx([1.4, 0.8, math.nan, math.nan], nan_ok=True)
+
+
+def insight_form(at: AppTest, number: int) -> tuple:
+    """The text area of the page's insight `number` and its form's Save and Retire buttons."""
+    [text] = [t for t in at.text_area if t.label == f"Insight {number}"]
+    buttons = {b.label: b for b in at.button if b.form_id == text.form_id}
+    return text, buttons["Save insight"], buttons["Retire insight"]
+
+
+def test_insights_of_the_tier_and_space_are_edited_and_retired_on_the_search_page(monkeypatch, tmp_path):
+    url = f"sqlite:///{tmp_path / 'insights.db'}"
+    seed(url)
+    ids = add_ledger(url)
+    at = render(monkeypatch, url, page="search", query={"search": "cpu-search"})
+    # The active ones of tier cpu, space tweaks, numbered, shown as written (no Markdown): not the superseded one,
+    # not another tier's.
+    assert [(t.label, t.value) for t in at.text_area] == [
+        ("Insight 1", "Smear lowers d2 val_bpb by 0.05."), ("Insight 2", "Backout *hurts* at d2.")]
+    updated = fmt.date(Store(url).insights("cpu", "tweaks")[0]["updated_at"])
+    captions = [c.value for c in at.caption]
+    assert f"cites #{ids[SMEAR]} smear (supported) · by agent · updated {updated}" in captions
+    assert f"cites #{ids[BACKOUT]} backout (refuted), #{ids[IDEA]} untested idea (failed) · by agent · updated {updated}" \
+        in captions
+    assert [e.label for e in at.expander if "insights" in e.label] == ["Retired and superseded insights (1)"]
+    assert frame_with(at, "insight")[["status", "insight"]].to_dict("records") == [
+        {"status": "superseded", "insight": "An earlier take."}]
+
+    text, save, _ = insight_form(at, 1)
+    text.set_value("  Smear lowers val_bpb at d2 and d4.  ")
+    save.click().run()
+    assert not at.exception and not at.error
+    [first, second] = Store(url).insights("cpu", "tweaks")
+    assert (first["text"], first["author"], first["status"]) == ("Smear lowers val_bpb at d2 and d4.", "user", "active")
+    assert (second["text"], second["author"]) == ("Backout *hurts* at d2.", "agent")  # the other one untouched
+    assert [t.value for t in at.text_area if t.label == "Insight 1"] == [first["text"]]  # shown as saved
+    assert any(c.value.endswith(f"by user · updated {fmt.date(first['updated_at'])}") for c in at.caption)
+
+    text, save, _ = insight_form(at, 2)  # emptied: refused, with the reason, and nothing written
+    text.set_value("   ")
+    save.click().run()
+    assert [e.value for e in at.error] == [
+        "Not saved: insight text '': expected a non-empty string (retire it instead)"]
+    assert Store(url).insights("cpu", "tweaks")[1]["text"] == "Backout *hurts* at d2."
+
+    _, _, retire = insight_form(at, 2)
+    retire.click().run()
+    assert not at.exception and not at.error
+    assert [i["text"] for i in Store(url).insights("cpu", "tweaks")] == ["Smear lowers val_bpb at d2 and d4."]
+    assert [i["status"] for i in Store(url).insights("cpu", "tweaks", status="retired")] == ["retired"]
+    assert [t.label for t in at.text_area] == ["Insight 1"]  # gone from the active list ...
+    # ... into the earlier ones, newest first
+    assert [e.label for e in at.expander if "insights" in e.label] == ["Retired and superseded insights (2)"]
+    assert frame_with(at, "insight")[["status", "insight"]].to_dict("records") == [
+        {"status": "retired", "insight": "Backout *hurts* at d2."}, {"status": "superseded", "insight": "An earlier take."}]
+
+
 def test_search_page_without_runs_or_agent(monkeypatch, tmp_path):
     url = f"sqlite:///{tmp_path / 'plain.db'}"
     with Store(url) as store:
@@ -400,6 +509,9 @@ def test_search_page_without_runs_or_agent(monkeypatch, tmp_path):
     assert any("No agent usage recorded" in c.value for c in at.caption)
     assert any("No finished runs yet" in i.value for i in at.info)
     assert any("No promotion decisions yet." in i.value for i in at.info)
+    captions = " ".join(c.value for c in at.caption)
+    assert "the ledger fills as its decisions judge it" in captions and not at.text_area
+    assert "every `--insights-every K` decisions and at the end of a search" in captions
 
 
 def test_promotions_show_the_estimate_that_promoted_them_beside_the_next_rungs_replication(monkeypatch, tmp_path):
@@ -655,6 +767,7 @@ def test_a_database_without_tables_stays_untouched(monkeypatch, tmp_path):
 def test_rendering_every_page_never_writes(monkeypatch, tmp_path):
     path = tmp_path / "seeded.db"
     seed(f"sqlite:///{path}")
+    add_ledger(f"sqlite:///{path}")  # the ledger and the insights, editable on the Search page, are read only too
     before = sha256(path)
     with Store(f"sqlite:///{path}") as store:
         counts = store.counts()

@@ -361,3 +361,17 @@ def test_notes_typed_in_chromium_are_saved_and_shown_again(chromium, dashboard, 
             evaluate(session, f"{notes_box} && {notes_box}.value")
     finally:
         browser.close()
+
+
+def test_search_page_shows_the_hypothesis_ledger_and_the_insights_in_chromium(chromium, dashboard, tmp_path):
+    from tests.test_dashboard import SMEAR, SMEAR_RULE, add_ledger
+    ids = add_ledger(f"sqlite:///{tmp_path / 'seeded.db'}")
+    screenshot = tmp_path / "ledger.png"
+    wanted = ["Hypothesis ledger", "1 supported, 1 refuted, 1 failed, 0 inconclusive, 1 pending", SMEAR_RULE,
+              "Insight 2", f"cites #{ids[SMEAR]} smear (supported) · by agent", "Save insight", "Retire insight",
+              "Retired and superseded insights (1)"]
+    text = page_text(chromium, dashboard + "search?search=cpu-search", wanted, tmp_path, screenshot,
+                     show="Hypothesis ledger")
+    where = f"(screenshot: {screenshot}; page text: {text[-1500:]!r})"
+    assert all(w in text for w in wanted), f"the ledger and insights not rendered within {RENDER_S} s {where}"
+    assert "Traceback" not in text and "Cannot read" not in text, where
