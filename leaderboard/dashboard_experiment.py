@@ -63,6 +63,11 @@ with right:
     st.markdown(experiment["rationale"] or "_No rationale recorded._")
     st.subheader("Falsification criterion")
     st.markdown(extra.get("falsification") or "_None recorded._")
+    # How each search that proposed it judged the claim (the hypothesis ledger).
+    for h in (h for h in db.hypotheses(url) if h["experiment_id"] == experiment_id):
+        rule = (h.get("evidence") or {}).get("rule")
+        st.markdown(f"**{h['status']}** in search {fmt.markdown_literal(h['search'])}"
+                    + (f": {fmt.markdown_literal(rule)}" if rule else ": not decided yet"))
 
 if agent is not None:
     st.subheader("Agent")

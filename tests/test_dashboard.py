@@ -678,6 +678,16 @@ def test_experiment_page_from_query_param(monkeypatch, seeded):
     assert any(link.value == f"parent: baseline ({BASE})" for link in at.get("page_link"))
 
 
+def test_experiment_page_says_how_each_search_judged_its_hypothesis(monkeypatch, tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    seed(url)
+    add_ledger(url)
+    text = [m.value for m in render(monkeypatch, url, page="experiment", query={"id": BACKOUT}).markdown]
+    assert f"**refuted** in search {fmt.markdown_literal('cpu-search')}: {fmt.markdown_literal(BACKOUT_RULE)}" in text
+    text = [m.value for m in render(monkeypatch, url, page="experiment", query={"id": WAITING}).markdown]
+    assert f"**pending** in search {fmt.markdown_literal('cpu-search')}: not decided yet" in text
+
+
 def test_experiment_page_compares_both_arms_seed_by_seed(monkeypatch, seeded):
     at = render(monkeypatch, seeded, page="experiment", query={"id": SMEAR})
     pairs = frame_with(at, "candidate steps")
