@@ -9,7 +9,8 @@ judges it whenever the ladder decides the experiment (`judge`): the last decisio
 - failed:       a candidate run failed, so the change was never measured;
 - inconclusive: rejected, with a mean paired difference smaller in size than the decision's minimum detectable
                 effect: too small to see at those seeds, not shown to be worse; also rejected as better, but by
-                less than the tier's minimum effect or not significantly;
+                less than the tier's minimum effect or not significantly; or a no-op there (its runs are the
+                baseline's, bit for bit);
 - refuted:      rejected with a difference of at least the MDE in the wrong direction: worse, beyond what its
                 seeds can miss.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import math
 
 FAILED_PREFIX = "a candidate run failed"  # harness/ladder.py's reason for a failed candidate
+NO_OP = "identical to the baseline"  # harness/search.py's reason for a change whose runs are the baseline's
 STATUS_ORDER = ("supported", "refuted", "failed", "inconclusive", "pending")
 
 
@@ -45,6 +47,8 @@ def judge(decisions: list[dict], rungs: list[str]) -> tuple[str, dict]:
     where = f"at {d['from_rung']}"
     if d["verdict"] == "promote":
         status, rule = "supported", f"promoted {where}: mean delta {mean:+.4f} beat the baseline beyond noise"
+    elif reason.startswith(NO_OP):
+        status, rule = "inconclusive", f"a no-op {where}: its runs are the baseline's, bit for bit"
     elif reason.startswith(FAILED_PREFIX) or not _finite(mean):
         status, rule = "failed", f"not measured {where}: {reason or 'no paired difference'}"
     elif _finite(mde) and abs(mean) < mde:

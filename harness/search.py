@@ -35,6 +35,7 @@ from harness import hypotheses, search_report
 from harness.compute_multiplier import ComputeMultiplier, compute_multiplier
 from harness.executors import Executor
 from harness.experiment import NOISE_FLOOR_REPLICA, Experiment, baseline_name, format_set, parametric_null_tweaks
+from harness.hypotheses import NO_OP
 from harness.jobs import Job, WandbLabels, terminate_as_interrupt
 from harness.ladder import Verdict, decide
 from harness.noise import CONTROL_INITS, Spread, control_spread, fit_prior
@@ -574,6 +575,13 @@ class Search:
             if not failures and any(self.status(self.result(self.baseline, rung, s)) != "ok" for s in slots):
                 continue  # the baseline failed: the search stops (see collect)
             kind = cand.experiment.kind
+            if not failures and not cand.experiment.replica and self.same_as_baseline(cand.experiment, rung, slots):
+                self.record_verdict(cand, rung, Verdict(
+                    "reject", {s: 0.0 for s in slots}, 0.0, None, None, len(slots),
+                    f"{NO_OP} at {rung.name}: val_bpb equal to the baseline's bit for bit on all {len(slots)} seeds, so "
+                    "the change resolves to the baseline's model there (a no-op); more seeds cannot tell them apart",
+                    kind))
+                continue
             verdict = decide({s: self.val(r) for s, r in mine.items() if r is not None},
                              self.control_values(cand.experiment, rung, slots),
                              self.tier.statistics, first_n=rung.seeds, kind=kind, null=self.null_spread(rung, kind),
@@ -581,6 +589,14 @@ class Search:
             if verdict.deltas:
                 verdict.multiplier = self.multiplier(cand.experiment, rung, list(verdict.deltas))
             self.record_verdict(cand, rung, verdict)
+
+    def same_as_baseline(self, exp: Experiment, rung: Rung, slots) -> bool:
+        """Did every run of `exp` at the rung end with the baseline's val_bpb on the same seed, bit for bit? Training
+        is deterministic given the model, data and seed, so only the baseline's own model does that: the change is a
+        no-op there (window_pattern=L when the sequence fits in the short window, say). Judged against a structural
+        control, the mean of two inits, it would otherwise read as half the init noise and take more seeds."""
+        pairs = [(self.val(self.result(exp, rung, s)), self.val(self.result(self.baseline, rung, s))) for s in slots]
+        return bool(pairs) and all(mine is not None and mine == base for mine, base in pairs)
 
     def curve(self, exp: Experiment, rung: Rung, slot: int) -> list[tuple[float, float]]:
         """A run's learning curve: (training FLOPs so far, val_bpb) at each evaluation."""

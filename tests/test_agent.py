@@ -508,6 +508,34 @@ def test_hypotheses_are_recorded_with_each_proposal_and_judged_by_its_decisions(
     assert judged["evidence"]["mde"] == 0.0052 and "too small to see" in judged["evidence"]["rule"]
 
 
+def test_a_change_whose_runs_are_the_baselines_bit_for_bit_is_decided_at_once_as_a_no_op(tmp_path):
+    s = Searching(tmp_path)
+    search = searching_with(s, OptunaProposer(s.space, s.url, "nanoresearch:s"), tmp_path)
+    rung = s.tier.rungs[0]
+    no_op, real = s.experiment({"window_pattern": "L"}, proposer="manual"), s.experiment({"softcap": 30.0}, proposer="manual")
+    for exp in (no_op, real):
+        s.store.record_experiment(exp.record(), search_id=s.search_id)
+    base = {slot: 2.5 + 0.01 * slot for slot in range(rung.seeds)}
+    values = [(search.baseline, base), (no_op, base), (real, {k: v + 0.001 for k, v in base.items()}),
+              (search.nulls["structural"], {k: v + 0.004 for k, v in base.items()}),
+              (search.nulls["parametric"], {k: v + 0.0001 for k, v in base.items()})]
+    for exp, by_slot in values:
+        for slot, v in by_slot.items():
+            s.store.record_run(Run(experiment_id=exp.id, rung=rung.name, seed=search.seed(exp, slot), status="ok",
+                                   val_bpb=v, search_id=s.search_id), experiment=exp.record())
+    search.restore()
+    search.decide_ready()
+    [decision] = s.store.decisions(experiment_id=no_op.id)
+    assert (decision["verdict"], decision["mean_delta"], decision["n"]) == ("reject", 0.0, rung.seeds)
+    assert decision["reason"].startswith(f"identical to the baseline at {rung.name}: val_bpb equal to the baseline's bit "
+                                         f"for bit on all {rung.seeds} seeds")
+    assert ledger_of(s)[no_op.id]["status"] == "inconclusive" and "a no-op" in ledger_of(s)[no_op.id]["evidence"]["rule"]
+    # A structural change that differs from the baseline is judged as ever: against the two-init control, by the test.
+    [other] = [d for d in s.store.decisions(experiment_id=real.id) if d["verdict"] != "more_seeds"] or \
+        s.store.decisions(experiment_id=real.id)
+    assert "identical" not in other["reason"] and other["mean_delta"] != 0.0
+
+
 def insights_from(request: dict, texts: list[str]):
     """A record_insights answer citing the first hypothesis ids the request's evidence shows."""
     ids = [int(i) for i in re.findall(r'"kind": "hypothesis", "id": (\d+)', user_text(request["body"]))]

@@ -31,6 +31,7 @@ def decision(verdict: str, rung: str = "d2", mean: float | None = 0.0, mde: floa
     ([decision("reject", mean=0.0004, reason="a candidate run failed: seed 1 crash")], "failed", "d2"),
     ([decision("reject", mean=None, mde=None)], "failed", "d2"),
     ([decision("reject", mean=0.0011, mde=None)], "refuted", "d2"),            # no test, no MDE: worse is worse
+    ([decision("reject", mean=0.0, mde=None, reason="identical to the baseline at d2: ...")], "inconclusive", "d2"),
 ])
 def test_a_hypothesis_is_judged_by_its_last_decision(decisions, status, rung):
     got, evidence = judge(decisions, RUNGS)
