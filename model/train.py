@@ -357,7 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     rank, local_rank, world = init_distributed()
     master = rank == 0
     try:
-        return run(args, rank, local_rank, world)
+        code = run(args, rank, local_rank, world)
+        if world > 1:
+            # Every rank tears the process group down together: a gloo rank whose peer already left can abort in its
+            # own teardown (seen once in CI: rank 1 SIGABRT after a finished run, so torchrun reported a failure).
+            dist.barrier()
+        return code
     except (BadInput, ConfigError) as e:
         if master:
             print(f"error: {e}", file=sys.stderr)
