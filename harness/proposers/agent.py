@@ -602,7 +602,7 @@ def insights_prompt(tier: str, space: str, ledger: list[dict], current: list[dic
         "Keep the current insights that still hold, revise those the evidence changes, drop those it contradicts. "
         "Insights whose author is 'user' were written by a person: they stay as they are; do not repeat them.",
     ])
-    lines, used = [insight_line(i) for i in current], 0
+    lines = [insight_line(i) for i in current]
     used = sum(len(x) + 1 for x in lines)
     room = budget - len(system) - len(head) - 400
     for h in ledger:
