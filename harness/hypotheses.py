@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import math
 
-FAILED_PREFIX = "a candidate run failed"  # harness/ladder.py's reason for a failed candidate
+from harness.ladder import CANDIDATE_FAILED
+from leaderboard.schema import HYPOTHESIS_STATUSES
+
 NO_OP = "identical to the baseline"  # harness/search.py's reason for a change whose runs are the baseline's
-STATUS_ORDER = ("supported", "refuted", "failed", "inconclusive", "pending")
 
 
 def _finite(x) -> bool:
@@ -49,7 +50,7 @@ def judge(decisions: list[dict], rungs: list[str]) -> tuple[str, dict]:
         status, rule = "supported", f"promoted {where}: mean delta {mean:+.4f} beat the baseline beyond noise"
     elif reason.startswith(NO_OP):
         status, rule = "inconclusive", f"a no-op {where}: its runs are the baseline's, bit for bit"
-    elif reason.startswith(FAILED_PREFIX) or not _finite(mean):
+    elif reason.startswith(CANDIDATE_FAILED) or not _finite(mean):
         status, rule = "failed", f"not measured {where}: {reason or 'no paired difference'}"
     elif _finite(mde) and abs(mean) < mde:
         status, rule = "inconclusive", f"rejected {where}: |mean delta| {abs(mean):.4f} < MDE {mde:.4f}: too small to see"
@@ -69,7 +70,7 @@ def informative_first(rows: list[dict]) -> list[dict]:
         ev = row.get("evidence") or {}
         mean, mde = ev.get("mean_delta"), ev.get("mde")
         size = abs(mean) / mde if _finite(mean) and _finite(mde) and mde > 0 else (abs(mean) if _finite(mean) else 0.0)
-        order = STATUS_ORDER.index(row["status"]) if row["status"] in STATUS_ORDER else len(STATUS_ORDER)
+        order = HYPOTHESIS_STATUSES.index(row["status"])
         if row["status"] == "supported":
             return (order, -(ev.get("rung_index") or 0), mean if _finite(mean) else 0.0)
         if row["status"] == "pending":

@@ -29,6 +29,8 @@ from experiments.catalog import Statistics
 from harness.compute_multiplier import ComputeMultiplier
 from harness.noise import PairedTest, Prior, Spread, paired_test, per_look_alpha
 
+CANDIDATE_FAILED = "a candidate run failed"  # how a decision's reason starts when a candidate run failed
+
 
 @dataclass
 class Verdict:
@@ -62,7 +64,7 @@ def decide(candidate: dict[int, float | None], baseline: dict[int, float], stats
     deltas = {s: candidate[s] - baseline[s] for s in slots}
     if failed:
         mean = statistics.fmean(deltas.values()) if deltas else None
-        return Verdict("reject", deltas, mean, None, None, len(deltas), f"a candidate run failed: {failed}", kind,
+        return Verdict("reject", deltas, mean, None, None, len(deltas), f"{CANDIDATE_FAILED}: {failed}", kind,
                        alpha=alpha)
     if not deltas:
         return Verdict("more_seeds", deltas, None, None, None, 0, "no paired results yet", kind, alpha=alpha)

@@ -37,7 +37,7 @@ from harness.executors import Executor
 from harness.experiment import NOISE_FLOOR_REPLICA, Experiment, baseline_name, format_set, parametric_null_tweaks
 from harness.hypotheses import NO_OP
 from harness.jobs import Job, WandbLabels, terminate_as_interrupt
-from harness.ladder import Verdict, decide
+from harness.ladder import CANDIDATE_FAILED, Verdict, decide
 from harness.noise import CONTROL_INITS, Spread, control_spread, fit_prior
 from harness.pool import Finished, JobPool
 from harness.preparation import (
@@ -395,7 +395,7 @@ class Search:
             rows = [d for d in decisions if d["from_rung"] == first and d["verdict"] != "more_seeds"]
             value = rows[-1]["mean_delta"] if rows else None
         else:
-            value = v.mean_delta if not v.reason.startswith("a candidate run failed") else None
+            value = v.mean_delta if not v.reason.startswith(CANDIDATE_FAILED) else None
         self.proposer.observe(cand.experiment.id, value)
 
     # --- results and decisions ---------------------------------------------------------------------------------

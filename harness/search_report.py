@@ -134,7 +134,7 @@ def ledger_lines(search) -> list[str]:
     """The hypothesis ledger counted by status, the course the search ended on, and the insights kept for the next
     search on the tier and space."""
     ledger = search.store.hypotheses(search_id=search.search_id)
-    counts = {status: sum(h["status"] == status for h in ledger) for status in HYPOTHESIS_STATUSES[1:] + ("pending",)}
+    counts = {status: sum(h["status"] == status for h in ledger) for status in HYPOTHESIS_STATUSES}
     lines = ["  hypotheses: " + ", ".join(f"{n} {status}" for status, n in counts.items())
              + " (inconclusive: an effect smaller than its MDE, too small to see at those seeds)"]
     lines += [f"  {line}" for line in search.course.lines()]

@@ -10,7 +10,7 @@ Two signals, both read from the search's own records (so a resumed search steers
   be widened, which the search says.
 - A failure burst: in the last M finished runs of a category's experiments (--failure-window M), more than a share
   (--failure-share) failed. That category is paused: the agent is told and its proposals touching it are refused;
-  the Optuna proposer keeps the category's knobs at their baseline values. A paused category gets no new runs, so
+  the Optuna proposer's draws that turn one of its knobs are pruned. A paused category gets no new runs, so
   it stays paused for the search; when every category is paused, the search stops proposing.
 """
 
@@ -90,13 +90,12 @@ def course(config: SteeringConfig, decisions: list[dict], experiments: dict[str,
             leave = max(counts, key=lambda c: (counts[c], last_seen[c]))
             if not [c for c in available if c != leave]:
                 leave = None
-    paused = {}
-    if config.failure_share < 1:
-        for c in available:
-            mine = [r for r in runs if c in experiments.get(r["experiment_id"], ())][-config.failure_window:]
-            bad = sum(r["status"] in failed for r in mine)
-            if len(mine) >= config.failure_window and bad / len(mine) > config.failure_share:
-                paused[c] = f"{bad} of its last {len(mine)} runs failed"
+    paused = {}  # (a share of 1 never pauses: no more than all runs can fail)
+    for c in available:
+        mine = [r for r in runs if c in experiments.get(r["experiment_id"], ())][-config.failure_window:]
+        bad = sum(r["status"] in failed for r in mine)
+        if len(mine) >= config.failure_window and bad / len(mine) > config.failure_share:
+            paused[c] = f"{bad} of its last {len(mine)} runs failed"
     return Course(available=available, stalled_for=stalled_for, leave=leave, paused=paused)
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from leaderboard.schema import HYPOTHESIS_STATUSES
+
 MISSING = "—"  # what a cell shows for a value that was not measured (never 0: that would be a result)
 
 # Every ASCII punctuation character Markdown, or Streamlit's extensions to it ($math$, :emoji:, :red[color]), reads.
@@ -293,23 +295,19 @@ REPLICATION_HELP = ("A promotion is chosen because its estimate was good, so on 
                     "model, so a real effect may also grow or shrink with scale.")
 
 
-# The hypothesis ledger's order (as harness/hypotheses.py's informative_first, simplified): what its decisions
-# settled first, what still waits last.
-LEDGER_ORDER = ("supported", "refuted", "failed", "inconclusive", "pending")
-
-
 def _ledger_rank(status: str) -> int:
-    return LEDGER_ORDER.index(status) if status in LEDGER_ORDER else len(LEDGER_ORDER)
+    """Where a status comes in a ledger (schema.HYPOTHESIS_STATUSES: what the decisions settled first)."""
+    return HYPOTHESIS_STATUSES.index(status) if status in HYPOTHESIS_STATUSES else len(HYPOTHESIS_STATUSES)
 
 
 def hypothesis_counts(hypotheses: Iterable[Mapping[str, Any]]) -> str:
     """'1 supported, 1 refuted, 0 failed, ...': every status named, a zero included (none refuted is a finding)."""
     statuses = [h["status"] for h in hypotheses]
-    return ", ".join(f"{statuses.count(status)} {status}" for status in LEDGER_ORDER)
+    return ", ".join(f"{statuses.count(status)} {status}" for status in HYPOTHESIS_STATUSES)
 
 
 def ledger_table(hypotheses: list[dict[str, Any]], names: Mapping[str, str]) -> pd.DataFrame:
-    """A search's hypotheses in LEDGER_ORDER (oldest first within a status), each with the numbers of the decision
+    """A search's hypotheses in ledger order (oldest first within a status), each with the numbers of the decision
     that judged it and the rule applied, in words (harness/hypotheses.py's `judge`)."""
     rows = []
     for h in sorted(hypotheses, key=lambda h: (_ledger_rank(h["status"]), h["id"])):

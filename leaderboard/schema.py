@@ -27,8 +27,9 @@ CHANGE_KINDS = ("parametric", "structural")  # which noise a change is judged ag
 # The proposer of a search's own null runs (the baseline with another init, or with a setting moved by a factor too
 # small to matter): their runs measure noise, so summaries leave them out of "best" and of the funnel.
 NOISE_FLOOR_PROPOSER = "noise-floor"
-# A hypothesis's standing (harness/hypotheses.py): pending until its experiment's decisions are in.
-HYPOTHESIS_STATUSES = ("pending", "supported", "refuted", "inconclusive", "failed")
+# A hypothesis's standing (harness/hypotheses.py), in the order ledgers list them: what the decisions settled first,
+# pending (its experiment not decided yet) last.
+HYPOTHESIS_STATUSES = ("supported", "refuted", "failed", "inconclusive", "pending")
 # An insight is active (shown to the next search), retired by a user, or superseded by a later distillation.
 INSIGHT_STATUSES = ("active", "retired", "superseded")
 

@@ -875,7 +875,7 @@ def test_search_with_the_agent_end_to_end_records_its_proposals_and_never_the_ke
     assert "proposer agent (claude-opus-5-5" in proc.stdout and "agent: 2 proposals queued" in proc.stdout
     assert len(fake.requests) == 2  # the proposals, then the insights at the end
     assert "insight 1: E2E-INSIGHT" in proc.stdout
-    assert re.search(r"hypotheses: \d supported, \d refuted, \d inconclusive, 0 failed, 0 pending", proc.stdout)
+    assert re.search(r"hypotheses: \d supported, \d refuted, 0 failed, \d inconclusive, 0 pending", proc.stdout)
     assert "insights kept for tier tiny, space all: 1" in proc.stdout
     store = Store(f"sqlite:///{db}")
     search = store.find_search("agent-e2e")

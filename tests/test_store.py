@@ -243,7 +243,7 @@ def test_hypotheses_keep_their_first_statement_and_bad_values_are_one_line_error
         assert store.record_hypothesis(search_id, "exp0001", "said again on resume") == first
         [h] = store.hypotheses(search_id=search_id)
         assert (h["statement"], h["falsification"], h["status"], h["search"]) == ("smear helps", None, "pending", "ledger")
-        with pytest.raises(LeaderboardError, match="hypothesis status 'maybe': expected one of pending, supported"):
+        with pytest.raises(LeaderboardError, match="hypothesis status 'maybe': expected one of supported, refuted, failed"):
             store.resolve_hypothesis(search_id, "exp0001", "maybe", {})
         with pytest.raises(LeaderboardError, match="hypothesis statement '  '"):
             store.record_hypothesis(search_id, "exp0001", "  ")
