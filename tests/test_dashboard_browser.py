@@ -333,7 +333,15 @@ def test_notes_typed_in_chromium_are_saved_and_shown_again(chromium, dashboard, 
     browser = DevTools(chromium, tmp_path / "chromium-profile", tmp_path / "chromium.log")
 
     def evaluate(session: str, expression: str):
-        return browser.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)["result"].get("value")
+        try:
+            reply = browser.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+        except RuntimeError as error:
+            # Page.reload answers before the navigation commits: an evaluation that lands in between is refused
+            # ("Inspected target navigated or closed"). The page is not there yet; asking again is the answer.
+            if "navigated or closed" in str(error) or "Cannot find context" in str(error):
+                return None
+            raise
+        return reply["result"].get("value")
 
     def wait_for(session: str, expression: str) -> bool:
         deadline = time.monotonic() + RENDER_S
