@@ -7,7 +7,7 @@ can be checked without rendering anything, and so every page formats the same va
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -115,16 +115,18 @@ BEST_PER_DEPTH = 10
 
 
 def best_runs_table(runs: list[dict[str, Any]], names: Mapping[str, str], depth: int | None = None,
-                    per_depth: int = BEST_PER_DEPTH) -> pd.DataFrame:
+                    per_depth: int = BEST_PER_DEPTH, nulls: Collection[str] = ()) -> pd.DataFrame:
     """The best experiments by their finished runs, whoever made them (a search, a speedrun, or `model.train` by hand
     then `python -m leaderboard ingest`): within each depth (depth sets the model, so only same-depth numbers
     compare; `depth` keeps one, a track's), one row per experiment and rung (a rung is one training budget), ranked
-    by the mean final val_bpb over its seeds, with n and the spread: one lucky seed does not top the table."""
+    by the mean final val_bpb over its seeds, with n and the spread: one lucky seed does not top the table.
+    The experiments in `nulls` (leaderboard.views.is_null: the baseline again, run to measure noise) are left out:
+    a lucky null ranked above the changes would read as an improvement nobody made."""
     def group(r) -> str:  # runs recorded without a depth are grouped by their rung name
         return f"d{r['depth']}" if r.get("depth") is not None else r["rung"]
 
     ok = [r for r in runs if r["status"] == "ok" and _finite(r["val_bpb"])
-          and (depth is None or r.get("depth") == depth)]
+          and (depth is None or r.get("depth") == depth) and r["experiment_id"] not in nulls]
     rows = []
     for where in sorted({group(r) for r in ok}, key=rung_key):
         arms: dict[tuple[str, str], list[dict[str, Any]]] = {}

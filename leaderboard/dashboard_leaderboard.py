@@ -8,7 +8,7 @@ import streamlit as st
 
 from leaderboard import dashboard_db as db
 from leaderboard import dashboard_format as fmt
-from leaderboard import ranking
+from leaderboard import ranking, views
 
 url = db.current_url()
 st.title("Leaderboard")
@@ -74,7 +74,8 @@ if not tracks:
 
 depth = shown["depth"] if shown else None
 st.subheader(f"Best experiments at d{depth}" if depth is not None else "Best experiments by depth")
-board = fmt.best_runs_table(runs, db.experiment_names(url), depth)
+nulls = {x["id"] for x in db.experiments(url) if views.is_null(x)}
+board = fmt.best_runs_table(runs, db.experiment_names(url), depth, nulls=nulls)
 if not board.empty:
     st.dataframe(board, hide_index=True, placeholder=fmt.MISSING, width="stretch", column_config={
         "seeds": st.column_config.NumberColumn(help="finished ok runs (seeds) the mean is over"),
@@ -82,7 +83,8 @@ if not board.empty:
         "details": st.column_config.LinkColumn("details", display_text="experiment ↗")})
     st.caption(f"every finished run, from searches, speedruns or `model.train` by hand (`python -m leaderboard "
                f"ingest RUN_DIR`), as one row per experiment and rung (one training budget): ranked by the mean "
-               f"final val_bpb over its seeds, top {fmt.BEST_PER_DEPTH}"
+               f"final val_bpb over its seeds, top {fmt.BEST_PER_DEPTH}; a search's nulls (its baseline again, run "
+               f"to measure the noise) are not ranked"
                + (f"; only d{depth}, the depth of track {shown['name']}" if depth is not None else ""))
 else:
     st.info(f"No finished runs at d{depth} yet." if depth is not None else "No finished runs yet.")

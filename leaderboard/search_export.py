@@ -23,7 +23,6 @@ from typing import Any
 from leaderboard import views
 from leaderboard.dashboard_format import verdict_words
 from leaderboard.errors import LeaderboardError
-from leaderboard.schema import NOISE_FLOOR_PROPOSER
 from leaderboard.store import Store
 
 RESULTS_COLUMNS = ("experiment", "role", "change", "rung", "runs", "ok", "val_bpb_mean", "val_bpb_std", "mean_d",
@@ -52,11 +51,9 @@ class SearchExport:
         self.rungs = [f["rung"] for f in self.summary["funnel"]]
 
     def role(self, experiment_id: str) -> str:
-        x = self.experiments[experiment_id]
         if experiment_id == self.baseline_id:
             return "baseline"
-        replica = isinstance(x["extra"], dict) and x["extra"].get("replica")
-        return "null" if x["proposer"] == NOISE_FLOOR_PROPOSER or replica else "candidate"
+        return "null" if views.is_null(self.experiments[experiment_id]) else "candidate"
 
     def name(self, experiment_id: str | None) -> str:
         if experiment_id is None:

@@ -30,6 +30,13 @@ def _finish_order(run: dict[str, Any]) -> tuple:
     return (run["finished_at"] is None, run["finished_at"] or _NEVER, run["id"])
 
 
+def is_null(experiment: dict[str, Any]) -> bool:
+    """Whether an experiments row is a null: the search's noise-floor replica or an A/A null replica. Both are the
+    baseline's model again under another name, run to measure the noise: never a change to rank or promote."""
+    extra = experiment.get("extra")
+    return experiment.get("proposer") == NOISE_FLOOR_PROPOSER or bool(isinstance(extra, dict) and extra.get("replica"))
+
+
 def search_summary(store: Store, search_id: int) -> dict[str, Any] | None:
     """What the dashboard's search page shows, or None for an unknown search:
 
@@ -59,7 +66,7 @@ def search_summary(store: Store, search_id: int) -> dict[str, Any] | None:
     involved = store.experiments_by_id({x["experiment_id"] for x in runs} | {x["experiment_id"] for x in decided},
                                        columns=("id", "proposer", "extra"))
     noise = {x["id"] for x in involved if x["proposer"] == NOISE_FLOOR_PROPOSER}
-    replicas = {x["id"] for x in involved if isinstance(x["extra"], dict) and x["extra"].get("replica")}
+    nulls = {x["id"] for x in involved if is_null(x)}  # the noise-floor replica and the A/A nulls
     verdicts = list(dict.fromkeys((x["from_rung"], x["to_rung"], x["verdict"], x["experiment_id"]) for x in decided))
 
     baseline_id = search_baseline(search, decided)
@@ -74,14 +81,14 @@ def search_summary(store: Store, search_id: int) -> dict[str, Any] | None:
         if run["experiment_id"] not in noise:
             ran_at.setdefault(run["rung"], set()).add(run["experiment_id"])
         role = ("baseline" if run["experiment_id"] == baseline_id else
-                "null" if run["experiment_id"] in noise | replicas else "candidate")
+                "null" if run["experiment_id"] in nulls else "candidate")
         trials.append({"run_id": run["id"], "experiment_id": run["experiment_id"], "rung": run["rung"],
                        "seed": run["seed"], "status": run["status"], "finished_at": run["finished_at"],
                        "val_bpb": run["val_bpb"], "role": role, "best_decided": None})
     # Each promotion of a change goes to the last run of its rung that finished before it was decided.
     promoted_at: dict[int, float] = {}
     for d in decided:
-        if d["verdict"] != "promote" or d["mean_delta"] is None or d["experiment_id"] in noise | replicas:
+        if d["verdict"] != "promote" or d["mean_delta"] is None or d["experiment_id"] in nulls:
             continue
         before = [i for i, t in enumerate(trials) if t["rung"] == d["from_rung"]
                   and (d["created_at"] is None or t["finished_at"] <= d["created_at"])]
@@ -103,7 +110,7 @@ def search_summary(store: Store, search_id: int) -> dict[str, Any] | None:
     baseline = {baseline_id} if baseline_id else set()
     best = [{"experiment_id": s.experiment_id, "rung": s.rung, "mean_delta": s.mean_delta,
              "n": n_at.get((s.experiment_id, s.rung)), "beats_baseline": s.beats_baseline()}
-            for s in ranking.standings(decided, order, exclude=noise | replicas | baseline)]
+            for s in ranking.standings(decided, order, exclude=nulls | baseline)]
     with_verdict: dict[tuple[str, str], set[str]] = {}
     promoted_into: dict[str, set[str]] = {}
     for from_rung, to_rung, verdict, experiment_id in verdicts:
@@ -125,7 +132,7 @@ def search_summary(store: Store, search_id: int) -> dict[str, Any] | None:
     device_hours = sum(store.device_seconds(search_id).values()) / 3600.0
     return {"search": search, "n_proposed": n_proposed, "runs_by_status": runs_by_status,
             "training_hours": hours, "device_hours": device_hours, "trials": trials, "best": best, "funnel": funnel,
-            "replications": [r for r in replications(decided) if r["experiment_id"] not in noise | replicas]}
+            "replications": [r for r in replications(decided) if r["experiment_id"] not in nulls]}
 
 
 def search_baseline(search: dict[str, Any], decisions: list[dict[str, Any]]) -> str | None:

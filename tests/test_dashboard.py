@@ -205,6 +205,35 @@ def test_best_experiments_rank_by_the_mean_over_seeds_within_the_tracks_depth(mo
     assert not [d for d in at.dataframe if "training time" in d.value.columns]
 
 
+def test_best_experiments_never_rank_a_searchs_nulls(monkeypatch, seeded, tmp_path):
+    """A null is the baseline again, run to measure the noise: a lucky one must not top the table as if it were a
+    change, whether it is the noise-floor replica or an A/A null replica."""
+    import shutil
+    db = tmp_path / "with-nulls.db"
+    shutil.copyfile(seeded.removeprefix("sqlite:///"), db)
+    url = f"sqlite:///{db}"
+    with Store(url) as store:
+        search_id = store.searches()[0]["id"]
+        nulls = {"floor0000006": Experiment(id="floor0000006", name="null (init seed)", proposer="noise-floor",
+                                            extra={"replica": 999}, created_at=T0),
+                 "aanull000007": Experiment(id="aanull000007", name="null (A/A 1)", proposer="agent",
+                                            extra={"replica": 1}, created_at=T0)}
+        for i, (exp_id, experiment) in enumerate(nulls.items()):
+            store.record_experiment(experiment, search_id=search_id)
+            for seed_ in (0, 1):  # luckier than every change at d2
+                store.record_run(Run(experiment_id=exp_id, rung="d2", seed=seed_, status="ok", depth=2, world_size=1,
+                                     started_at=T0, finished_at=T0 + timedelta(minutes=5), val_bpb=1.90 + 0.01 * i,
+                                     config=_config("d2", seed_, {}), search_id=search_id), _curve(1.90))
+    board = frame_with(render(monkeypatch, url), "training time")
+    d2 = board[board["depth"] == "d2"]
+    assert list(d2["experiment"]) == ["smear", "lone run", "baseline", "backout"]
+    assert list(d2["#"]) == [1, 2, 3, 4]
+    # The same runs without the rule: the nulls would have ranked first and second.
+    with Store(url) as store:
+        unfiltered = fmt.best_runs_table(store.runs(status="ok"), {x: e.name for x, e in nulls.items()}, None)
+    assert list(unfiltered[unfiltered["depth"] == "d2"]["experiment"])[:2] == ["null (init seed)", "null (A/A 1)"]
+
+
 # ------------------------------------------------------------------------------------------------ search
 
 def test_search_page_funnel_decisions_trials_and_agent_spend(monkeypatch, seeded):
