@@ -55,7 +55,7 @@ from harness.preparation import (
 from harness.proposers import Proposal, Proposer
 from harness.runs import Outcome, failed_for_the_machine
 from harness.search_config import SearchConfig, SearchError, build_parser, resolve
-from harness.steering import Course, SteeringConfig, available_categories, course
+from harness.steering import Course, SteeringConfig, available_categories, course, n_decisions
 from leaderboard import ranking
 from leaderboard.ranking import Standing
 from leaderboard.schema import NOISE_FLOOR_PROPOSER, RUN_STATUSES
@@ -299,13 +299,15 @@ class Search:
     def want_proposal(self) -> bool:
         if self.failed or self.proposals_exhausted or self.proposals_made >= self.trials or self.out_of_budget():
             return False
+        if not self.course.open:
+            return False  # every category paused: the running experiments' decisions may lift a pause (loop)
         return len(self.pool) + len(self.needed()) < self.parallel
 
     def steer(self) -> None:
         """The course from the records (harness/steering.py), said when it changes, and handed to the proposer."""
         experiments = {c.experiment.id: change_categories(c.experiment.tweaks, c.experiment.patch)
                        for c in self.candidates.values() if not c.experiment.replica}
-        decisions = self.store.decisions(search_id=self.search_id, columns=("experiment_id", "verdict"))
+        decisions = self.store.decisions(search_id=self.search_id, columns=("experiment_id", "verdict", "created_at"))
         runs = [r for r in self.store.runs(search_id=self.search_id, columns=("experiment_id", "status", "reason", "finished_at"))
                 if r["status"] != "running" and r["experiment_id"] in experiments
                 and not failed_for_the_machine(r["status"], r.get("reason"))]
@@ -318,15 +320,16 @@ class Search:
                     self.say(line)
             if self.course.stalled_for and not new.stalled_for:
                 self.say("plateau over: a promotion; proposals from every open category again")
+            for c in sorted(set(self.course.paused) - set(new.paused)):
+                self.say(f"pause over: {c} proposals again after {n_decisions(self.steering.pause_for)} on other kinds "
+                         f"of change, on probation (a new burst of failed runs pauses them again)")
         self.course = new
         self.proposer.steer(new)
 
     def propose(self) -> None:
         self.steer()
         if not self.course.open:
-            self.proposals_exhausted = True
-            self.say("every category of change is paused for failed runs: no more proposals")
-            return
+            return  # want_proposal says no until a pause lifts (loop)
         proposals = self.proposer.propose(1, remaining=self.trials - self.proposals_made)
         if not proposals and self.course.paused:
             self.proposals_exhausted = True
@@ -694,6 +697,7 @@ class Search:
         """Propose, run and decide until the trials, the budget or the proposals run out."""
         while True:
             self.decide_ready()
+            self.steer()  # decisions may have paused a category or lifted a pause
             while self.want_proposal():
                 before = self.proposals_made
                 self.propose()
@@ -709,6 +713,10 @@ class Search:
                 self.submit(exp, index, slot)
             if not self.pool:
                 if not self.needed() and not self.want_proposal():
+                    if not self.course.open and not self.proposals_exhausted:
+                        self.proposals_exhausted = True
+                        self.say("every category of change is paused for failed runs and nothing is left to decide "
+                                 "that could lift a pause: no more proposals")
                     break
                 continue
             while not self.collect():

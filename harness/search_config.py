@@ -70,6 +70,9 @@ def build_parser() -> ArgumentParser:
                    help="the last M finished runs of a category of change looked at for failures")
     p.add_argument("--failure-share", type=float, default=0.5, metavar="F",
                    help="pause proposals of a category when more than this share of its last M runs failed; 1: never")
+    p.add_argument("--pause-for", type=int, default=6, metavar="P",
+                   help="a paused category opens again, on probation, after P more decisions (a new burst pauses it "
+                        "again); 0: paused for the rest of the search")
     p.add_argument("--insights-every", type=int, default=4, metavar="K",
                    help="the agent distils the evidence into insights after every K decisions and at the end (kept per "
                         "tier and space for the next search); 0: only at the end")
@@ -147,8 +150,11 @@ def read_enqueue_file(path: str, space: Space) -> list[Proposal]:
 
 
 def check_steering_args(args) -> SteeringConfig:
-    """--plateau, --failure-window, --failure-share and --insights-every, checked."""
+    """--plateau, --failure-window, --failure-share, --pause-for and --insights-every, checked."""
     plateau, window, share, every = args.plateau, args.failure_window, args.failure_share, args.insights_every
+    if args.pause_for < 0:
+        raise SearchError(f"--pause-for {args.pause_for}: expected a non-negative number of decisions "
+                          "(0: paused for the rest of the search)")
     if plateau < 0:
         raise SearchError(f"--plateau {plateau}: expected a non-negative number of decisions (0: never)")
     if window < 1:
@@ -157,7 +163,7 @@ def check_steering_args(args) -> SteeringConfig:
         raise SearchError(f"--failure-share {share}: expected a share in (0, 1] (1: never pause)")
     if every < 0:
         raise SearchError(f"--insights-every {every}: expected a non-negative number of decisions (0: only at the end)")
-    return SteeringConfig(plateau=plateau, failure_window=window, failure_share=share)
+    return SteeringConfig(plateau=plateau, failure_window=window, failure_share=share, pause_for=args.pause_for)
 
 
 def check_agent_args(args) -> None:

@@ -10,8 +10,12 @@ Two signals, both read from the search's own records (so a resumed search steers
   be widened, which the search says.
 - A failure burst: in the last M finished runs of a category's experiments (--failure-window M), more than a share
   (--failure-share) failed. That category is paused: the agent is told and its proposals touching it are refused;
-  the Optuna proposer's draws that turn one of its knobs are pruned. A paused category gets no new runs, so
-  it stays paused for the search; when every category is paused, the search stops proposing.
+  the Optuna proposer's draws that turn one of its knobs are pruned. A pause is a circuit breaker, not a verdict
+  on the category: after P more decisions on other kinds of change (--pause-for P; 0: for the rest of the search)
+  it opens again on probation, its failure window started afresh (the runs that paused it, and those that finished
+  during the pause, no longer count), so only a new burst pauses it again; the agent is told it is on probation
+  until its next M runs are in. While every category is paused the search proposes nothing; with nothing running
+  to decide (so nothing to lift a pause) it stops proposing.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class SteeringConfig:
     plateau: int = 6             # decisions without a promotion that make a plateau (0: never)
     failure_window: int = 6      # the last M finished runs of a category that are looked at
     failure_share: float = 0.5   # pause a category when more than this share of its last M runs failed (1: never)
+    pause_for: int = 6           # decisions after which a paused category opens again, on probation (0: never)
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ class Course:
     stalled_for: int = 0                    # decisions in a row without a promotion, once they make a plateau
     leave: str | None = None                # the category the plateau circled in
     paused: dict[str, str] = field(default_factory=dict)  # category -> why it is paused
+    probation: dict[str, str] = field(default_factory=dict)  # category -> why: open again after a pause
+    pause_for: int = 0                      # decisions a pause lasts (0: the rest of the search)
 
     @property
     def open(self) -> tuple[str, ...]:
@@ -62,7 +69,11 @@ class Course:
                 out.append(f"plateau: {self.stalled_for} decisions in a row without a promotion and no other category "
                            "in this space: widen it (--space all, or --allow-patches with the agent)")
         for c, why in sorted(self.paused.items()):
-            out.append(f"paused: {c} proposals ({why}); the search goes on with the others")
+            out.append(f"paused: {c} proposals ({why}); the search goes on with the others"
+                       + (f" and opens {c} again after {n_decisions(self.pause_for)} on them" if self.pause_for else ""))
+        for c, why in sorted(self.probation.items()):
+            out.append(f"probation: {c} proposals are open again ({why}); a new burst of failed runs pauses them "
+                       "again: prefer the cautious end of its knobs")
         return out
 
 
@@ -90,13 +101,53 @@ def course(config: SteeringConfig, decisions: list[dict], experiments: dict[str,
             leave = max(counts, key=lambda c: (counts[c], last_seen[c]))
             if not [c for c in available if c != leave]:
                 leave = None
-    paused = {}  # (a share of 1 never pauses: no more than all runs can fail)
+    paused, probation = {}, {}
     for c in available:
-        mine = [r for r in runs if c in experiments.get(r["experiment_id"], ())][-config.failure_window:]
-        bad = sum(r["status"] in failed for r in mine)
-        if len(mine) >= config.failure_window and bad / len(mine) > config.failure_share:
-            paused[c] = f"{bad} of its last {len(mine)} runs failed"
-    return Course(available=available, stalled_for=stalled_for, leave=leave, paused=paused)
+        # A pause lasts for decisions on the other categories' changes: those on the paused kind's own failures
+        # (made just after its burst) say nothing new.
+        others = [d.get("created_at") for d in final if c not in experiments[d["experiment_id"]]]
+        why, reopened = pause_state(config, [r for r in runs if c in experiments.get(r["experiment_id"], ())],
+                                    others, failed)
+        if why:
+            paused[c] = why
+        elif reopened:
+            probation[c] = reopened
+    return Course(available=available, stalled_for=stalled_for, leave=leave, paused=paused, probation=probation,
+                  pause_for=config.pause_for)
+
+
+def pause_state(config: SteeringConfig, runs: list[dict], decided_at: list, failed: tuple[str, ...]
+                ) -> tuple[str | None, str | None]:
+    """One category's pause from its finished runs (in finish order) and when the decisions on other kinds of change
+    were made: (why it is paused, or None; why it is on probation, or None). The runs are replayed in order: a burst pauses
+    the category when its run finished; the pause lifts once `pause_for` decisions were made after that, and the
+    failure window then starts with the next run. Probation lasts until a full window of runs is in without a burst.
+    A pause that began at an unknown time (a run without finished_at) never lifts."""
+    window, share = config.failure_window, config.failure_share
+
+    def lifted(since, until=None) -> bool:
+        return bool(config.pause_for) and since is not None and sum(
+            1 for t in decided_at if t is not None and t > since and (until is None or t < until)) >= config.pause_for
+
+    start, paused_at, why, reopened = 0, None, None, None
+    for i, run in enumerate(runs):
+        if why is not None:
+            if not lifted(paused_at, run.get("finished_at") or None):
+                continue  # finished during the pause (it was queued before): it neither extends nor ends it
+            start, why, reopened = i, None, f"paused after {why}, then {n_decisions(config.pause_for)} on others"
+        last = runs[start:i + 1][-window:]
+        bad = sum(r["status"] in failed for r in last)
+        if len(last) >= window and bad / len(last) > share:  # (a share of 1 never pauses: no more than all can fail)
+            paused_at, why, reopened = run.get("finished_at"), f"{bad} of its last {len(last)} runs failed", None
+    if why is not None and lifted(paused_at):
+        start, why, reopened = len(runs), None, f"paused after {why}, then {n_decisions(config.pause_for)} on others"
+    if reopened and len(runs) - start >= window:
+        reopened = None  # a full window since the pause lifted, and no new burst: off probation
+    return why, reopened
+
+
+def n_decisions(n: int) -> str:
+    return f"{n} decision" + ("" if n == 1 else "s")
 
 
 def available_categories(space: Space, patches: bool) -> tuple[str, ...]:

@@ -641,29 +641,43 @@ def test_a_plateau_makes_the_next_request_leave_the_category_it_circled_in(tmp_p
 
 
 def test_a_burst_of_failing_proposals_pauses_that_category_and_the_search_goes_on_with_the_others(tmp_path):
+    from datetime import UTC, datetime
     s = Searching(tmp_path)
     for tweaks in ({"matrix_lr": 0.29}, {"embedding_lr": 2.9}):  # optimizer changes that diverge
         exp = s.experiment(tweaks, proposer="agent", rationale="big LR", extra={"falsification": "d >= 0"})
         s.store.record_experiment(exp.record(), search_id=s.search_id)
         for seed in (0, 1):
             s.store.record_run(Run(experiment_id=exp.id, rung="d2", seed=seed, status="diverged", reason="loss is NaN",
-                                   search_id=s.search_id))
+                                   finished_at=datetime.now(UTC), search_id=s.search_id))
     answer = [{"tweaks": {"unembedding_lr": 0.09}, "rationale": "yet another LR", "falsification": "d >= 0"},
               {"tweaks": {"softcap": 30.0}, "rationale": "a looser cap", "falsification": "d >= 0"}]
-    with FakeAnthropic([tool_use(answer)]) as fake:
-        search = searching_with(s, s.agent(fake), tmp_path, failure_window=4, failure_share=0.5)
+    retry = [{"tweaks": {"unembedding_lr": 0.006}, "rationale": "a gentler LR", "falsification": "d >= 0"}]
+    with FakeAnthropic([tool_use(answer), tool_use(retry)]) as fake:
+        search = searching_with(s, s.agent(fake), tmp_path, failure_window=4, failure_share=0.5, pause_for=1)
         search.restore()
         search.propose()
-    prompt = user_text(fake.bodies()[0])
-    assert "- paused: optimizer proposals (4 of its last 4 runs failed); the search goes on with the others" in prompt
-    assert "Open now: architecture, schedule." in prompt
-    assert [c.experiment.tweaks for c in search.candidates.values()][-1] == {"softcap": 30.0}
-    [refused] = s.store.rejected_proposals(s.search_id)
-    assert refused["reason"] == "proposal 1: the optimizer category is paused (4 of its last 4 runs failed)"
-    assert "paused: optimizer proposals" in search.out.getvalue()
-    # The Optuna fallback keeps the pause too: its samples turn no optimizer knob.
-    fallback = search.proposer.optuna.propose(5)
-    assert all("optimizer" not in change_categories(p.tweaks) for p in fallback)
+        prompt = user_text(fake.bodies()[0])
+        assert ("- paused: optimizer proposals (4 of its last 4 runs failed); the search goes on with the others and "
+                "opens optimizer again after 1 decision on them") in prompt
+        assert "Open now: architecture, schedule." in prompt
+        assert [c.experiment.tweaks for c in search.candidates.values()][-1] == {"softcap": 30.0}
+        [refused] = s.store.rejected_proposals(s.search_id)
+        assert refused["reason"] == "proposal 1: the optimizer category is paused (4 of its last 4 runs failed)"
+        assert "paused: optimizer proposals" in search.out.getvalue()
+        # The Optuna fallback keeps the pause too: its samples turn no optimizer knob.
+        fallback = search.proposer.optuna.propose(5)
+        assert all("optimizer" not in change_categories(p.tweaks) for p in fallback)
+        # A decision on another kind of change lifts the pause: optimizer is open again, on probation.
+        softcap = [c for c in search.candidates.values() if c.experiment.tweaks == {"softcap": 30.0}][0]
+        s.store.record_decision(Decision(experiment_id=softcap.experiment.id, from_rung="d2", verdict="reject",
+                                         search_id=s.search_id, mean_delta=0.0004, std_error=0.001, p_value=0.6, n=2,
+                                         kind=softcap.experiment.kind, mde=0.003))
+        search.propose()
+    assert "pause over: optimizer proposals again after 1 decision on other kinds of change, on probation" in search.out.getvalue()
+    prompt = user_text(fake.bodies()[1])
+    assert "- probation: optimizer proposals are open again (paused after 4 of its last 4 runs failed, then 1 decision on others)" in prompt
+    assert "paused:" not in prompt
+    assert [c.experiment.tweaks for c in search.candidates.values()][-1] == {"unembedding_lr": 0.006}
 
 
 def test_when_every_category_is_paused_the_search_stops_proposing(tmp_path):
@@ -675,9 +689,15 @@ def test_when_every_category_is_paused_the_search_stops_proposing(tmp_path):
     optuna_proposer = OptunaProposer(s.space, s.url, "nanoresearch:s")
     search = searching_with(s, optuna_proposer, tmp_path, failure_window=1)
     search.restore()
-    search.propose()
-    assert search.proposals_exhausted and len(search.candidates) == 3
-    assert "every category of change is paused for failed runs" in search.out.getvalue()
+    search.steer()
+    assert search.course.open == () and not search.want_proposal()  # no proposal while every category is paused
+    # With nothing running and nothing left to run (the baseline's seeds taken as done), no decision can lift a pause:
+    # the loop ends without proposing.
+    search.needed = lambda: []
+    assert search.loop() == "finished"
+    assert search.proposals_exhausted and len(search.candidates) == 3 and not search.pool
+    assert ("every category of change is paused for failed runs and nothing is left to decide that could lift a "
+            "pause: no more proposals") in search.out.getvalue()
 
 
 # -----------------------------------------------------------------------------------------------------------

@@ -20,9 +20,12 @@ def test_flags_resolve_into_one_typed_config(monkeypatch):
     assert [r.name for r in c.tier.rungs] == ["d2"] and all(r.seeds == 2 for r in c.tier.rungs)
     assert c.flags["parallel"] == c.parallel == c.tier.parallel  # the resolved value is what the search records
     assert "slurm_setup" not in c.flags
-    assert (c.steering.plateau, c.steering.failure_window, c.steering.failure_share, c.insights_every) == (6, 6, 0.5, 4)
-    steered = config_of("--plateau", "3", "--failure-window", "4", "--failure-share", "0.75", "--insights-every", "0")
-    assert (steered.steering.plateau, steered.steering.failure_window, steered.steering.failure_share) == (3, 4, 0.75)
+    assert (c.steering.plateau, c.steering.failure_window, c.steering.failure_share, c.steering.pause_for,
+            c.insights_every) == (6, 6, 0.5, 6, 4)
+    steered = config_of("--plateau", "3", "--failure-window", "4", "--failure-share", "0.75", "--pause-for", "0",
+                        "--insights-every", "0")
+    assert (steered.steering.plateau, steered.steering.failure_window, steered.steering.failure_share,
+            steered.steering.pause_for) == (3, 4, 0.75, 0)
     assert steered.insights_every == 0 and steered.flags["plateau"] == 3  # recorded with the search
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
     assert config_of().proposer == "agent" and config_of().agent.batch == 2
@@ -48,6 +51,7 @@ def test_an_aa_config_splits_its_nulls_over_controls_on_disjoint_seeds():
     (["--failure-window", "0"], "--failure-window 0: expected a positive number of runs"),
     (["--failure-share", "0"], "--failure-share 0.0: expected a share in (0, 1]"),
     (["--failure-share", "1.5"], "--failure-share 1.5: expected a share in (0, 1]"),
+    (["--pause-for", "-1"], "--pause-for -1: expected a non-negative number of decisions"),
     (["--insights-every", "-2"], "--insights-every -2: expected a non-negative number of decisions"),
 ])
 def test_bad_flags_are_refused_before_anything_runs(tmp_path, argv, needle):

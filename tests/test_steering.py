@@ -106,9 +106,52 @@ def test_a_burst_of_failed_runs_pauses_that_category_only():
     assert c.refusal(frozenset({"architecture", "optimizer"})).startswith("the architecture category is paused")
     assert c.refusal(frozenset({"optimizer"})) is None
     # Exactly half failed is not more than half; fewer runs than the window decide nothing; share 1 never pauses.
-    assert course(config, [], CATS, runs[:6] + [{"experiment_id": "a3", "status": "ok"}], ALL, ("crash", "oom")).paused == {}
+    half = [{"experiment_id": e, "status": st} for e, st in [("a1", "crash"), ("a1", "ok"), ("a2", "oom"), ("a2", "ok")]]
+    assert course(config, [], CATS, half, ALL, ("crash", "oom")).paused == {}
     assert course(config, [], CATS, runs[1:3], ALL, ("crash", "oom")).paused == {}
     assert course(SteeringConfig(failure_window=2, failure_share=1.0), [], CATS, runs, ALL, ("crash", "oom")).paused == {}
+
+
+def test_a_pause_lifts_after_its_decisions_on_probation_and_a_new_burst_pauses_again():
+    """The pause as a circuit breaker, replayed from the records: paused by a burst, open again after P decisions
+    with its failure window started afresh, off probation after a clean window, paused again by a new burst."""
+    from datetime import datetime, timedelta
+    t0 = datetime(2026, 1, 1)
+
+    def at(minute: int) -> datetime:
+        return t0 + timedelta(minutes=minute)
+
+    def run(minute: int, status: str, experiment: str = "a1") -> dict:
+        return {"experiment_id": experiment, "status": status, "finished_at": at(minute)}
+
+    def decided(*minutes: int) -> list[dict]:
+        return [{"experiment_id": "o1", "verdict": "reject", "created_at": at(m)} for m in minutes]
+
+    config = SteeringConfig(plateau=0, failure_window=2, failure_share=0.5, pause_for=2)
+    failed = ("crash",)
+    burst = [run(1, "crash"), run(2, "crash")]
+    paused = course(config, decided(3), CATS, burst, ALL, failed)
+    assert paused.paused == {"architecture": "2 of its last 2 runs failed"} and paused.probation == {}
+    assert "opens architecture again after 2 decisions on them" in paused.lines()[0]
+    # Decisions made before the burst do not count; the second one after it lifts the pause.
+    assert course(config, decided(0, 0, 3), CATS, burst, ALL, failed).paused
+    lifted = course(config, decided(3, 4), CATS, burst, ALL, failed)
+    assert lifted.paused == {} and lifted.probation == {"architecture": "paused after 2 of its last 2 runs failed, then 2 decisions on others"}
+    assert lifted.open == ALL and lifted.lines()[0].startswith("probation: architecture proposals are open again")
+    # A run that finished during the pause (it was queued before) neither extends nor ends it.
+    assert course(config, decided(4, 6), CATS, burst + [run(5, "crash")], ALL, failed).probation
+    # On probation the window starts afresh: one failure is not a burst; two are.
+    after = burst + [run(7, "crash")]
+    assert course(config, decided(3, 4), CATS, after, ALL, failed).probation
+    again = course(config, decided(3, 4), CATS, after + [run(8, "crash")], ALL, failed)
+    assert again.paused == {"architecture": "2 of its last 2 runs failed"}
+    # A full clean window ends probation; --pause-for 0 never lifts; a pause of unknown start never lifts.
+    clean = course(config, decided(3, 4), CATS, burst + [run(7, "ok"), run(8, "ok")], ALL, failed)
+    assert clean.paused == {} and clean.probation == {}
+    forever = SteeringConfig(plateau=0, failure_window=2, failure_share=0.5, pause_for=0)
+    assert course(forever, decided(*range(3, 30)), CATS, burst, ALL, failed).paused
+    unknown = [{"experiment_id": "a1", "status": "crash"}] * 2
+    assert course(config, decided(*range(3, 30)), CATS, unknown, ALL, failed).paused
 
 
 def test_optuna_under_a_pause_never_proposes_a_paused_knob_and_explores_at_random_on_a_plateau(tmp_path):
