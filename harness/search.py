@@ -351,7 +351,14 @@ class Search:
                     self.proposer.observe(exp.id, 0.0)
                 if self.duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
                     self.proposals_exhausted = True
-                    self.say(f"the proposer returned {MAX_DUPLICATES_IN_A_ROW} duplicates in a row: no more proposals")
+                    self.say(f"the proposer returned {MAX_DUPLICATES_IN_A_ROW} duplicates or no-ops in a row: no more "
+                             "proposals")
+                continue
+            if (same := self.same_model_as_baseline(exp)) is not None:
+                self.duplicates_in_a_row += 1
+                self.say(f"proposal {exp.describe()} is a no-op: {same}: dropped")
+                self.record_rejected(proposal, f"a no-op: {same}")
+                self.proposer.observe(exp.id, 0.0)  # Optuna's trial: exactly the baseline, a delta of 0
                 continue
             self.duplicates_in_a_row = 0
             self.store.record_experiment(exp.record(), search_id=self.search_id)
@@ -362,6 +369,29 @@ class Search:
             self.say(f"trial {self.proposals_made}/{self.trials} from {proposal.proposer} ({exp.kind}): {self.label(exp)}{why}")
         if not self.proposals_made and not self.proposer_can_continue():
             self.proposals_exhausted = True
+
+    def same_model_as_baseline(self, exp: Experiment) -> str | None:
+        """Why a proposal trains exactly the baseline's model at the first rung (None: it does not, or it has a code
+        patch, or it is a null). Its settings, resolved as model.train resolves them, are compared with the
+        baseline's (model.config: ModelConfig.effective_settings), so a knob set to its default, or a window
+        pattern at a depth or sequence where every window is full, is caught before any run; the ladder's
+        bit-for-bit check catches the no-ops this cannot see."""
+        if exp.patch or exp.replica or not exp.tweaks:
+            return None
+        from model.config import TIERS, ConfigError, resolve_configs, to_dict
+        rung = self.tier.rungs[0]
+
+        def settings(e: Experiment) -> tuple:
+            overrides = {**({"fp8": True} if rung.fp8 else {}), **e.overrides(self.tier.baseline, self.recipe.overrides)}
+            model, optim, train = resolve_configs(TIERS[self.tier.train_tier], rung.depth, overrides)
+            return model.effective_settings(), to_dict(optim), to_dict(train)
+
+        try:
+            if settings(exp) != settings(self.baseline):
+                return None
+        except (ConfigError, KeyError, TypeError, ValueError):
+            return None  # a value the run itself must reject, with its own message
+        return f"at {rung.name} it resolves to the baseline's model, optimizer and training settings"
 
     def record_hypothesis(self, exp: Experiment) -> None:
         """A proposal's claim into the ledger (harness/hypotheses.py): its rationale and falsification criterion.

@@ -173,6 +173,17 @@ class ModelConfig:
         sizes[-1] = None
         return sizes
 
+    def effective_settings(self) -> dict:
+        """The settings that decide the function this model computes and trains as: every field, except that the
+        window settings (window_pattern, short_window_frac, short_window_multiple) count only through the per-layer
+        windows they give, and a window at least as long as the sequence is full attention (the last layer's
+        always is: at depth 1 every pattern is the same model). Equal effective settings, equal model."""
+        out = to_dict(self)
+        for key in ("window_pattern", "short_window_frac", "short_window_multiple"):
+            del out[key]
+        out["windows"] = [None if w is None or w >= self.sequence_len else w for w in self.window_sizes()]
+        return out
+
     def has_value_embed(self, layer: int) -> bool:
         """Value embeddings on alternating layers, counted back from the last so the last layer always has one."""
         return self.value_embeds and layer % 2 == (self.depth - 1) % 2
@@ -336,6 +347,27 @@ TIERS: dict[str, dict[str, object]] = {
 CONFIG_CLASSES = (ModelConfig, OptimConfig, TrainConfig)
 
 
+def resolve_configs(tier: dict[str, object], depth: int, overrides: dict[str, object],
+                    train_flags: dict[str, object] | None = None) -> tuple[ModelConfig, OptimConfig, TrainConfig]:
+    """The three configs a run trains with: the tier's settings, then the --set overrides (strings are parsed),
+    then train flags that are not None (later wins); a total_batch_size of 0 becomes nanochat's batch for the
+    depth. Each is validated (ConfigError)."""
+    model_over, optim_over, train_over = split_overrides(overrides)
+    train_values = {k: v for k, v in tier.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    train_values.update(train_over)
+    train_values.update({k: v for k, v in (train_flags or {}).items() if v is not None})
+    train = TrainConfig(**train_values)
+    train.validate()
+    model_values = {k: v for k, v in tier.items() if k in {f.name for f in dataclasses.fields(ModelConfig)}}
+    model_values.update(model_over)
+    model = ModelConfig.from_depth(depth, **model_values)
+    optim = OptimConfig(**optim_over)
+    optim.validate()
+    if train.total_batch_size == 0:  # the tier (or --set) asks for nanochat's batch for this depth
+        train = dataclasses.replace(train, total_batch_size=auto_batch_size(model))
+    return model, optim, train
+
+
 def field_owner(key: str) -> type:
     for cls in CONFIG_CLASSES:
         if key in {f.name for f in dataclasses.fields(cls)}:
@@ -438,5 +470,5 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-__all__ = ["ModelConfig", "OptimConfig", "TrainConfig", "ConfigError", "Legal", "TIERS", "split_overrides",
+__all__ = ["ModelConfig", "OptimConfig", "TrainConfig", "ConfigError", "Legal", "TIERS", "resolve_configs", "split_overrides",
            "parse_set_args", "field_owner", "config_field", "to_dict"]

@@ -52,11 +52,10 @@ from model.config import (
     ModelConfig,
     OptimConfig,
     TrainConfig,
-    auto_batch_size,
     batch_lr_scale,
     depth_scaled_weight_decay,
     parse_set_args,
-    split_overrides,
+    resolve_configs,
 )
 from model.gpt import GPT, compute_dtype
 from model.hardware import describe, peak_flops, peak_memory_bytes, synchronize
@@ -181,22 +180,9 @@ def resolve_setup(args: argparse.Namespace, device: torch.device, world: int = 1
     tier_name = args.tier or ("gpu" if device.type == "cuda" else "cpu")
     tier = TIERS[tier_name]
     overrides = parse_set_args(args.set)
-    model_over, optim_over, train_over = split_overrides(overrides)
     flag_over = {"eval_every": args.eval_every, "eval_tokens": args.eval_tokens, "save_every": args.save_every,
                  "core_every": args.core_every, "compile": args.compile}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    train_values = {k: v for k, v in tier.items() if k in train_fields}
-    train_values.update(train_over)
-    train_values.update({k: v for k, v in flag_over.items() if v is not None})
-    train = TrainConfig(**train_values)
-    train.validate()
-    model_values = {k: v for k, v in tier.items() if k in {f.name for f in dataclasses.fields(ModelConfig)}}
-    model_values.update(model_over)
-    model_config = ModelConfig.from_depth(args.depth, **model_values)
-    optim = OptimConfig(**optim_over)
-    optim.validate()
-    if train.total_batch_size == 0:  # the tier (or --set) asks for nanochat's batch for this depth
-        train = dataclasses.replace(train, total_batch_size=auto_batch_size(model_config))
+    model_config, optim, train = resolve_configs(tier, args.depth, overrides, flag_over)
     # Batch: device_batch_size sequences per rank per micro-step, accumulated to total_batch_size tokens.
     tokens_per_micro = train.device_batch_size * model_config.sequence_len * world
     if train.total_batch_size % tokens_per_micro:

@@ -536,6 +536,33 @@ def test_a_change_whose_runs_are_the_baselines_bit_for_bit_is_decided_at_once_as
     assert "identical" not in other["reason"] and other["mean_delta"] != 0.0
 
 
+def test_a_proposal_that_resolves_to_the_baselines_model_is_dropped_before_it_runs(tmp_path):
+    from model.config import TIERS, resolve_configs
+    s = Searching(tmp_path)
+    rung = s.tier.rungs[0]
+    model, _, _ = resolve_configs(TIERS[s.tier.train_tier], rung.depth, s.baseline.overrides(s.tier.baseline, s.recipe.overrides))
+    assert model.window_sizes() == [128, None]  # the cpu tier's first rung: depth 2, one short window then full
+    # (A knob set to the baseline's own value never gets this far: the space refuses it. These differ as settings.)
+    answer = [{"tweaks": {"window_pattern": "SL"}, "rationale": "the same windows at depth 2", "falsification": "d >= 0"},
+              {"tweaks": {"window_pattern": "L"}, "rationale": "full attention everywhere", "falsification": "d >= 0"}]
+    with FakeAnthropic([tool_use(answer)]) as fake:
+        search = searching_with(s, s.agent(fake), tmp_path)
+        search.restore()
+        for _ in answer:
+            search.propose()
+    assert len(fake.requests) == 1
+    assert [c.experiment.tweaks for c in search.candidates.values()] == [{"window_pattern": "L"}]  # a real change
+    [refused] = s.store.rejected_proposals(s.search_id)
+    assert refused["payload"]["tweaks"] == {"window_pattern": "SL"}
+    why = f"at {rung.name} it resolves to the baseline's model, optimizer and training settings"
+    assert refused["reason"] == f"a no-op: {why}"
+    assert f"proposal window_pattern=SL is a no-op: {why}: dropped" in search.out.getvalue()
+    assert not s.store.experiments_by_id({s.experiment({"window_pattern": "SL"}).id})  # never recorded, never run
+    # Optuna is told the no-op scored exactly the baseline (a delta of 0), so TPE learns from it.
+    [done] = search.proposer.optuna.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert done.value == 0.0 and done.user_attrs["experiment_id"] == s.experiment({"window_pattern": "SL"}).id
+
+
 def insights_from(request: dict, texts: list[str]):
     """A record_insights answer citing the first hypothesis ids the request's evidence shows."""
     ids = [int(i) for i in re.findall(r'"kind": "hypothesis", "id": (\d+)', user_text(request["body"]))]

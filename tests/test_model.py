@@ -191,8 +191,25 @@ def test_each_switch_changes_the_computation(field, value):
     x = tokens()
     reference = randomize(build(base))(x)
     assert torch.equal(reference, randomize(build(base))(x)), "same config must give identical outputs"
-    changed = randomize(build(tiny_config(**{"window_pattern": "SSL", field: value})))(x)
+    changed_config = tiny_config(**{"window_pattern": "SSL", field: value})
+    changed = randomize(build(changed_config))(x)
     assert not torch.allclose(reference, changed, atol=1e-4), f"{field}={value} did not change the outputs"
+    assert changed_config.effective_settings() != base.effective_settings()  # the search's no-op check sees it
+
+
+@pytest.mark.parametrize("a,b", [
+    (dict(depth=1, window_pattern="SSSL"), dict(depth=1, window_pattern="L")),  # depth 1: its one layer is full
+    (dict(window_pattern="SSSL", short_window_frac=1.0), dict(window_pattern="L")),  # a window as long as the sequence
+    (dict(window_pattern="SL"), dict(window_pattern="SLSL")),  # the same windows at depth 3
+    (dict(short_window_frac=0.25, short_window_multiple=16), dict(short_window_frac=0.5)),  # both: 16 at 32 tokens
+], ids=["depth1", "full-window", "same-tiling", "same-short-window"])
+def test_configs_with_equal_effective_settings_compute_the_same_model(a, b):
+    """What the search's no-op check (harness/search.py) relies on: configs that differ in their fields but not in
+    their effective settings give the same parameters and the same outputs, bit for bit."""
+    first, second = tiny_config(**a), tiny_config(**b)
+    assert first != second and first.effective_settings() == second.effective_settings()
+    x = tokens()
+    assert torch.equal(randomize(build(first))(x), randomize(build(second))(x))
 
 
 INIT_SWITCHES = [  # field, value, the parameter whose initial values it sets
