@@ -349,16 +349,14 @@ class Search:
                     self.tell(existing)
                 elif exp.id == self.baseline.id:
                     self.proposer.observe(exp.id, 0.0)
-                if self.duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
-                    self.proposals_exhausted = True
-                    self.say(f"the proposer returned {MAX_DUPLICATES_IN_A_ROW} duplicates or no-ops in a row: no more "
-                             "proposals")
+                self.check_wasted_proposals()
                 continue
             if (same := self.same_model_as_baseline(exp)) is not None:
                 self.duplicates_in_a_row += 1
                 self.say(f"proposal {exp.describe()} is a no-op: {same}: dropped")
                 self.record_rejected(proposal, f"a no-op: {same}")
                 self.proposer.observe(exp.id, 0.0)  # Optuna's trial: exactly the baseline, a delta of 0
+                self.check_wasted_proposals()
                 continue
             self.duplicates_in_a_row = 0
             self.store.record_experiment(exp.record(), search_id=self.search_id)
@@ -370,10 +368,16 @@ class Search:
         if not self.proposals_made and not self.proposer_can_continue():
             self.proposals_exhausted = True
 
+    def check_wasted_proposals(self) -> None:
+        """A proposer that keeps returning duplicates or no-ops has nothing new left: stop asking it."""
+        if self.duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW and not self.proposals_exhausted:
+            self.proposals_exhausted = True
+            self.say(f"the proposer returned {MAX_DUPLICATES_IN_A_ROW} duplicates or no-ops in a row: no more proposals")
+
     def same_model_as_baseline(self, exp: Experiment) -> str | None:
         """Why a proposal trains exactly the baseline's model at the first rung (None: it does not, or it has a code
         patch, or it is a null). Its settings, resolved as model.train resolves them, are compared with the
-        baseline's (model.config: ModelConfig.effective_settings), so a knob set to its default, or a window
+        baseline's (model.config: ModelConfig.effective_settings), so a knob set to the baseline's value, or a window
         pattern at a depth or sequence where every window is full, is caught before any run; the ladder's
         bit-for-bit check catches the no-ops this cannot see."""
         if exp.patch or exp.replica or not exp.tweaks:

@@ -563,6 +563,30 @@ def test_a_proposal_that_resolves_to_the_baselines_model_is_dropped_before_it_ru
     assert done.value == 0.0 and done.user_attrs["experiment_id"] == s.experiment({"window_pattern": "SL"}).id
 
 
+def test_a_proposer_that_keeps_returning_no_ops_is_stopped(tmp_path):
+    from harness.proposers import Proposal, Proposer
+
+    class Stuck(Proposer):
+        name = "stuck"
+
+        def propose(self, n, remaining=None):
+            return [Proposal(tweaks={"window_pattern": "SL"}, proposer=self.name)]
+
+        def observe(self, experiment_id, value):
+            pass
+
+    s = Searching(tmp_path)
+    search = searching_with(s, Stuck(), tmp_path)
+    search.restore()
+    for _ in range(25):
+        if search.proposals_exhausted:
+            break
+        search.propose()
+    assert search.proposals_exhausted and not search.candidates
+    assert len(s.store.rejected_proposals(s.search_id)) == 20
+    assert "the proposer returned 20 duplicates or no-ops in a row: no more proposals" in search.out.getvalue()
+
+
 def insights_from(request: dict, texts: list[str]):
     """A record_insights answer citing the first hypothesis ids the request's evidence shows."""
     ids = [int(i) for i in re.findall(r'"kind": "hypothesis", "id": (\d+)', user_text(request["body"]))]
