@@ -316,7 +316,8 @@ class Search:
                      failed=tuple(s for s in RUN_STATUSES if s not in ("ok", "running")))
         if new != self.course:
             for line in new.lines():
-                if line not in self.course.lines():
+                # A plateau one decision longer is the same course: said once, when it begins or changes direction.
+                if line not in self.course.lines() and not (line == new.plateau_line() and new.same_plateau(self.course)):
                     self.say(line)
             if self.course.stalled_for and not new.stalled_for:
                 self.say("plateau over: a promotion; proposals from every open category again")

@@ -57,17 +57,23 @@ class Course:
                     f"propose from another category ({', '.join(c for c in self.open if c != self.leave)})")
         return None
 
+    def plateau_line(self) -> str | None:
+        if not self.stalled_for:
+            return None
+        others = [c for c in self.open if c != self.leave]
+        if self.leave and others:
+            return (f"plateau: {self.stalled_for} decisions in a row without a promotion, mostly {self.leave} "
+                    f"changes: the next proposals must come from another category ({', '.join(others)})")
+        return (f"plateau: {self.stalled_for} decisions in a row without a promotion and no other category "
+                "in this space: widen it (--space all, or --allow-patches with the agent)")
+
+    def same_plateau(self, other: Course) -> bool:
+        """Both in a plateau that leaves the same category, whatever its length."""
+        return bool(self.stalled_for and other.stalled_for) and self.leave == other.leave and self.open == other.open
+
     def lines(self) -> list[str]:
         """The course in words (the terminal's lines, the agent's instructions)."""
-        out = []
-        if self.stalled_for:
-            others = [c for c in self.open if c != self.leave]
-            if self.leave and others:
-                out.append(f"plateau: {self.stalled_for} decisions in a row without a promotion, mostly {self.leave} "
-                           f"changes: the next proposals must come from another category ({', '.join(others)})")
-            else:
-                out.append(f"plateau: {self.stalled_for} decisions in a row without a promotion and no other category "
-                           "in this space: widen it (--space all, or --allow-patches with the agent)")
+        out = [line] if (line := self.plateau_line()) else []
         for c, why in sorted(self.paused.items()):
             out.append(f"paused: {c} proposals ({why}); the search goes on with the others"
                        + (f" and opens {c} again after {n_decisions(self.pause_for)} on them" if self.pause_for else ""))

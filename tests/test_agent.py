@@ -689,6 +689,14 @@ def test_a_plateau_makes_the_next_request_leave_the_category_it_circled_in(tmp_p
     [refused] = s.store.rejected_proposals(s.search_id)
     assert "a plateau of 3 decisions without a promotion" in refused["reason"]
     assert "plateau: 3 decisions in a row" in search.out.getvalue()
+    # One more rejection, still mostly architecture: the same plateau, longer, is not said again.
+    [warmdown] = [c for c in search.candidates.values() if c.experiment.tweaks == {"warmdown_ratio": 0.7}]
+    s.store.record_decision(Decision(experiment_id=warmdown.experiment.id, from_rung="d2", verdict="reject",
+                                     search_id=s.search_id, mean_delta=0.0004, std_error=0.001, p_value=0.6, n=2,
+                                     kind=warmdown.experiment.kind, mde=0.003))
+    search.steer()
+    assert search.course.stalled_for == 4 and search.course.leave == "architecture"
+    assert search.out.getvalue().count("plateau:") == 1
 
 
 def test_a_burst_of_failing_proposals_pauses_that_category_and_the_search_goes_on_with_the_others(tmp_path):
