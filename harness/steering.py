@@ -125,10 +125,10 @@ def course(config: SteeringConfig, decisions: list[dict], experiments: dict[str,
 def pause_state(config: SteeringConfig, runs: list[dict], decided_at: list, failed: tuple[str, ...]
                 ) -> tuple[str | None, str | None]:
     """One category's pause from its finished runs (in finish order) and when the decisions on other kinds of change
-    were made: (why it is paused, or None; why it is on probation, or None). The runs are replayed in order: a burst pauses
-    the category when its run finished; the pause lifts once `pause_for` decisions were made after that, and the
-    failure window then starts with the next run. Probation lasts until a full window of runs is in without a burst.
-    A pause that began at an unknown time (a run without finished_at) never lifts."""
+    were made: (why it is paused, or None; why it is on probation, or None). The runs are replayed in order: a burst
+    pauses the category when its run finished; the pause lifts once `pause_for` decisions were made after that, and
+    the failure window then starts with the next run. Probation lasts until a full window of runs is in without a
+    burst. A pause that began at an unknown time (a run without finished_at) never lifts."""
     window, share = config.failure_window, config.failure_share
 
     def lifted(since, until=None) -> bool:
