@@ -183,8 +183,8 @@ def best_runs(store: Store, track: str | None = None) -> list[dict[str, Any]]:
        model is the better one to talk to); then the fastest mean time-to-target (none: last), newest first on
        ties. Within an entry, its best seed first (the track's metric).
     2. Then the best search results, also when a track was asked for (a track with no entry to load falls
-       back to them): ok runs of experiments a search promoted (or passed at its top rung) and of the searches'
-       baselines; the deepest model first (a chat wants the bigger one), then at one depth the experiments by
+       back to them): ok runs of experiments a search promoted (or passed at its top rung; a null it promoted is
+       left out: it is the baseline again) and of the searches' baselines; the deepest model first (a chat wants the bigger one), then at one depth the experiments by
        their search's ranking of best (leaderboard/ranking.py), the baselines after them, then the lowest val_bpb.
 
     Run dirs live on the machines that made them, out of the store's sight: a caller takes the first run whose
@@ -199,6 +199,8 @@ def best_runs(store: Store, track: str | None = None) -> list[dict[str, Any]]:
                  if isinstance(c, dict) and c.get("baseline_experiment_id")}
     decisions = store.decisions(columns=_DECISION_COLUMNS)  # in the order they were made
     promoted = {x["experiment_id"] for x in decisions if x["verdict"] == "promote"}
+    # A null a search promoted is a false promotion of the baseline's own model: not a result to offer.
+    promoted -= {x["id"] for x in store.experiments_by_id(promoted, columns=("id", "proposer", "extra")) if is_null(x)}
     decided = [x for x in decisions if x["experiment_id"] in promoted]
     candidates = baselines | promoted
     search_runs = [run for run in (store.runs(experiment_id=candidates, status="ok") if candidates else [])

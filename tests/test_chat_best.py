@@ -153,10 +153,13 @@ def test_search_results_at_one_depth_follow_the_search_ranking_of_best(tmp_path)
         search = store.start_search("s", config={"baseline_experiment_id": "base", "rungs": ["d1", "d2"]})
         for exp_id in ("base", "x", "y"):
             store.record_experiment(Experiment(id=exp_id, name=exp_id, proposer="manual"), search_id=search)
-        for exp_id, mean in (("x", -0.001), ("y", -0.01)):
+        # An A/A null the search promoted by chance: the baseline's model again, never offered as a result.
+        store.record_experiment(Experiment(id="aa", name="null (A/A 1)", proposer="manual", extra={"replica": 1}),
+                                search_id=search)
+        for exp_id, mean in (("x", -0.001), ("y", -0.01), ("aa", -0.02)):
             store.record_decision(Decision(experiment_id=exp_id, from_rung="d1", to_rung="d2", verdict="promote",
                                            search_id=search, mean_delta=mean, n=3))
         ids = {exp_id: store.record_run(Run(experiment_id=exp_id, rung="d1", seed=0, status="ok", depth=1, val_bpb=v,
                                             run_dir=str(tmp_path / exp_id), search_id=search, finished_at=T0)).run_id
-               for exp_id, v in (("x", 3.0), ("y", 3.2), ("base", 2.9))}  # x and the baseline drew low inits
+               for exp_id, v in (("x", 3.0), ("y", 3.2), ("base", 2.9), ("aa", 2.8))}  # x, base, aa: low inits
         assert [r["id"] for r in best_runs(store)] == [ids["y"], ids["x"], ids["base"]]
