@@ -64,7 +64,7 @@ from search_spaces import KINDS, SearchSpaceError, Space, change_categories
 POLL_S = 0.5
 PROGRESS_S = 10.0    # how often running jobs' progress is read into the database
 HEARTBEAT_S = 60.0   # how often the terminal says where the running jobs are
-MAX_DUPLICATES_IN_A_ROW = 20
+MAX_WASTED_IN_A_ROW = 20  # duplicates or no-ops in a row from a proposer: it has nothing new left
 
 
 def say(message: str, out=None) -> None:
@@ -126,7 +126,7 @@ class Search:
         self.compute_s = 0.0
         self.progress_at = self.heartbeat_at = time.monotonic()  # the first look at running jobs waits a while
         self.retrying: set[tuple[str, str, int]] = set()  # run keys that failed for the machine, to train again
-        self.duplicates_in_a_row = 0
+        self.wasted_in_a_row = 0
         self.proposals_exhausted = False
         self.failed: str | None = None
         self.elsewhere: dict[tuple[str, str], dict[int, dict]] = {}  # (experiment, rung) -> seed -> another search's ok run
@@ -342,7 +342,7 @@ class Search:
             if proposal.trial is not None:
                 self.proposer.link(proposal.trial, exp.id)
             if self.is_own(exp.id) or exp.id in self.candidates:
-                self.duplicates_in_a_row += 1
+                self.wasted_in_a_row += 1
                 self.say(f"proposal {exp.describe()} duplicates {exp.id}: dropped")
                 self.record_rejected(proposal, f"duplicate of experiment {exp.id} (already in this search)")
                 existing = self.candidates.get(exp.id)
@@ -353,13 +353,13 @@ class Search:
                 self.check_wasted_proposals()
                 continue
             if (same := self.same_model_as_baseline(exp)) is not None:
-                self.duplicates_in_a_row += 1
+                self.wasted_in_a_row += 1
                 self.say(f"proposal {exp.describe()} is a no-op: {same}: dropped")
                 self.record_rejected(proposal, f"a no-op: {same}")
                 self.proposer.observe(exp.id, 0.0)  # Optuna's trial: exactly the baseline, a delta of 0
                 self.check_wasted_proposals()
                 continue
-            self.duplicates_in_a_row = 0
+            self.wasted_in_a_row = 0
             self.store.record_experiment(exp.record(), search_id=self.search_id)
             self.record_hypothesis(exp)
             cand = Candidate(exp, order=len(self.candidates), slots=self.tier.rungs[0].seeds, trial=proposal.trial)
@@ -371,9 +371,9 @@ class Search:
 
     def check_wasted_proposals(self) -> None:
         """A proposer that keeps returning duplicates or no-ops has nothing new left: stop asking it."""
-        if self.duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW and not self.proposals_exhausted:
+        if self.wasted_in_a_row >= MAX_WASTED_IN_A_ROW and not self.proposals_exhausted:
             self.proposals_exhausted = True
-            self.say(f"the proposer returned {MAX_DUPLICATES_IN_A_ROW} duplicates or no-ops in a row: no more proposals")
+            self.say(f"the proposer returned {MAX_WASTED_IN_A_ROW} duplicates or no-ops in a row: no more proposals")
 
     def same_model_as_baseline(self, exp: Experiment) -> str | None:
         """Why a proposal trains exactly the baseline's model at the first rung (None: it does not, or it has a code

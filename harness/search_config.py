@@ -71,8 +71,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--failure-share", type=float, default=0.5, metavar="F",
                    help="pause proposals of a category when more than this share of its last M runs failed; 1: never")
     p.add_argument("--pause-for", type=int, default=6, metavar="P",
-                   help="a paused category opens again, on probation, after P more decisions (a new burst pauses it "
-                        "again); 0: paused for the rest of the search")
+                   help="a paused category opens again, on probation, after P more decisions on other kinds of change "
+                        "(a new burst pauses it again); 0: paused for the rest of the search")
     p.add_argument("--insights-every", type=int, default=4, metavar="K",
                    help="the agent distils the evidence into insights after every K decisions and at the end (kept per "
                         "tier and space for the next search); 0: only at the end")

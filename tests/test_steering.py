@@ -133,8 +133,11 @@ def test_a_pause_lifts_after_its_decisions_on_probation_and_a_new_burst_pauses_a
     paused = course(config, decided(3), CATS, burst, ALL, failed)
     assert paused.paused == {"architecture": "2 of its last 2 runs failed"} and paused.probation == {}
     assert "opens architecture again after 2 decisions on them" in paused.lines()[0]
-    # Decisions made before the burst do not count; the second one after it lifts the pause.
+    # Decisions made before the burst do not count, nor those on the paused kind's own changes; the second decision
+    # on another kind after it lifts the pause.
     assert course(config, decided(0, 0, 3), CATS, burst, ALL, failed).paused
+    own = [{"experiment_id": "a2", "verdict": "reject", "created_at": at(m)} for m in (3, 4, 5)]
+    assert course(config, own, CATS, burst, ALL, failed).paused
     lifted = course(config, decided(3, 4), CATS, burst, ALL, failed)
     assert lifted.paused == {} and lifted.probation == {"architecture": "paused after 2 of its last 2 runs failed, then 2 decisions on others"}
     assert lifted.open == ALL and lifted.lines()[0].startswith("probation: architecture proposals are open again")
